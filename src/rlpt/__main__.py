@@ -1,0 +1,3 @@
+from rlpt.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,171 @@
+"""`rlpt`: train, eval and sample. User errors print one line (`rlpt: error: ...`) and exit 2, without a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rlpt.errors import UserError
+
+
+def model_folder(path: str) -> str:
+    """A model folder, a checkpoint folder, or a run folder (its latest checkpoint)."""
+    from rlpt import checkpoint
+
+    if path.startswith("builtin:"):
+        return path
+    folder = Path(path)
+    latest = checkpoint.latest(folder)
+    return str(latest) if latest is not None else str(folder)
+
+
+def cmd_train(args) -> int:
+    from rlpt import config, run
+
+    cfg = config.load(args.config, args.set or [])
+    output = Path(args.output or Path("runs") / (Path(args.config).stem if args.config else "default"))
+    summary = run.train(cfg, output, fresh=args.fresh)
+    print(run.format_summary(summary, output))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from rlpt import evaluate
+    from rlpt.data import Document, after_marker, first_position_after, positions
+    from rlpt.models import load_model_and_tokenizer
+    from rlpt.trainer import make_contexts
+
+    model, tokenizer, think = load_model_and_tokenizer(model_folder(args.model))
+    questions, documents = evaluate.load_eval_set(args.tasks, args.max_questions)
+    result = {"model": args.model, "tasks": args.tasks, "think": args.think}
+    if questions:
+        qa = evaluate.exact_match_accuracy(model, tokenizer, think, questions, use_thought=args.think,
+                                           max_thought_tokens=args.max_thought_tokens)
+        result.update(accuracy=qa["accuracy"], n=qa["n"])
+        result["examples"] = [
+            dict(question=q["question"], answer=q["answer"], thought=o["thought"], predicted=o["answer"], correct=c)
+            for q, o, c in list(zip(questions, qa["outputs"], qa["correct"]))[:5]
+        ]
+    if documents:
+        rule = args.positions or ("after:=" if args.tasks == "builtin:arith" else "all")
+        marker = after_marker(rule)
+        docs = []
+        for text in documents:
+            first = 1 if marker is None else first_position_after(tokenizer, text, marker)
+            ids = tokenizer(text)["input_ids"]
+            if first is not None and len(ids) >= 2:
+                docs.append(Document(ids, args.tasks, first))
+        contexts = make_contexts(docs, rule, seed=0, step=0)[: args.max_positions]
+        if not contexts:
+            raise UserError(f"--tasks {args.tasks}: no usable position under rule {rule!r}")
+        result.update(evaluate.intrinsic(model, tokenizer, think, contexts, max_thought_tokens=args.max_thought_tokens))
+        if not questions:
+            result.update(accuracy=result["next_token_acc_think" if args.think else "next_token_acc"], n=result["positions"])
+    text = json.dumps(result, indent=1)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def cmd_sample(args) -> int:
+    import torch
+
+    from rlpt import checkpoint
+    from rlpt.ema import EmaTeacher
+    from rlpt.generation import gumbel_sampler
+    from rlpt.models import load_model_and_tokenizer
+    from rlpt.objective import information_gain
+    from rlpt.rollout import Context, RolloutSpec
+    from rlpt.rollout.reference import ReferenceEngine
+
+    folder = model_folder(args.model)
+    model, tokenizer, think = load_model_and_tokenizer(folder)
+    teacher, teacher_name = model, "the model itself (no ema.safetensors in the folder)"
+    if not folder.startswith("builtin:") and (Path(folder) / "ema.safetensors").is_file():
+        ema = EmaTeacher(decay=0.0)
+        ema.load(Path(folder) / "ema.safetensors", model)
+        teacher, teacher_name = ema.model, "ema.safetensors"
+    prefix = tokenizer(args.prefix)["input_ids"]
+    full = tokenizer(args.prefix + args.next)["input_ids"]
+    if full[: len(prefix)] != prefix or len(full) <= len(prefix):
+        raise UserError("--next: the prefix and next text do not split at a token boundary; choose another split")
+    target = full[len(prefix)]
+    spec = RolloutSpec(group_size=args.num_thoughts, max_thought_tokens=args.max_thought_tokens,
+                       temperature=args.temperature, think=think, pad_id=tokenizer.pad_token_id)
+    context = Context(doc=0, position=len(prefix), prefix=tuple(prefix), target=target)
+    rollouts = ReferenceEngine().rollout(model, teacher, [context], spec,
+                                         gumbel_sampler(args.temperature, torch.Generator().manual_seed(args.seed)))
+    rewards = information_gain(rollouts.s_pred, rollouts.s_ema)[0]
+    rows = [
+        dict(thought=tokenizer.decode(t), thought_ids=t, s_pred=rollouts.s_pred[0, i].item(),
+             s_ema=rollouts.s_ema[0].item(), reward=rewards[i].item())
+        for i, t in enumerate(rollouts.thoughts)
+    ]
+    if args.json:
+        print(json.dumps(dict(prefix=args.prefix, next_token=tokenizer.decode([target]), teacher=teacher_name,
+                              thoughts=rows), indent=1))
+        return 0
+    print(f"x_<t = {args.prefix!r}   x_t = {tokenizer.decode([target])!r}   teacher: {teacher_name}")
+    print(f"S_ema = {rows[0]['s_ema']:+.3f}")
+    for row in sorted(rows, key=lambda r: -r["reward"]):
+        print(f"  reward {row['reward']:+.3f}  S_pred {row['s_pred']:+.3f}  <think>{row['thought']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlpt", description="RLP: Reinforcement as a Pretraining Objective (arXiv 2510.01265)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train a model with RLP (no --config: the built-in tiny default)")
+    train.add_argument("--config", help="YAML file of model/data/rlp/train/eval sections")
+    train.add_argument("--output", help="run folder (default runs/<config name> or runs/default); an existing run resumes")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one key, e.g. rlp.group_size=4")
+    train.add_argument("--fresh", action="store_true", help="start over even if the run folder has a checkpoint")
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="exact-match accuracy with/without thinking; think vs no-think log-likelihood")
+    ev.add_argument("--model", required=True, help="HF model folder, checkpoint folder, run folder or builtin:tiny")
+    ev.add_argument("--tasks", required=True, help="JSONL of {question, answer} or {text} lines, or builtin:arith")
+    ev.add_argument("--think", action=argparse.BooleanOptionalAction, default=True, help="answer after a thought (default)")
+    ev.add_argument("--output", help="write the JSON result here too")
+    ev.add_argument("--max-questions", type=int, default=256)
+    ev.add_argument("--max-positions", type=int, default=512, help="document positions for the intrinsic metric")
+    ev.add_argument("--positions", help="position rule for documents (default all; after:= for builtin:arith)")
+    ev.add_argument("--max-thought-tokens", type=int, default=64)
+    ev.set_defaults(func=cmd_eval)
+
+    sample = sub.add_parser("sample", help="sample thoughts at one position with their S_pred, S_ema and reward")
+    sample.add_argument("--model", required=True, help="HF model folder, checkpoint folder, run folder or builtin:tiny")
+    sample.add_argument("--prefix", required=True, help="the text x_<t")
+    sample.add_argument("--next", required=True, help="the text that follows; its first token is x_t")
+    sample.add_argument("--num-thoughts", type=int, default=8)
+    sample.add_argument("--max-thought-tokens", type=int, default=64)
+    sample.add_argument("--temperature", type=float, default=0.7)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--json", action="store_true", help="print one JSON object")
+    sample.set_defaults(func=cmd_sample)
+    return parser
+
+
+def quiet_transformers() -> None:
+    """Our own progress bars and summaries are the output; silence the library's loading bars and notices."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    quiet_transformers()
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"rlpt: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rlpt: interrupted (the last complete checkpoint is kept)", file=sys.stderr)
+        return 130

@@ -1,0 +1,222 @@
+"""The run configuration: one tree of small dataclasses, read from YAML and `--set section.key=value` overrides.
+
+Field defaults are the paper's (G=16, thoughts up to 2048 tokens, temperature 0.7, constant lr 1e-6, KL weight 0).
+`rlpt train` without `--config` uses BUILTIN_DEFAULT on top of them: the tiny model and arithmetic corpus, sized to
+finish on a laptop CPU in minutes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from rlpt.errors import UserError
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "builtin:tiny"
+    """`builtin:tiny` or a local Hugging Face causal-LM folder."""
+    dtype: str = "float32"
+    """Weights dtype: float32, bfloat16 or float16 (the EMA teacher is always float32)."""
+
+
+@dataclass
+class DataConfig:
+    path: str = "builtin:arith"
+    """`builtin:NAME`, a file, a folder or a glob."""
+    format: str = "auto"
+    """`text` (one document per file, or per blank-line-separated block with `data.split_paragraphs`), `jsonl`, or
+    `auto` (by file extension)."""
+    text_field: str = "text"
+    """The JSONL field holding a document's text."""
+    max_length: int = 512
+    """Documents are cut into windows of at most this many tokens."""
+    split_paragraphs: bool = False
+    """For text files: one document per blank-line-separated block instead of one per file."""
+
+
+@dataclass
+class RlpConfig:
+    group_size: int = 16
+    """G: thoughts sampled per (document, position); >= 2."""
+    max_thought_tokens: int = 2048
+    """A thought ends at `</think>` or after this many tokens (then `</think>` is forced)."""
+    temperature: float = 0.7
+    """Sampling temperature of thoughts; the PPO ratio uses the same tempered distribution."""
+    eps_low: float = 0.2
+    """Lower clip range of the ratio (the paper does not state it; PPO's 0.2)."""
+    eps_high: float = 0.2
+    """Upper clip range of the ratio."""
+    ema_decay: float = 0.999
+    """tau of the EMA teacher: phi <- tau phi + (1 - tau) theta after each optimizer step."""
+    kl_coef: float = 0.0
+    """Weight of a KL penalty (k3 estimator) of the thought tokens to the EMA teacher; 0 = off (the paper)."""
+    baseline_excludes_think: bool = False
+    """Renormalise the no-think baseline over tokens other than the think tags (see README)."""
+    positions: str = "all"
+    """Which positions t get thoughts: all, every:K, random:N, list:T1,T2,..., after:TEXT."""
+    normalize_advantages: bool = False
+    """Divide each group's advantages by the group's reward std (off: the paper's advantage)."""
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-6
+    """AdamW learning rate, constant."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    batch_documents: int = 8
+    """Documents per optimizer step (every chosen position of each gets G thoughts)."""
+    micro_batch_thoughts: int = 256
+    """Thoughts per forward/backward chunk (gradient accumulation); lowers memory, not the result."""
+    max_steps: int = 100
+    """Optimizer steps of the run."""
+    seed: int = 0
+    """Seeds documents, positions and thoughts; the same seed gives the same run."""
+    grad_clip: float = 1.0
+    """Max global gradient norm (0 = no clipping)."""
+    checkpoint_every: int = 50
+    """Save a checkpoint every N steps (and at the end); 0 = only at the end."""
+    dump_rollouts: bool = False
+    """Write every thought with its reward to rollouts.jsonl."""
+    device: str = "auto"
+    """`auto` (CUDA when available), `cpu`, `cuda`, `cuda:N`."""
+
+
+@dataclass
+class EvalConfig:
+    tasks: str = ""
+    """Question/answer JSONL or `builtin:arith`, scored with thinking before and after training; empty = none."""
+    max_questions: int = 256
+    """Use at most this many questions."""
+    max_thought_tokens: int = 64
+    """Thought budget at evaluation (greedy)."""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rlp: RlpConfig = field(default_factory=RlpConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# `rlpt train` with no --config: the tiny model on 3-digit addition, thoughts at every answer character.
+BUILTIN_DEFAULT = {
+    "model": {"name_or_path": "builtin:tiny"},
+    "data": {"path": "builtin:arith"},
+    "rlp": {"group_size": 8, "max_thought_tokens": 32, "positions": "after:="},
+    "train": {"lr": 1e-5, "batch_documents": 4, "max_steps": 60, "checkpoint_every": 20},
+    "eval": {"tasks": "builtin:arith", "max_questions": 256, "max_thought_tokens": 32},
+}
+
+POSITION_RULE = re.compile(r"^(all|every:[1-9]\d*|random:[1-9]\d*|list:\d+(,\d+)*|after:.+)$", re.S)
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _coerce(key: str, raw, current):
+    """Turn a YAML/--set value into the type of the field's default, or raise naming the key."""
+    kind = type(current)
+    if kind is str:
+        return "" if raw is None else str(raw)
+    if isinstance(raw, str):  # from --set, or a YAML string: parse by the field's type
+        text = raw.strip().lower()
+        try:
+            if kind is bool and text in ("true", "false", "yes", "no", "1", "0"):
+                return text in ("true", "yes", "1")
+            if kind is int:
+                return int(text)
+            if kind is float:
+                return float(text)
+        except ValueError:
+            pass
+    elif kind is bool and isinstance(raw, bool):
+        return raw
+    elif kind is int and isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    elif kind is float and isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        return float(raw)
+    raise UserError(f"config key {key}: expected {kind.__name__}, got {raw!r}")
+
+
+def apply(cfg: Config, values: dict, source: str) -> None:
+    """Set every `section.key` of a nested dict on `cfg`; unknown sections or keys are errors naming `source`."""
+    if not isinstance(values, dict):
+        raise UserError(f"{source}: expected a mapping of sections (model, data, rlp, train, eval)")
+    for section_name, section_values in values.items():
+        section = getattr(cfg, str(section_name), None)
+        if not dataclasses.is_dataclass(section):
+            raise UserError(f"{source}: unknown config section {section_name!r} (known: {[f.name for f in dataclasses.fields(cfg)]})")
+        if not isinstance(section_values, dict):
+            raise UserError(f"{source}: section {section_name!r} must be a mapping of keys")
+        known = {f.name for f in dataclasses.fields(section)}
+        for key, raw in section_values.items():
+            if key not in known:
+                raise UserError(f"{source}: unknown config key {section_name}.{key} (known: {sorted(known)})")
+            setattr(section, key, _coerce(f"{section_name}.{key}", raw, getattr(section, key)))
+
+
+def parse_override(text: str) -> dict:
+    """`rlp.group_size=4` -> {"rlp": {"group_size": "4"}} (typed later against the field)."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise UserError(f"--set {text!r}: expected section.key=value, e.g. rlp.group_size=4")
+    dotted, value = text.split("=", 1)
+    section, key = dotted.split(".", 1)
+    return {section: {key: value}}
+
+
+def load(path: str | None = None, overrides: list[str] = ()) -> Config:
+    """The config of a run: paper defaults, then the built-in default (no file) or the YAML file, then --set."""
+    cfg = Config()
+    if path is None:
+        apply(cfg, BUILTIN_DEFAULT, "built-in default")
+    else:
+        file = Path(path)
+        try:
+            values = yaml.safe_load(file.read_text())
+        except OSError as exc:
+            raise UserError(f"--config {path}: cannot read ({exc.strerror})") from exc
+        except yaml.YAMLError as exc:
+            raise UserError(f"--config {path}: not valid YAML ({exc})") from exc
+        apply(cfg, values or {}, str(path))
+    for text in overrides:
+        apply(cfg, parse_override(text), f"--set {text}")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    checks = [
+        (cfg.rlp.group_size >= 2, "rlp.group_size must be >= 2 (advantages compare thoughts within a group)"),
+        (cfg.rlp.max_thought_tokens >= 1, "rlp.max_thought_tokens must be >= 1"),
+        (cfg.rlp.temperature > 0, "rlp.temperature must be > 0"),
+        (cfg.rlp.eps_low >= 0 and cfg.rlp.eps_high >= 0, "rlp.eps_low and rlp.eps_high must be >= 0"),
+        (0 <= cfg.rlp.ema_decay < 1, "rlp.ema_decay must be in [0, 1)"),
+        (cfg.rlp.kl_coef >= 0, "rlp.kl_coef must be >= 0"),
+        (bool(POSITION_RULE.match(cfg.rlp.positions)),
+         f"rlp.positions: {cfg.rlp.positions!r} is not all, every:K, random:N, list:T1,T2,... or after:TEXT"),
+        (cfg.data.format in ("auto", "text", "jsonl"), f"data.format: {cfg.data.format!r} is not auto, text or jsonl"),
+        (cfg.data.max_length >= 2, "data.max_length must be >= 2"),
+        (cfg.train.lr > 0, "train.lr must be > 0"),
+        (cfg.train.batch_documents >= 1, "train.batch_documents must be >= 1"),
+        (cfg.train.micro_batch_thoughts >= 1, "train.micro_batch_thoughts must be >= 1"),
+        (cfg.train.max_steps >= 0, "train.max_steps must be >= 0"),
+        (cfg.train.grad_clip >= 0, "train.grad_clip must be >= 0"),
+        (cfg.train.checkpoint_every >= 0, "train.checkpoint_every must be >= 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+
+
+def save(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

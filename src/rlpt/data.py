@@ -1,0 +1,144 @@
+"""Corpora -> token-id documents -> the positions t that get thoughts.
+
+Sources (`data.path`): `builtin:arith`; a text file (one document, or one per blank-line-separated block with
+`data.split_paragraphs`); a JSONL file (one document per line, text in `data.text_field`); a folder (every
+.txt/.md/.jsonl file under it, sorted); or a glob. Documents are tokenized with the tokenizer's special tokens (a BOS
+where the model uses one) and cut into windows of `data.max_length` tokens.
+
+Position rules (`rlp.positions`), over 1 <= t < len(document):
+  all | every:K (t = K, 2K, ...) | random:N (N distinct, seeded) | list:T1,T2,... | after:TEXT (every token that
+  starts after the first occurrence of TEXT; documents without TEXT have none).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlpt import arith
+from rlpt.errors import UserError
+
+TEXT_SUFFIXES = {".txt", ".md", ".text"}
+JSONL_SUFFIXES = {".jsonl", ".json"}
+BUILTIN_ARITH_DOCUMENTS = 20_000
+
+
+@dataclass
+class Document:
+    ids: list[int]
+    source: str  # file:line (or builtin name) for error messages and rollout dumps
+    first_position: int = 1  # smallest usable t (after:TEXT moves it)
+
+
+def builtin_texts(name: str) -> list[tuple[str, str]]:
+    if name == "arith":
+        return [(text, f"builtin:arith#{i}") for i, text in enumerate(arith.rlp_documents(BUILTIN_ARITH_DOCUMENTS))]
+    raise UserError(f"data.path: unknown built-in corpus 'builtin:{name}' (known: builtin:arith)")
+
+
+def resolve_files(path: str) -> list[Path]:
+    p = Path(path).expanduser()
+    if p.is_file():
+        return [p]
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in TEXT_SUFFIXES | JSONL_SUFFIXES)
+        if not files:
+            raise UserError(f"data.path: folder {path} has no .txt, .md or .jsonl file")
+        return files
+    matches = sorted(Path(m) for m in glob.glob(str(p), recursive=True) if Path(m).is_file())
+    if not matches:
+        raise UserError(f"data.path: {path} is not a file, a folder or a glob matching any file")
+    return matches
+
+
+def read_texts(file: Path, fmt: str, text_field: str, split_paragraphs: bool) -> list[tuple[str, str]]:
+    """(text, source) pairs of one file; every problem names the file and line."""
+    if fmt == "auto":
+        fmt = "jsonl" if file.suffix in JSONL_SUFFIXES else "text"
+    try:
+        content = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{file}: cannot read ({exc})") from exc
+    if not content.strip():
+        raise UserError(f"{file}: the file is empty")
+    if fmt == "text":
+        if not split_paragraphs:
+            return [(content, str(file))]
+        return [(block.strip(), f"{file}:{i + 1}") for i, block in enumerate(content.split("\n\n")) if block.strip()]
+    out = []
+    for number, line in enumerate(content.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{file}:{number}: malformed JSON line ({exc.msg})") from exc
+        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+            raise UserError(f"{file}:{number}: no string field {text_field!r} (set data.text_field)")
+        out.append((record[text_field], f"{file}:{number}"))
+    return out
+
+
+def first_position_after(tokenizer, text: str, marker: str) -> int | None:
+    """Index of the first token that starts after the first `marker` in `text`, or None without a marker."""
+    at = text.find(marker)
+    if at < 0:
+        return None
+    end = at + len(marker)
+    offsets = tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
+    for index, (start, stop) in enumerate(offsets):
+        if start >= end and stop > start:
+            return max(index, 1)
+    return None
+
+
+def load_documents(data_cfg, tokenizer, after_text: str | None = None) -> list[Document]:
+    """Tokenize the corpus of `data_cfg` into windows of at most `max_length` tokens."""
+    if data_cfg.path.startswith("builtin:"):
+        texts = builtin_texts(data_cfg.path.removeprefix("builtin:"))
+    else:
+        texts = [
+            pair
+            for file in resolve_files(data_cfg.path)
+            for pair in read_texts(file, data_cfg.format, data_cfg.text_field, data_cfg.split_paragraphs)
+        ]
+    docs = []
+    for text, source in texts:
+        ids = tokenizer(text)["input_ids"]
+        if len(ids) < 2:
+            raise UserError(f"{source}: document shorter than 2 tokens ({text[:40]!r})")
+        first = 1
+        if after_text is not None:
+            first = first_position_after(tokenizer, text, after_text)
+            if first is None:
+                continue
+        for start in range(0, len(ids), data_cfg.max_length):
+            window = ids[start : start + data_cfg.max_length]
+            if len(window) >= 2 and start + len(window) > first:
+                docs.append(Document(window, source, max(1, first - start)))
+    if not docs:
+        rule = f" after {after_text!r}" if after_text is not None else ""
+        raise UserError(f"data.path: {data_cfg.path} has no usable position{rule}")
+    return docs
+
+
+def positions(doc: Document, rule: str, rng: random.Random) -> list[int]:
+    """The positions t of `doc` that get thoughts under `rule` (see the module docstring)."""
+    usable = range(doc.first_position, len(doc.ids))
+    kind, _, arg = rule.partition(":")
+    if kind in ("all", "after"):
+        return list(usable)
+    if kind == "every":
+        return [t for t in usable if t % int(arg) == 0]
+    if kind == "random":
+        return sorted(rng.sample(list(usable), min(int(arg), len(usable))))
+    if kind == "list":
+        return sorted({int(t) for t in arg.split(",") if int(t) in usable})
+    raise UserError(f"rlp.positions: unknown rule {rule!r}")
+
+
+def after_marker(rule: str) -> str | None:
+    return rule.partition(":")[2] if rule.startswith("after:") else None

@@ -1,0 +1,121 @@
+"""Evaluation: exact-match accuracy on question/answer pairs (with or without a thought first), and the intrinsic
+metric on documents (log-likelihood of the next token with and without thinking, next-token accuracy)."""
+
+from __future__ import annotations
+
+import torch
+
+from rlpt.generation import decode, greedy
+from rlpt.models import ThinkTokens
+
+MAX_ANSWER_TOKENS = 24
+
+
+def normalise_answer(text: str) -> str:
+    """The answer is what follows the thought up to the end of its line, without spaces or a closing period."""
+    return text.split("\n", 1)[0].strip().rstrip(".").strip()
+
+
+@torch.no_grad()
+def answer_questions(
+    model, tokenizer, think: ThinkTokens, questions: list[str], *, use_thought: bool, max_thought_tokens: int,
+    batch_size: int = 256,
+) -> list[dict]:
+    """Greedy answers. With `use_thought`: question, `<think>`, greedy thought (closed by force at the limit),
+    `</think>`, then the answer. Returns one dict per question: thought text and answer text."""
+    results = []
+    for start in range(0, len(questions), batch_size):
+        chunk = questions[start : start + batch_size]
+        prompts = [tokenizer(q)["input_ids"] for q in chunk]
+        thoughts = [[] for _ in chunk]
+        if use_thought:
+            prompts = [p + [think.open_id] for p in prompts]
+            thoughts = decode(
+                model, prompts, max_new_tokens=max_thought_tokens, stop_ids=[think.close_id], choose=greedy,
+                pad_id=tokenizer.pad_token_id,
+            )
+            thoughts = [t if t and t[-1] == think.close_id else t + [think.close_id] for t in thoughts]
+            prompts = [p + t for p, t in zip(prompts, thoughts)]
+        answers = decode(  # the answer itself may not open (another) thought
+            model, prompts, max_new_tokens=MAX_ANSWER_TOKENS, stop_ids=[tokenizer.eos_token_id], choose=greedy,
+            pad_id=tokenizer.pad_token_id, banned_ids=[think.open_id, think.close_id],
+        )
+        for thought, answer in zip(thoughts, answers):
+            text = tokenizer.decode(answer, skip_special_tokens=True)
+            results.append(dict(thought=tokenizer.decode(thought[:-1]) if thought else "", answer=normalise_answer(text)))
+    return results
+
+
+def exact_match_accuracy(model, tokenizer, think: ThinkTokens, tasks: list[dict], *, use_thought: bool,
+                         max_thought_tokens: int) -> dict:
+    outputs = answer_questions(
+        model, tokenizer, think, [t["question"] for t in tasks], use_thought=use_thought,
+        max_thought_tokens=max_thought_tokens,
+    )
+    correct = [o["answer"] == normalise_answer(str(t["answer"])) for o, t in zip(outputs, tasks)]
+    return dict(accuracy=sum(correct) / max(1, len(correct)), n=len(correct), outputs=outputs, correct=correct)
+
+
+@torch.no_grad()
+def intrinsic(model, tokenizer, think: ThinkTokens, contexts, *, max_thought_tokens: int, batch_size: int = 256) -> dict:
+    """Mean log p(x_t | x_<t) without a thought and with a greedy thought, and next-token accuracy of both, over
+    `contexts` (rlpt.rollout.Context)."""
+    from rlpt.rollout.reference import last_token_logprobs
+
+    pad = tokenizer.pad_token_id
+    nothink, withthink, hit_nothink, hit_think = [], [], [], []
+    for start in range(0, len(contexts), batch_size):
+        chunk = contexts[start : start + batch_size]
+        targets = torch.tensor([c.target for c in chunk])
+        plain = last_token_logprobs(model, [list(c.prefix) for c in chunk], pad).cpu()
+        prompts = [list(c.prefix) + [think.open_id] for c in chunk]
+        thoughts = decode(model, prompts, max_new_tokens=max_thought_tokens, stop_ids=[think.close_id], choose=greedy,
+                          pad_id=pad, banned_first_ids=[think.close_id])
+        closed = [p + t + ([] if t[-1] == think.close_id else [think.close_id]) for p, t in zip(prompts, thoughts)]
+        thought = last_token_logprobs(model, closed, pad).cpu()
+        nothink += plain.gather(1, targets[:, None]).squeeze(1).tolist()
+        withthink += thought.gather(1, targets[:, None]).squeeze(1).tolist()
+        hit_nothink += (plain.argmax(-1) == targets).tolist()
+        hit_think += (thought.argmax(-1) == targets).tolist()
+    n = max(1, len(contexts))
+    return dict(
+        positions=len(contexts), logp_nothink=sum(nothink) / n, logp_think=sum(withthink) / n,
+        next_token_acc=sum(hit_nothink) / n, next_token_acc_think=sum(hit_think) / n,
+    )
+
+
+def load_eval_set(spec: str, limit: int | None = None) -> tuple[list[dict], list[str]]:
+    """(questions, documents) of an evaluation set. `builtin:arith`: the held-out questions, and the same problems
+    as documents. A JSONL file: lines {"question": ..., "answer": ...} are questions, lines {"text": ...} documents."""
+    import json
+    from pathlib import Path
+
+    from rlpt import arith
+    from rlpt.errors import UserError
+
+    if spec == "builtin:arith":
+        questions = arith.heldout_questions(limit or 256)
+        return questions, [q["question"] + q["answer"] + "." for q in questions]
+    if spec.startswith("builtin:"):
+        raise UserError(f"--tasks: unknown built-in set {spec!r} (known: builtin:arith)")
+    try:
+        lines = Path(spec).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{spec}: cannot read ({exc})") from exc
+    questions, documents = [], []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{spec}:{number}: malformed JSON line ({exc.msg})") from exc
+        if isinstance(record, dict) and "question" in record and "answer" in record:
+            questions.append({"question": str(record["question"]), "answer": str(record["answer"])})
+        elif isinstance(record, dict) and isinstance(record.get("text"), str):
+            documents.append(record["text"])
+        else:
+            raise UserError(f"{spec}:{number}: expected {{'question': ..., 'answer': ...}} or {{'text': ...}}")
+    if not questions and not documents:
+        raise UserError(f"{spec}: the file is empty")
+    return questions[:limit] if limit else questions, documents[:limit] if limit else documents

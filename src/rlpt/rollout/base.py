@@ -1,0 +1,43 @@
+"""What every thought engine takes and returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlpt.models import ThinkTokens
+
+
+@dataclass(frozen=True)
+class Context:
+    """One RLP context: the document prefix x_<t and the observed next token x_t."""
+
+    doc: int  # index of the document in its batch
+    position: int  # t
+    prefix: tuple[int, ...]  # x_<t
+    target: int  # x_t
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    group_size: int
+    max_thought_tokens: int
+    temperature: float
+    think: ThinkTokens
+    pad_id: int
+    baseline_excludes_think: bool = False
+
+
+@dataclass
+class Rollouts:
+    """G thoughts for each of B contexts; thought k of context b is row b * G + k."""
+
+    contexts: list[Context]
+    thoughts: list[list[int]]  # sampled tokens, with a sampled </think> (part of the action), without a forced one
+    s_pred: torch.Tensor  # (B, G) log p_theta(x_t | x_<t <think> c </think>), untempered
+    s_ema: torch.Tensor  # (B,) log p_phi(x_t | x_<t), untempered
+
+    def truncated(self, close_id: int) -> torch.Tensor:
+        """(B*G,) True where the thought hit the length limit and its </think> was forced."""
+        return torch.tensor([not t or t[-1] != close_id for t in self.thoughts])

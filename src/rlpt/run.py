@@ -1,0 +1,139 @@
+"""Assemble a training run from a config: the run folder, the model, the data, the engine, the evaluation before and
+after, and the closing summary. `rlpt train` is a thin shell around `train()`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from rlpt import checkpoint, config as config_lib
+from rlpt.data import after_marker, load_documents
+from rlpt.evaluate import exact_match_accuracy, load_eval_set
+from rlpt.models import load_model_and_tokenizer
+from rlpt.rollout.reference import ReferenceEngine, last_token_logprobs
+from rlpt.trainer import RlpTrainer, least_squares_trend, make_contexts
+
+RUN_FILES = ("metrics.jsonl", "rollouts.jsonl", "summary.json", "checkpoints")
+PROBE_DOCUMENTS = 32
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def keep_lines_up_to(path: Path, step: int) -> None:
+    """Drop rows written after the checkpoint we resume from (their steps will be redone)."""
+    if path.is_file():
+        rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        path.write_text("".join(row + "\n" for row in rows))
+
+
+@torch.no_grad()
+def probe_baseline(teacher, probe, pad_id: int) -> list[float]:
+    """S_ema of a fixed set of contexts: its change over the run is the teacher's drift."""
+    logprobs = last_token_logprobs(teacher, [list(c.prefix) for c in probe], pad_id).cpu()
+    return logprobs.gather(1, torch.tensor([[c.target] for c in probe])).squeeze(1).tolist()
+
+
+def evaluate_tasks(cfg, model, tokenizer, think) -> float | None:
+    if not cfg.eval.tasks:
+        return None
+    questions, _ = load_eval_set(cfg.eval.tasks, cfg.eval.max_questions)
+    if not questions:
+        return None
+    return exact_match_accuracy(
+        model, tokenizer, think, questions, use_thought=True, max_thought_tokens=cfg.eval.max_thought_tokens
+    )["accuracy"]
+
+
+def train(cfg, run_dir: Path, fresh: bool = False) -> dict:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resume_from = None if fresh else checkpoint.latest(run_dir)
+    if resume_from is None:  # a fresh start: nothing of an earlier run may mix into this one
+        for name in RUN_FILES:
+            target = run_dir / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    config_lib.save(cfg, run_dir / "config.yaml")
+    torch.manual_seed(cfg.train.seed)
+    device = resolve_device(cfg.train.device)
+    model_source = str(resume_from) if resume_from else cfg.model.name_or_path
+    policy, tokenizer, think = load_model_and_tokenizer(model_source, cfg.model.dtype, device)
+    documents = load_documents(cfg.data, tokenizer, after_marker(cfg.rlp.positions))
+    probe = make_contexts(documents[:PROBE_DOCUMENTS], cfg.rlp.positions, cfg.train.seed, step=-1)
+
+    trainer = RlpTrainer(cfg, policy, tokenizer, think, documents, ReferenceEngine(), run_dir, device)
+    if resume_from is not None:
+        trainer.restore(resume_from)
+        print(f"rlpt: resuming from {resume_from} (step {trainer.state['step']})", flush=True)
+        for name in ("metrics.jsonl", "rollouts.jsonl"):
+            keep_lines_up_to(run_dir / name, trainer.state["step"])
+    else:
+        trainer.state["before"] = {
+            "accuracy_think": evaluate_tasks(cfg, policy, tokenizer, think),
+            "probe_s_ema": probe_baseline(policy, probe, tokenizer.pad_token_id),  # phi_0 = theta_0
+        }
+    began = time.perf_counter()
+    trainer.run()
+    train_seconds = time.perf_counter() - began
+
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    before = trainer.state["before"]
+    summary = summarize(history, before["accuracy_think"], evaluate_tasks(cfg, policy, tokenizer, think))
+    if trainer.ema.initialized:
+        after = probe_baseline(trainer.ema.model, probe, tokenizer.pad_token_id)
+        drift = [a - b for a, b in zip(after, before["probe_s_ema"])]
+        summary["s_ema_drift"] = sum(drift) / len(drift)
+        summary["s_ema_drift_abs"] = sum(abs(d) for d in drift) / len(drift)
+    summary["train_seconds_this_session"] = train_seconds
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def summarize(history: list[dict], accuracy_before, accuracy_after) -> dict:
+    rewards = [row["reward_mean"] for row in history]
+    slope, slope_t = least_squares_trend(rewards)
+    last = history[-10:]
+
+    def mean(key, rows):
+        return sum(r[key] for r in rows) / max(1, len(rows))
+
+    summary = dict(
+        steps=len(history), reward_slope=slope, reward_slope_t=slope_t,
+        reward_mean_first10=mean("reward_mean", history[:10]), reward_mean_last10=mean("reward_mean", last),
+        loss_last10=mean("loss", last), thought_len_mean=mean("thought_len_mean", history),
+        thought_truncated_frac=mean("thought_truncated_frac", history), s_ema_mean_first10=mean("s_ema_mean", history[:10]),
+        s_ema_mean_last10=mean("s_ema_mean", last), nonfinite_skipped=history[-1]["nonfinite_skipped"] if history else 0,
+        step_seconds_mean=mean("step_seconds", history), thought_tokens=sum(r["thought_tokens"] for r in history),
+    )
+    if accuracy_before is not None:
+        summary.update(accuracy_think_before=accuracy_before, accuracy_think_after=accuracy_after)
+    return summary
+
+
+def format_summary(summary: dict, run_dir: Path) -> str:
+    lines = [f"rlpt: finished {summary['steps']} steps -> {run_dir}"]
+    lines.append(
+        f"  reward (information gain, nats): first 10 steps {summary['reward_mean_first10']:+.3f}, last 10 "
+        f"{summary['reward_mean_last10']:+.3f}; trend {summary['reward_slope']:+.4f}/step (t = {summary['reward_slope_t']:+.2f})"
+    )
+    lines.append(
+        f"  thoughts: {summary['thought_len_mean']:.1f} tokens on average, {100 * summary['thought_truncated_frac']:.0f}% cut at "
+        f"the limit; {summary['thought_tokens']} thought tokens in all"
+    )
+    if "s_ema_drift" in summary:
+        lines.append(f"  EMA teacher drift on probe contexts: {summary['s_ema_drift']:+.4f} nats (mean |change| {summary['s_ema_drift_abs']:.4f})")
+    if "accuracy_think_before" in summary:
+        lines.append(
+            f"  exact-match accuracy with thinking: {100 * summary['accuracy_think_before']:.1f}% before -> "
+            f"{100 * summary['accuracy_think_after']:.1f}% after"
+        )
+    if summary["nonfinite_skipped"]:
+        lines.append(f"  WARNING: {summary['nonfinite_skipped']} steps skipped for a non-finite loss or gradient")
+    lines.append(f"  files: config.yaml metrics.jsonl summary.json checkpoints/ (latest: {(run_dir / 'checkpoints' / 'latest').read_text().strip() if (run_dir / 'checkpoints' / 'latest').is_file() else 'none'})")
+    return "\n".join(lines)

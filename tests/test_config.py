@@ -1,0 +1,48 @@
+"""Config: defaults, YAML, --set overrides with types, and clear errors naming the key."""
+
+import pytest
+
+from rlpt import config
+from rlpt.errors import UserError
+
+
+def test_paper_defaults_and_builtin_default():
+    paper = config.Config()
+    assert (paper.rlp.group_size, paper.rlp.max_thought_tokens, paper.rlp.temperature) == (16, 2048, 0.7)
+    assert (paper.train.lr, paper.rlp.kl_coef, paper.rlp.ema_decay) == (1e-6, 0.0, 0.999)
+    builtin = config.load()
+    assert builtin.model.name_or_path == "builtin:tiny" and builtin.data.path == "builtin:arith"
+
+
+def test_yaml_and_typed_overrides(tmp_path):
+    file = tmp_path / "c.yaml"
+    file.write_text("rlp:\n  group_size: 4\ntrain:\n  lr: 1.0e-5\n")
+    cfg = config.load(str(file), ["rlp.temperature=1", "train.dump_rollouts=true", "rlp.positions=list:3,4"])
+    assert cfg.rlp.group_size == 4 and cfg.train.lr == 1e-5 and cfg.rlp.temperature == 1.0
+    assert cfg.train.dump_rollouts is True and cfg.rlp.positions == "list:3,4"
+    assert cfg.rlp.max_thought_tokens == 2048  # not in the file: the paper's default
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("rlp.group_sise=4", "unknown config key rlp.group_sise"),
+        ("rlpp.group_size=4", "unknown config section 'rlpp'"),
+        ("rlp.group_size=1", "rlp.group_size must be >= 2"),
+        ("rlp.temperature=-0.5", "rlp.temperature must be > 0"),
+        ("rlp.group_size=four", "config key rlp.group_size: expected int"),
+        ("rlp.positions=sometimes", "rlp.positions"),
+        ("group_size", "expected section.key=value"),
+    ],
+)
+def test_bad_keys_and_values(override, message):
+    with pytest.raises(UserError, match=message):
+        config.load(None, [override])
+
+
+def test_bad_yaml_file(tmp_path):
+    with pytest.raises(UserError, match="cannot read"):
+        config.load(str(tmp_path / "missing.yaml"))
+    (tmp_path / "bad.yaml").write_text("rlp: [1, 2\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        config.load(str(tmp_path / "bad.yaml"))

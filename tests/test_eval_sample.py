@@ -1,0 +1,68 @@
+"""`rlpt eval` and `rlpt sample` on a tiny model folder."""
+
+import json
+
+import pytest
+
+from rlpt.cli import main
+from rlpt.evaluate import normalise_answer
+
+
+def test_answer_normalisation():
+    assert normalise_answer(" 532.\nnext line") == "532"
+    assert normalise_answer("1,220") == "1,220"
+
+
+def test_eval_question_answer_jsonl_and_builtin(llama_dir, tmp_path, capsys):
+    tasks = tmp_path / "qa.jsonl"
+    tasks.write_text('{"question": "1+1=", "answer": "2"}\n{"question": "2+2=", "answer": 4}\n')
+    out = tmp_path / "r.json"
+    assert main(["eval", "--model", llama_dir, "--tasks", str(tasks), "--output", str(out), "--max-thought-tokens", "4"]) == 0
+    result = json.loads(out.read_text())
+    assert result["n"] == 2 and 0.0 <= result["accuracy"] <= 1.0 and result["think"] is True
+    assert main(["eval", "--model", llama_dir, "--tasks", "builtin:arith", "--max-questions", "8", "--no-think",
+                 "--max-thought-tokens", "4"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 8 and result["think"] is False
+    for key in ("logp_think", "logp_nothink", "next_token_acc"):
+        assert key in result and result[key] == result[key]
+    assert result["logp_nothink"] <= 0 and result["logp_think"] <= 0
+
+
+def test_eval_documents_give_the_intrinsic_metric(llama_dir, tmp_path, capsys):
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text('{"text": "12+34=46."}\n{"text": "5+5=10."}\n')
+    assert main(["eval", "--model", llama_dir, "--tasks", str(docs), "--max-thought-tokens", "3"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["positions"] == 9 + 6  # every t >= 1 of both documents (<bos> counted)
+    assert result["accuracy"] == result["next_token_acc_think"] and result["n"] == result["positions"]
+
+
+def test_eval_bad_tasks_file(llama_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "1+1=", "answer": "2"}\n{"q": 1}\n')
+    assert main(["eval", "--model", llama_dir, "--tasks", str(bad)]) == 2
+    assert "bad.jsonl:2" in capsys.readouterr().err
+
+
+def test_sample_reports_thoughts_with_their_reward(llama_dir, capsys):
+    assert main(["sample", "--model", llama_dir, "--prefix", "12+34=", "--next", "46.", "--num-thoughts", "3",
+                 "--max-thought-tokens", "5", "--seed", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["next_token"] == "4" and len(result["thoughts"]) == 3
+    for row in result["thoughts"]:
+        assert row["reward"] == pytest.approx(row["s_pred"] - row["s_ema"], abs=1e-6)
+        assert 1 <= len(row["thought_ids"]) <= 5
+    again = main(["sample", "--model", llama_dir, "--prefix", "12+34=", "--next", "46.", "--num-thoughts", "3",
+                  "--max-thought-tokens", "5", "--seed", "1", "--json"])
+    assert again == 0 and json.loads(capsys.readouterr().out) == result  # same seed, same thoughts
+
+
+def test_sample_uses_the_checkpoint_ema_as_teacher(llama_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--output", str(run), "--set", f"model.name_or_path={llama_dir}", "--set", "rlp.group_size=2",
+                 "--set", "rlp.max_thought_tokens=3", "--set", "train.max_steps=1", "--set", "eval.tasks=",
+                 "--set", "rlp.positions=random:1", "--set", "train.batch_documents=1"]) == 0
+    capsys.readouterr()
+    assert main(["sample", "--model", str(run), "--prefix", "1+1=", "--next", "2", "--num-thoughts", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["teacher"] == "ema.safetensors"
