@@ -20,6 +20,7 @@ def test_eval_question_answer_jsonl_and_builtin(llama_dir, tmp_path, capsys):
     assert main(["eval", "--model", llama_dir, "--tasks", str(tasks), "--output", str(out), "--max-thought-tokens", "4"]) == 0
     result = json.loads(out.read_text())
     assert result["n"] == 2 and 0.0 <= result["accuracy"] <= 1.0 and result["think"] is True
+    capsys.readouterr()
     assert main(["eval", "--model", llama_dir, "--tasks", "builtin:arith", "--max-questions", "8", "--no-think",
                  "--max-thought-tokens", "4"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -34,7 +35,7 @@ def test_eval_documents_give_the_intrinsic_metric(llama_dir, tmp_path, capsys):
     docs.write_text('{"text": "12+34=46."}\n{"text": "5+5=10."}\n')
     assert main(["eval", "--model", llama_dir, "--tasks", str(docs), "--max-thought-tokens", "3"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["positions"] == 9 + 6  # every t >= 1 of both documents (<bos> counted)
+    assert result["positions"] == 9 + 7  # every 1 <= t < len: 10 and 8 ids with <bos>
     assert result["accuracy"] == result["next_token_acc_think"] and result["n"] == result["positions"]
 
 

@@ -107,12 +107,13 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-# `rlpt train` with no --config: the tiny model on 3-digit addition, thoughts at every answer character.
+# `rlpt train` with no --config: the tiny model on 3-digit addition. Thoughts go at t = 9, the first answer digit
+# (`<bos>` + 8 characters of `347+185=`), where the warm start showed worked thoughts. README: "The built-in default".
 BUILTIN_DEFAULT = {
     "model": {"name_or_path": "builtin:tiny"},
     "data": {"path": "builtin:arith"},
-    "rlp": {"group_size": 8, "max_thought_tokens": 32, "positions": "after:="},
-    "train": {"lr": 1e-5, "batch_documents": 4, "max_steps": 60, "checkpoint_every": 20},
+    "rlp": {"group_size": 8, "max_thought_tokens": 32, "positions": "list:9"},
+    "train": {"lr": 1e-5, "batch_documents": 16, "max_steps": 100, "checkpoint_every": 25},
     "eval": {"tasks": "builtin:arith", "max_questions": 256, "max_thought_tokens": 32},
 }
 

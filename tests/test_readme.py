@@ -1,0 +1,28 @@
+"""The README documents every config key and every metric the trainer writes."""
+
+import dataclasses
+from pathlib import Path
+
+from rlpt import config
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+def test_every_config_key_is_in_the_readme_table():
+    for section in dataclasses.fields(config.Config):
+        for field in dataclasses.fields(section.default_factory()):
+            assert f"| `{section.name}.{field.name}` |" in README, f"{section.name}.{field.name} missing from README"
+
+
+def test_every_metric_is_explained(llama_dir, tmp_path):
+    import json
+
+    from rlpt.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--output", str(run), "--set", f"model.name_or_path={llama_dir}", "--set", "rlp.group_size=2",
+                 "--set", "rlp.max_thought_tokens=2", "--set", "train.max_steps=1", "--set", "eval.tasks=",
+                 "--set", "rlp.positions=random:1", "--set", "train.batch_documents=1"]) == 0
+    row = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    for key in row:
+        assert f"`{key}`" in README, f"metric {key} is not explained in the README"

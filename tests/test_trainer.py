@@ -1,0 +1,82 @@
+"""The loop's invariants, driven through RlpTrainer directly: micro-batching changes nothing, a non-finite step never
+reaches the weights, and the reward rises on a fixed easy case."""
+
+import copy
+
+import torch
+
+from rlpt import config as config_lib
+from rlpt import objective
+from rlpt.data import Document
+from rlpt.models import load_model_and_tokenizer
+from rlpt.rollout.reference import ReferenceEngine
+from rlpt.trainer import RlpTrainer, least_squares_trend
+
+
+def make_trainer(folder, tmp_path, *overrides, texts=("123+456=579.", "98+76=174.", "5+5=10.")):
+    cfg = config_lib.load(None, ["rlp.group_size=4", "rlp.max_thought_tokens=5", "rlp.positions=random:2",
+                                 "train.batch_documents=3", "train.lr=1e-3", "eval.tasks=", *overrides])
+    model, tok, think = load_model_and_tokenizer(folder)
+    docs = [Document(tok(t)["input_ids"], f"doc{i}") for i, t in enumerate(texts)]
+    return RlpTrainer(cfg, model, tok, think, docs, ReferenceEngine(), tmp_path, torch.device("cpu"))
+
+
+def params(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_micro_batches_give_the_same_step_as_one_batch(llama_dir, tmp_path):
+    whole = make_trainer(llama_dir, tmp_path, "train.micro_batch_thoughts=256")
+    split = make_trainer(llama_dir, tmp_path, "train.micro_batch_thoughts=3")  # 24 thoughts in 8 chunks
+    a, b = whole.rlp_step(0), split.rlp_step(0)
+    assert abs(a.metrics["loss"] - b.metrics["loss"]) < 1e-6
+    for p, q in zip(whole.policy.parameters(), split.policy.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
+    for p, q in zip(whole.ema.model.parameters(), split.ema.model.parameters()):  # one EMA update per step
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
+
+
+def test_ema_is_set_lazily_then_updated_once_per_step(llama_dir, tmp_path):
+    trainer = make_trainer(llama_dir, tmp_path, "rlp.ema_decay=0.5", "train.micro_batch_thoughts=4")
+    theta0 = params(trainer.policy)
+    assert not trainer.ema.initialized
+    trainer.rlp_step(0)
+    theta1 = params(trainer.policy)
+    for phi, t0, t1 in zip(trainer.ema.model.parameters(), theta0, theta1):
+        torch.testing.assert_close(phi, 0.5 * t0 + 0.5 * t1, atol=1e-6, rtol=1e-6)  # phi_1 = tau theta_0 + (1-tau) theta_1
+
+
+def test_non_finite_loss_skips_the_step(llama_dir, tmp_path, monkeypatch):
+    trainer = make_trainer(llama_dir, tmp_path)
+    trainer.rlp_step(0)  # a normal step sets the EMA and the optimizer state
+    before, ema_before = params(trainer.policy), params(trainer.ema.model)
+    real = objective.clipped_surrogate_loss
+    monkeypatch.setattr(objective, "clipped_surrogate_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    outcome = trainer.rlp_step(1)
+    assert outcome.metrics["skipped"] and outcome.metrics["nonfinite_skipped"] == 1
+    for p, q in zip(trainer.policy.parameters(), before):
+        assert torch.equal(p, q)
+    for p, q in zip(trainer.ema.model.parameters(), ema_before):
+        assert torch.equal(p, q)
+    assert all(p.grad is None for p in trainer.policy.parameters())
+    monkeypatch.setattr(objective, "clipped_surrogate_loss", real)
+    assert not trainer.rlp_step(2).metrics["skipped"]
+
+
+def test_reward_rises_on_a_fixed_easy_case(llama_dir, tmp_path):
+    # one document, one position, a high learning rate: thoughts that make x_t likelier get reinforced
+    trainer = make_trainer(llama_dir, tmp_path, "rlp.group_size=8", "rlp.positions=list:4", "train.batch_documents=1",
+                           "train.lr=3e-3", "rlp.temperature=1.0", texts=("12+34=46.",))
+    rewards = [trainer.rlp_step(step).metrics["s_pred_mean"] for step in range(25)]
+    slope, t = least_squares_trend(rewards)
+    assert slope > 0 and t > 3, (slope, t, rewards)
+
+
+def test_least_squares_trend_hand_worked():
+    # y = 2x + 1 exactly: slope 2, residual 0 -> t undefined, reported 0
+    assert least_squares_trend([1.0, 3.0, 5.0, 7.0]) == (2.0, 0.0)
+    # y = [0, 1, 0, 1]: x_mean 1.5, Sxx 5, Sxy = (-1.5)(-0.5)+(-0.5)(0.5)+(0.5)(-0.5)+(1.5)(0.5) = 1 -> slope 0.2
+    # fitted [0.2, 0.4, 0.6, 0.8], residuals [-0.2, 0.6, -0.6, 0.2]: SSR 0.8, se = sqrt(0.8 / 2 / 5) = 0.282843,
+    # t = 0.2 / 0.282843 = 0.707107
+    slope, t = least_squares_trend([0.0, 1.0, 0.0, 1.0])
+    assert abs(slope - 0.2) < 1e-9 and abs(t - 0.707107) < 1e-6
