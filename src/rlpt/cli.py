@@ -33,9 +33,7 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from rlpt import evaluate
-    from rlpt.data import Document, after_marker, first_position_after, positions
     from rlpt.models import load_model_and_tokenizer
-    from rlpt.trainer import make_contexts
 
     model, tokenizer, think = load_model_and_tokenizer(model_folder(args.model))
     questions, documents = evaluate.load_eval_set(args.tasks, args.max_questions)
@@ -50,14 +48,7 @@ def cmd_eval(args) -> int:
         ]
     if documents:
         rule = args.positions or ("after:=" if args.tasks == "builtin:arith" else "all")
-        marker = after_marker(rule)
-        docs = []
-        for text in documents:
-            first = 1 if marker is None else first_position_after(tokenizer, text, marker)
-            ids = tokenizer(text)["input_ids"]
-            if first is not None and len(ids) >= 2:
-                docs.append(Document(ids, args.tasks, first))
-        contexts = make_contexts(docs, rule, seed=0, step=0)[: args.max_positions]
+        contexts = evaluate.document_contexts(tokenizer, documents, rule, args.max_positions)
         if not contexts:
             raise UserError(f"--tasks {args.tasks}: no usable position under rule {rule!r}")
         result.update(evaluate.intrinsic(model, tokenizer, think, contexts, max_thought_tokens=args.max_thought_tokens))

@@ -26,6 +26,16 @@ JSONL_SUFFIXES = {".jsonl", ".json"}
 BUILTIN_ARITH_DOCUMENTS = 20_000
 
 
+@dataclass(frozen=True)
+class Context:
+    """One RLP context: the document prefix x_<t and the observed next token x_t."""
+
+    doc: int  # index of the document in its batch
+    position: int  # t
+    prefix: tuple[int, ...]  # x_<t
+    target: int  # x_t
+
+
 @dataclass
 class Document:
     ids: list[int]
@@ -142,3 +152,13 @@ def positions(doc: Document, rule: str, rng: random.Random) -> list[int]:
 
 def after_marker(rule: str) -> str | None:
     return rule.partition(":")[2] if rule.startswith("after:") else None
+
+
+def make_contexts(docs: list[Document], rule: str, seed: int, step: int) -> list[Context]:
+    """Every (document, t) of a batch under `rule`; `random:N` draws depend only on (seed, step, index in batch)."""
+    contexts = []
+    for b, doc in enumerate(docs):
+        rng = random.Random(f"{seed}/{step}/{b}")
+        for t in positions(doc, rule, rng):
+            contexts.append(Context(doc=b, position=t, prefix=tuple(doc.ids[:t]), target=doc.ids[t]))
+    return contexts

@@ -84,6 +84,20 @@ def intrinsic(model, tokenizer, think: ThinkTokens, contexts, *, max_thought_tok
     )
 
 
+def document_contexts(tokenizer, texts: list[str], rule: str, limit: int) -> list:
+    """The first `limit` (document, position) contexts of `texts` under a position rule (seeded, step 0)."""
+    from rlpt.data import Document, after_marker, first_position_after, make_contexts
+
+    marker = after_marker(rule)
+    docs = []
+    for text in texts:
+        first = 1 if marker is None else first_position_after(tokenizer, text, marker)
+        ids = tokenizer(text)["input_ids"]
+        if first is not None and len(ids) >= 2:
+            docs.append(Document(ids, "eval", first))
+    return make_contexts(docs, rule, seed=0, step=0)[:limit]
+
+
 def load_eval_set(spec: str, limit: int | None = None) -> tuple[list[dict], list[str]]:
     """(questions, documents) of an evaluation set. `builtin:arith`: the held-out questions, and the same problems
     as documents. A JSONL file: lines {"question": ..., "answer": ...} are questions, lines {"text": ...} documents."""

@@ -9,16 +9,7 @@ import random
 import torch
 from tqdm.auto import tqdm
 
-
-def pad_batch(docs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token lists to (B, T) ids and a (B, T) attention mask."""
-    width = max(len(d) for d in docs)
-    ids = torch.full((len(docs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(docs), width), dtype=torch.long)
-    for i, d in enumerate(docs):
-        ids[i, : len(d)] = torch.tensor(d, dtype=torch.long)
-        mask[i, : len(d)] = 1
-    return ids, mask
+from rlpt.generation import right_pad
 
 
 def next_token_loss(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -69,7 +60,7 @@ def train_next_token(
     model.train()
     bar = tqdm(range(steps), desc=desc, dynamic_ncols=True, mininterval=1.0)
     for step in bar:
-        ids, mask = pad_batch([docs[i] for i in next(batches)], pad_id)
+        ids, mask = right_pad([docs[i] for i in next(batches)], pad_id)
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, steps, warmup, lr) if schedule == "cosine" else lr
         loss = next_token_loss(model, ids, mask)

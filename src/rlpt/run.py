@@ -11,11 +11,11 @@ from pathlib import Path
 import torch
 
 from rlpt import checkpoint, config as config_lib
-from rlpt.data import after_marker, load_documents
+from rlpt.data import after_marker, load_documents, make_contexts
 from rlpt.evaluate import exact_match_accuracy, load_eval_set
 from rlpt.models import load_model_and_tokenizer
 from rlpt.rollout.reference import ReferenceEngine, last_token_logprobs
-from rlpt.trainer import RlpTrainer, least_squares_trend, make_contexts
+from rlpt.trainer import RlpTrainer, least_squares_trend
 
 RUN_FILES = ("metrics.jsonl", "rollouts.jsonl", "summary.json", "checkpoints")
 PROBE_DOCUMENTS = 32

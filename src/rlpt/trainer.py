@@ -15,21 +15,23 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from rlpt import checkpoint, objective
-from rlpt.data import Document, positions
+from rlpt.data import Document, make_contexts
 from rlpt.ema import EmaTeacher
 from rlpt.generation import gumbel_sampler
-from rlpt.rollout import Context, Rollouts, RolloutSpec
+from rlpt.rollout import Rollouts, RolloutSpec
 
 
 @dataclass
 class StepOutcome:
     metrics: dict
+    documents: list[Document]  # the step's documents; Context.doc indexes them
     rollouts: Rollouts
     rewards: torch.Tensor  # (B, G)
     advantages: torch.Tensor  # (B, G)
@@ -39,24 +41,16 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
+@lru_cache(maxsize=2)
+def epoch_order(num_docs: int, seed: int, epoch: int) -> tuple[int, ...]:
+    order = list(range(num_docs))
+    random.Random(seed * 7919 + epoch).shuffle(order)
+    return tuple(order)
+
+
 def batch_indices(num_docs: int, batch: int, seed: int, step: int) -> list[int]:
     """Documents of `step`: consecutive slices of a per-epoch seeded permutation of the corpus."""
-    out = []
-    for k in range(step * batch, (step + 1) * batch):
-        epoch, offset = divmod(k, num_docs)
-        order = list(range(num_docs))
-        random.Random(seed * 7919 + epoch).shuffle(order)
-        out.append(order[offset])
-    return out
-
-
-def make_contexts(docs: list[Document], rule: str, seed: int, step: int) -> list[Context]:
-    contexts = []
-    for b, doc in enumerate(docs):
-        rng = random.Random(f"{seed}/{step}/{b}")
-        for t in positions(doc, rule, rng):
-            contexts.append(Context(doc=b, position=t, prefix=tuple(doc.ids[:t]), target=doc.ids[t]))
-    return contexts
+    return [epoch_order(num_docs, seed, k // num_docs)[k % num_docs] for k in range(step * batch, (step + 1) * batch)]
 
 
 def least_squares_trend(values: list[float]) -> tuple[float, float]:
@@ -123,7 +117,7 @@ class RlpTrainer:
             clip_frac=clip_frac, kl=kl, grad_norm=grad_norm.item(), contexts=len(contexts), skipped=not finite,
             nonfinite_skipped=self.state["nonfinite_skipped"],
         )
-        return StepOutcome(metrics, rollouts, rewards, advantages)
+        return StepOutcome(metrics, docs, rollouts, rewards, advantages)
 
     def accumulate_gradients(self, rollouts: Rollouts, advantages: torch.Tensor) -> tuple[float, float, float]:
         """Backward the batch loss mean_i L_i in micro-batches of thoughts; returns (loss, kl, clip fraction)."""
@@ -158,13 +152,13 @@ class RlpTrainer:
     def save_checkpoint(self, step: int) -> Path:
         return checkpoint.save(self.run_dir, step, self.policy, self.tokenizer, self.ema, self.optimizer, self.state)
 
-    def dump_rollouts(self, handle, outcome: StepOutcome, docs_of_step: list[Document]) -> None:
+    def dump_rollouts(self, handle, outcome: StepOutcome) -> None:
         G = self.spec.group_size
         for row, thought in enumerate(outcome.rollouts.thoughts):
             context = outcome.rollouts.contexts[row // G]
             b, g = divmod(row, G)
             handle.write(json.dumps(dict(
-                step=outcome.metrics["step"], doc=docs_of_step[context.doc].source, position=context.position,
+                step=outcome.metrics["step"], doc=outcome.documents[context.doc].source, position=context.position,
                 thought_ids=thought, thought_text=self.tokenizer.decode(thought),
                 s_pred=outcome.rollouts.s_pred[b, g].item(), s_ema=outcome.rollouts.s_ema[b].item(),
                 reward=outcome.rewards[b, g].item(), advantage=outcome.advantages[b, g].item(),
@@ -187,8 +181,7 @@ class RlpTrainer:
                 metrics_file.write(json.dumps(outcome.metrics) + "\n")
                 metrics_file.flush()
                 if rollouts_file:
-                    docs = [self.documents[i] for i in batch_indices(len(self.documents), cfg.batch_documents, cfg.seed, step)]
-                    self.dump_rollouts(rollouts_file, outcome, docs)
+                    self.dump_rollouts(rollouts_file, outcome)
                     rollouts_file.flush()
                 history.append(outcome.metrics)
                 bar.set_postfix(reward=f"{outcome.metrics['reward_mean']:+.3f}", len=f"{outcome.metrics['thought_len_mean']:.1f}")

@@ -6,17 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from rlpt.data import Context
 from rlpt.models import ThinkTokens
-
-
-@dataclass(frozen=True)
-class Context:
-    """One RLP context: the document prefix x_<t and the observed next token x_t."""
-
-    doc: int  # index of the document in its batch
-    position: int  # t
-    prefix: tuple[int, ...]  # x_<t
-    target: int  # x_t
 
 
 @dataclass(frozen=True)

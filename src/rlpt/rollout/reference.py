@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import torch
 
-from rlpt.generation import Chooser, decode
-from rlpt.pretrain import pad_batch
+from rlpt.generation import Chooser, decode, right_pad
 from rlpt.rollout.base import Context, Rollouts, RolloutSpec
 
 
 def last_token_logprobs(model, sequences: list[list[int]], pad_id: int) -> torch.Tensor:
     """(N, V) float32 log-softmax of the logits after the last token of each sequence (untempered)."""
-    ids, mask = pad_batch(sequences, pad_id)
+    ids, mask = right_pad(sequences, pad_id)
     device = next(model.parameters()).device
     logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
     last = torch.tensor([len(s) - 1 for s in sequences], device=device)
@@ -59,7 +58,7 @@ class ReferenceEngine:
         G = spec.group_size
         prompts = [list(rollouts.contexts[r // G].prefix) + [spec.think.open_id] for r in rows]
         thoughts = [rollouts.thoughts[r] for r in rows]
-        ids, mask = pad_batch([p + t for p, t in zip(prompts, thoughts)], spec.pad_id)
+        ids, mask = right_pad([p + t for p, t in zip(prompts, thoughts)], spec.pad_id)
         device = next(model.parameters()).device
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         width = max(len(t) for t in thoughts)
