@@ -64,28 +64,39 @@ def resolve_files(path: str) -> list[Path]:
     return matches
 
 
-def read_texts(file: Path, fmt: str, text_field: str, split_paragraphs: bool) -> list[tuple[str, str]]:
-    """(text, source) pairs of one file; every problem names the file and line."""
-    if fmt == "auto":
-        fmt = "jsonl" if file.suffix in JSONL_SUFFIXES else "text"
+def read_nonempty(file: Path) -> str:
     try:
         content = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{file}: cannot read ({exc})") from exc
     if not content.strip():
         raise UserError(f"{file}: the file is empty")
+    return content
+
+
+def jsonl_records(file: Path) -> list[tuple[int, object]]:
+    """(line number, parsed JSON) of every non-blank line; a malformed line is an error naming file and line."""
+    records = []
+    for number, line in enumerate(read_nonempty(file).splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append((number, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{file}:{number}: malformed JSON line ({exc.msg})") from exc
+    return records
+
+
+def read_texts(file: Path, fmt: str, text_field: str, split_paragraphs: bool) -> list[tuple[str, str]]:
+    """(text, source) pairs of one file; every problem names the file and line."""
+    if fmt == "auto":
+        fmt = "jsonl" if file.suffix in JSONL_SUFFIXES else "text"
     if fmt == "text":
+        content = read_nonempty(file)
         if not split_paragraphs:
             return [(content, str(file))]
         return [(block.strip(), f"{file}:{i + 1}") for i, block in enumerate(content.split("\n\n")) if block.strip()]
     out = []
-    for number, line in enumerate(content.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{file}:{number}: malformed JSON line ({exc.msg})") from exc
+    for number, record in jsonl_records(file):
         if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
             raise UserError(f"{file}:{number}: no string field {text_field!r} (set data.text_field)")
         out.append((record[text_field], f"{file}:{number}"))

@@ -3,10 +3,16 @@ metric on documents (log-likelihood of the next token with and without thinking,
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
+from rlpt import arith
+from rlpt.data import Document, after_marker, first_position_after, jsonl_records, make_contexts
+from rlpt.errors import UserError
 from rlpt.generation import decode, greedy
 from rlpt.models import ThinkTokens
+from rlpt.rollout.reference import last_token_logprobs
 
 MAX_ANSWER_TOKENS = 24
 
@@ -60,8 +66,6 @@ def exact_match_accuracy(model, tokenizer, think: ThinkTokens, tasks: list[dict]
 def intrinsic(model, tokenizer, think: ThinkTokens, contexts, *, max_thought_tokens: int, batch_size: int = 256) -> dict:
     """Mean log p(x_t | x_<t) without a thought and with a greedy thought, and next-token accuracy of both, over
     `contexts` (rlpt.rollout.Context)."""
-    from rlpt.rollout.reference import last_token_logprobs
-
     pad = tokenizer.pad_token_id
     nothink, withthink, hit_nothink, hit_think = [], [], [], []
     for start in range(0, len(contexts), batch_size):
@@ -86,8 +90,6 @@ def intrinsic(model, tokenizer, think: ThinkTokens, contexts, *, max_thought_tok
 
 def document_contexts(tokenizer, texts: list[str], rule: str, limit: int) -> list:
     """The first `limit` (document, position) contexts of `texts` under a position rule (seeded, step 0)."""
-    from rlpt.data import Document, after_marker, first_position_after, make_contexts
-
     marker = after_marker(rule)
     docs = []
     for text in texts:
@@ -101,35 +103,17 @@ def document_contexts(tokenizer, texts: list[str], rule: str, limit: int) -> lis
 def load_eval_set(spec: str, limit: int | None = None) -> tuple[list[dict], list[str]]:
     """(questions, documents) of an evaluation set. `builtin:arith`: the held-out questions, and the same problems
     as documents. A JSONL file: lines {"question": ..., "answer": ...} are questions, lines {"text": ...} documents."""
-    import json
-    from pathlib import Path
-
-    from rlpt import arith
-    from rlpt.errors import UserError
-
     if spec == "builtin:arith":
         questions = arith.heldout_questions(limit or 256)
         return questions, [q["question"] + q["answer"] + "." for q in questions]
     if spec.startswith("builtin:"):
         raise UserError(f"--tasks: unknown built-in set {spec!r} (known: builtin:arith)")
-    try:
-        lines = Path(spec).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{spec}: cannot read ({exc})") from exc
     questions, documents = [], []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{spec}:{number}: malformed JSON line ({exc.msg})") from exc
+    for number, record in jsonl_records(Path(spec)):
         if isinstance(record, dict) and "question" in record and "answer" in record:
             questions.append({"question": str(record["question"]), "answer": str(record["answer"])})
         elif isinstance(record, dict) and isinstance(record.get("text"), str):
             documents.append(record["text"])
         else:
             raise UserError(f"{spec}:{number}: expected {{'question': ..., 'answer': ...}} or {{'text': ...}}")
-    if not questions and not documents:
-        raise UserError(f"{spec}: the file is empty")
     return questions[:limit] if limit else questions, documents[:limit] if limit else documents

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from rlpt import checkpoint, config as config_lib
 from rlpt.data import after_marker, load_documents, make_contexts
@@ -32,6 +33,21 @@ def keep_lines_up_to(path: Path, step: int) -> None:
     if path.is_file():
         rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
         path.write_text("".join(row + "\n" for row in rows))
+
+
+def warn_on_changed_config(saved_file: Path, cfg) -> None:
+    """Resuming with other settings is allowed (to train longer, say) but should never go unnoticed."""
+    if not saved_file.is_file():
+        return
+    saved = yaml.safe_load(saved_file.read_text()) or {}
+    current = config_lib.to_dict(cfg)
+    changed = [
+        f"{section}.{key}: {saved[section][key]!r} -> {value!r}"
+        for section, values in current.items() for key, value in values.items()
+        if f"{section}.{key}" != "train.max_steps" and saved.get(section, {}).get(key, value) != value
+    ]
+    if changed:
+        print("rlpt: warning: resuming with a changed config: " + "; ".join(changed), flush=True)
 
 
 @torch.no_grad()
@@ -59,6 +75,8 @@ def train(cfg, run_dir: Path, fresh: bool = False) -> dict:
         for name in RUN_FILES:
             target = run_dir / name
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    if resume_from is not None:
+        warn_on_changed_config(run_dir / "config.yaml", cfg)
     config_lib.save(cfg, run_dir / "config.yaml")
     torch.manual_seed(cfg.train.seed)
     device = resolve_device(cfg.train.device)
