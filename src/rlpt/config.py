@@ -60,6 +60,8 @@ class RlpConfig:
     """Renormalise the no-think baseline over tokens other than the think tags (see README)."""
     positions: str = "all"
     """Which positions t get thoughts: all, every:K, random:N, list:T1,T2,..., after:TEXT."""
+    engine: str = "packed"
+    """Thought engine: `packed` (one forward per document; fast) or `reference` (one row per thought; the oracle)."""
     normalize_advantages: bool = False
     """Divide each group's advantages by the group's reward std (off: the paper's advantage)."""
 
@@ -205,6 +207,7 @@ def validate(cfg: Config) -> None:
         (cfg.rlp.kl_coef >= 0, "rlp.kl_coef must be >= 0"),
         (bool(POSITION_RULE.match(cfg.rlp.positions)),
          f"rlp.positions: {cfg.rlp.positions!r} is not all, every:K, random:N, list:T1,T2,... or after:TEXT"),
+        (cfg.rlp.engine in ("reference", "packed"), f"rlp.engine: {cfg.rlp.engine!r} is not reference or packed"),
         (cfg.data.format in ("auto", "text", "jsonl"), f"data.format: {cfg.data.format!r} is not auto, text or jsonl"),
         (cfg.data.max_length >= 2, "data.max_length must be >= 2"),
         (cfg.train.lr > 0, "train.lr must be > 0"),

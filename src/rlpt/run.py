@@ -15,7 +15,8 @@ from rlpt import checkpoint, config as config_lib
 from rlpt.data import after_marker, load_documents, make_contexts
 from rlpt.evaluate import exact_match_accuracy, load_eval_set
 from rlpt.models import load_model_and_tokenizer
-from rlpt.rollout.reference import ReferenceEngine, last_token_logprobs
+from rlpt.rollout import make_engine
+from rlpt.rollout.reference import last_token_logprobs
 from rlpt.trainer import RlpTrainer, least_squares_trend
 
 RUN_FILES = ("metrics.jsonl", "rollouts.jsonl", "summary.json", "checkpoints")
@@ -85,7 +86,8 @@ def train(cfg, run_dir: Path, fresh: bool = False) -> dict:
     documents = load_documents(cfg.data, tokenizer, after_marker(cfg.rlp.positions))
     probe = make_contexts(documents[:PROBE_DOCUMENTS], cfg.rlp.positions, cfg.train.seed, step=-1)
 
-    trainer = RlpTrainer(cfg, policy, tokenizer, think, documents, ReferenceEngine(), run_dir, device)
+    engine = make_engine(cfg.rlp.engine, policy)
+    trainer = RlpTrainer(cfg, policy, tokenizer, think, documents, engine, run_dir, device)
     if resume_from is not None:
         trainer.restore(resume_from)
         print(f"rlpt: resuming from {resume_from} (step {trainer.state['step']})", flush=True)

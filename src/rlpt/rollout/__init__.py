@@ -1,5 +1,31 @@
-"""Thought engines: sample G thoughts per (document, position), score them, and give the update's log-probs."""
+"""Thought engines: sample G thoughts per (document, position), score them, and give the update's log-probs.
+
+- `reference`: every (context, thought) its own row; simple and obviously right, the oracle.
+- `packed`: one forward per document for the context KV and for the update; the fast one (DESIGN.md section 4).
+"""
+
+from __future__ import annotations
+
+import warnings
 
 from rlpt.rollout.base import Context, RolloutSpec, Rollouts
 
-__all__ = ["Context", "RolloutSpec", "Rollouts"]
+__all__ = ["Context", "RolloutSpec", "Rollouts", "make_engine", "ENGINES"]
+ENGINES = ("reference", "packed")
+
+
+def make_engine(name: str, model):
+    """The engine called `name` for `model`; `packed` falls back to `reference`, with a warning, for a model whose
+    attention ignores custom masks (never silently to wrong results)."""
+    from rlpt.rollout.packed import PackedEngine, supports_custom_masks
+    from rlpt.rollout.reference import ReferenceEngine
+
+    if name == "packed":
+        if supports_custom_masks(model):
+            return PackedEngine()
+        warnings.warn(
+            f"rlp.engine=packed: {type(model).__name__} ignores custom attention masks here "
+            f"(attn_implementation={model.config._attn_implementation!r}); using the reference engine",
+            stacklevel=2,
+        )
+    return ReferenceEngine()

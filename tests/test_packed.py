@@ -1,0 +1,147 @@
+"""The packed engine against the reference engine: same thoughts, scores, losses and gradients; no leakage."""
+
+import warnings
+
+import pytest
+import torch
+
+from rlpt import objective
+from rlpt.data import Document, make_contexts
+from rlpt.generation import gumbel_sampler
+from rlpt.models import load_model_and_tokenizer
+from rlpt.rollout import RolloutSpec, make_engine
+from rlpt.rollout.packed import PackedEngine, pack_document, supports_custom_masks
+from rlpt.rollout.reference import ReferenceEngine
+
+from conftest import save_tiny
+
+TEXTS = ["123+456=579.", "98+7=105. and a longer tail", "5+5=10.", "777+1=778."]
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2", "qwen3", "gpt2"])
+def arch_dir(request, tmp_path_factory):
+    return save_tiny(tmp_path_factory.mktemp(request.param), request.param, seed=1)
+
+
+def early_ending_sampler(seed, close_id, boost=2.5):
+    """The tempered sampler with </think> made likelier, so thoughts end early and have ragged lengths."""
+    base = gumbel_sampler(0.7, torch.Generator().manual_seed(seed))
+
+    def choose(logits, step):
+        logits = logits.clone()
+        logits[:, close_id] += boost
+        return base(logits, step)
+
+    return choose
+
+
+def run_engine(engine, model, contexts, spec, seed):
+    rollouts = engine.rollout(model, model, contexts, spec, early_ending_sampler(seed, spec.think.close_id))
+    rewards = objective.information_gain(rollouts.s_pred, rollouts.s_ema)
+    advantages = objective.group_advantages(rewards).flatten()
+    logp, mask = engine.thought_logprobs(model, rollouts, list(range(len(rollouts.thoughts))), spec)
+    loss = objective.clipped_surrogate_loss(logp, logp.detach(), advantages, mask)
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return rollouts, rewards, logp.detach(), mask, loss.item(), grads
+
+
+@pytest.mark.parametrize("excludes_think", [False, True])
+def test_packed_equals_reference(arch_dir, excludes_think):
+    model, tok, think = load_model_and_tokenizer(arch_dir)
+    docs = [Document(tok(t)["input_ids"], f"d{i}") for i, t in enumerate(TEXTS)]
+    contexts = make_contexts(docs, "random:3", seed=0, step=0)  # several documents and positions
+    spec = RolloutSpec(group_size=4, max_thought_tokens=6, temperature=0.7, think=think, pad_id=tok.pad_token_id,
+                       baseline_excludes_think=excludes_think)
+    ref = run_engine(ReferenceEngine(), model, contexts, spec, seed=3)
+    packed = run_engine(PackedEngine(), model, contexts, spec, seed=3)
+
+    assert packed[0].thoughts == ref[0].thoughts
+    lengths = {len(t) for t in ref[0].thoughts}
+    ended = sum(t[-1] == think.close_id for t in ref[0].thoughts)
+    assert len(lengths) >= 3 and 0 < ended < len(ref[0].thoughts)  # ragged, some closed early, some cut
+    torch.testing.assert_close(packed[0].s_pred, ref[0].s_pred, atol=1e-5, rtol=0)
+    torch.testing.assert_close(packed[0].s_ema, ref[0].s_ema, atol=1e-5, rtol=0)
+    torch.testing.assert_close(packed[1], ref[1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(packed[2] * packed[3], ref[2] * ref[3], atol=1e-5, rtol=0)
+    assert torch.equal(packed[3], ref[3])
+    assert abs(packed[4] - ref[4]) < 1e-5
+    assert packed[5].keys() == ref[5].keys()
+    for name in ref[5]:
+        torch.testing.assert_close(packed[5][name], ref[5][name], atol=1e-4, rtol=0)
+
+
+def test_packed_update_in_chunks_equals_whole(llama_dir):
+    model, tok, think = load_model_and_tokenizer(llama_dir)
+    docs = [Document(tok(t)["input_ids"], f"d{i}") for i, t in enumerate(TEXTS)]
+    contexts = make_contexts(docs, "random:2", seed=1, step=0)
+    spec = RolloutSpec(group_size=3, max_thought_tokens=4, temperature=0.7, think=think, pad_id=tok.pad_token_id)
+    engine = PackedEngine()
+    rollouts = engine.rollout(model, model, contexts, spec, early_ending_sampler(0, think.close_id))
+    rows = list(range(len(rollouts.thoughts)))
+    whole, mask = engine.thought_logprobs(model, rollouts, rows, spec)
+    for chunk in (rows[:5], rows[5:11], rows[11:]):
+        part, part_mask = engine.thought_logprobs(model, rollouts, chunk, spec)
+        width = part.size(1)
+        torch.testing.assert_close(part * part_mask, (whole * mask)[chunk, :width], atol=1e-5, rtol=0)
+
+
+def test_packed_engine_has_no_leakage(llama_dir):
+    # two documents equal in tokens 0..6, different from token 7 on; in one batch with a third document
+    model, tok, think = load_model_and_tokenizer(llama_dir)
+    a, b = tok("12+34=46. yes")["input_ids"], tok("12+34=99 no no no")["input_ids"]
+    assert a[:7] == b[:7] and a[7] != b[7]
+    other = Document(tok("7+8=15.")["input_ids"], "o")
+    spec = RolloutSpec(group_size=3, max_thought_tokens=5, temperature=0.7, think=think, pad_id=tok.pad_token_id)
+    results = []
+    for doc in (a, b):
+        docs = [Document(doc, "x"), other]
+        contexts = make_contexts(docs, "list:3,6", seed=0, step=0)  # x_<t and x_t are the same in both
+        engine = PackedEngine()
+        rollouts = engine.rollout(model, model, contexts, spec, early_ending_sampler(5, think.close_id))
+        logp, mask = engine.thought_logprobs(model, rollouts, list(range(len(rollouts.thoughts))), spec)
+        results.append((rollouts.thoughts, rollouts.s_pred, rollouts.s_ema, logp.detach()))
+    assert results[0][0] == results[1][0]
+    for x, y in zip(results[0][1:], results[1][1:]):
+        torch.testing.assert_close(x, y, atol=1e-6, rtol=0)
+
+
+def test_pack_document_hand_worked_mask():
+    # prefix [10, 11, 12] (positions 0-2); block 0 at t=1 with thought [20, 21]; block 1 at t=3 with thought [30]
+    ids, positions, allowed, predicting = pack_document([10, 11, 12], [(1, [20, 21]), (3, [30])], open_id=4)
+    assert ids.tolist() == [10, 11, 12, 4, 20, 4]
+    assert positions.tolist() == [0, 1, 2, 1, 2, 3]
+    expected = [
+        [1, 0, 0, 0, 0, 0],  # prefix: causal
+        [1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0],
+        [1, 0, 0, 1, 0, 0],  # block 0 <think>: prefix before t=1, itself
+        [1, 0, 0, 1, 1, 0],  # block 0, token 20
+        [1, 1, 1, 0, 0, 1],  # block 1 <think>: prefix before t=3, itself; never block 0
+    ]
+    assert allowed.int().tolist() == expected
+    assert predicting.tolist() == [3, 4, 5]
+
+
+class MaskIgnoringLM(torch.nn.Module):
+    """A model whose attention ignores custom masks (like a flash-attention kernel): the probe must refuse it."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.config = inner, inner.config
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, **kwargs):
+        return self.inner(input_ids=input_ids)
+
+
+def test_models_that_ignore_custom_masks_fall_back_with_a_warning(llama_dir):
+    model, _, _ = load_model_and_tokenizer(llama_dir)
+    assert supports_custom_masks(model)
+    assert isinstance(make_engine("packed", model), PackedEngine)
+    wrapped = MaskIgnoringLM(model)
+    assert not supports_custom_masks(wrapped)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        engine = make_engine("packed", wrapped)
+    assert isinstance(engine, ReferenceEngine) and "using the reference engine" in str(caught[0].message)
