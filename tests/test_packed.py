@@ -10,7 +10,9 @@ from rlpt.data import Document, make_contexts
 from rlpt.generation import gumbel_sampler
 from rlpt.models import load_model_and_tokenizer
 from rlpt.rollout import RolloutSpec, make_engine
-from rlpt.rollout.packed import PackedEngine, pack_document, supports_custom_masks
+from rlpt.generation import right_pad
+from rlpt.rollout.packed import PackedEngine, document_prefix, rows_over_documents, supports_custom_masks
+from rlpt.rollout.shared_prefix import SharedPrefix
 from rlpt.rollout.reference import ReferenceEngine
 
 from conftest import save_tiny
@@ -107,21 +109,33 @@ def test_packed_engine_has_no_leakage(llama_dir):
         torch.testing.assert_close(x, y, atol=1e-6, rtol=0)
 
 
-def test_pack_document_hand_worked_mask():
-    # prefix [10, 11, 12] (positions 0-2); block 0 at t=1 with thought [20, 21]; block 1 at t=3 with thought [30]
-    ids, positions, allowed, predicting = pack_document([10, 11, 12], [(1, [20, 21]), (3, [30])], open_id=4)
-    assert ids.tolist() == [10, 11, 12, 4, 20, 4]
-    assert positions.tolist() == [0, 1, 2, 1, 2, 3]
-    expected = [
-        [1, 0, 0, 0, 0, 0],  # prefix: causal
-        [1, 1, 0, 0, 0, 0],
-        [1, 1, 1, 0, 0, 0],
-        [1, 0, 0, 1, 0, 0],  # block 0 <think>: prefix before t=1, itself
-        [1, 0, 0, 1, 1, 0],  # block 0, token 20
-        [1, 1, 1, 0, 0, 1],  # block 1 <think>: prefix before t=3, itself; never block 0
-    ]
-    assert allowed.int().tolist() == expected
-    assert predicting.tolist() == [3, 4, 5]
+def test_shared_prefix_grid_hand_worked():
+    # rows of documents [0, 1, 0]: 2 rows for document 0, 1 for document 1 -> R = 2, slots 0 and 1 for document 0
+    # (rows 0 and 2, in order), slot 2 for document 1; slot 3 stays empty
+    keys = torch.zeros(2, 1, 5, 4)
+    layer = type("Layer", (), {"keys": keys, "values": keys})()
+    prefix = SharedPrefix(type("Cache", (), {"layers": [layer]})(), torch.tensor([0, 1, 0]), torch.tensor([1, 4, 2]))
+    assert prefix.rows_per_doc == 2 and prefix.slot.tolist() == [0, 2, 1] and not prefix.identity
+    rows = torch.arange(3.0).view(3, 1, 1, 1)
+    grid = prefix.to_grid(rows)  # (documents, heads, R * q, 1)
+    assert grid.flatten().tolist() == [0.0, 2.0, 1.0, 0.0]
+    assert prefix.from_grid(grid, 1).flatten().tolist() == [0.0, 1.0, 2.0]
+    # document keys before t only: row 0 (t=1) sees key 0, row 1 (t=4) keys 0-3, row 2 (t=2) keys 0-1
+    assert (prefix.doc_mask[:, 0, 0] == 0).int().tolist() == [[1, 0, 0, 0, 0], [1, 1, 1, 1, 0], [1, 1, 0, 0, 0]]
+
+
+@pytest.mark.parametrize("row_doc, row_t", [([0, 0, 1, 1], [2, 5, 1, 3]), ([1, 0, 1], [4, 2, 2])])
+def test_rows_over_documents_equal_the_rows_alone(llama_dir, row_doc, row_t):
+    model, tok, _ = load_model_and_tokenizer(llama_dir)
+    docs = [tok("12+34=46.")["input_ids"], tok("7+8=15")["input_ids"]]
+    ids, mask = right_pad(docs, tok.pad_token_id)
+    inputs = torch.tensor([[4, 20, 21], [4, 22, 23], [4, 24, 25], [4, 26, 27]])[: len(row_doc)]
+    prefix = document_prefix(model, ids, mask, torch.tensor(row_doc), torch.tensor(row_t))
+    with torch.no_grad():
+        shared = rows_over_documents(model, inputs, torch.tensor(row_t), prefix).logits
+        for i, (d, t) in enumerate(zip(row_doc, row_t)):
+            alone = model(input_ids=torch.tensor([docs[d][:t] + inputs[i].tolist()])).logits[0, t:]
+            torch.testing.assert_close(shared[i], alone, atol=1e-5, rtol=0)
 
 
 class MaskIgnoringLM(torch.nn.Module):

@@ -138,7 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--json", action="store_true", help="print one JSON object")
     sample.set_defaults(func=cmd_sample)
+    bench = sub.add_parser("bench", help="time one RLP step: reference vs packed engine vs next-token training")
+    from rlpt.bench import build_parser as bench_arguments
+
+    bench_arguments(bench)
+    bench.set_defaults(func=cmd_bench)
     return parser
+
+
+def cmd_bench(args) -> int:
+    from rlpt.bench import run
+
+    return run(args)
 
 
 def quiet_transformers() -> None:

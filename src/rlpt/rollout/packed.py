@@ -3,19 +3,21 @@
 Causal attention makes the keys and values of x_<t computed over the whole document identical to those of the prefix
 alone. So, per batch:
 - one teacher forward over each document gives S_ema at every chosen position;
-- one policy forward over each document gives the KV of every context. The G thoughts at all P positions of a
-  document then decode together: row (t, g) starts from `<think>` at position t and attends to the document's keys
-  before t and to its own earlier thought tokens, through a 4D attention mask;
+- one policy forward over each document gives the keys and values of every context. The G thoughts at all P
+  positions of a document then decode together: row (t, g) starts from `<think>` at position t and attends to the
+  document's keys before t and to its own earlier thought tokens (`shared_prefix.py`: the document's keys are kept
+  once, not copied into every row);
 - S_pred is read from the logits right after `</think>` while decoding (a sampled `</think>` is fed back as usual;
   a thought cut at the limit is fed a forced one), untempered;
-- the update packs `[document; <think> c_1; <think> c_2; ...]` into one sequence per document: each thought block
-  attends to the document before its t and to itself, with position ids continuing from t. One forward+backward per
-  document, logits only where thought tokens are predicted.
+- the update runs one forward over the documents (with grad) and one over all thought rows `<think> c[:-1]` on top
+  of it, so the gradient reaches each document once through its keys and values. (Packing `[document; thought_1;
+  ...]` into one sequence with a block mask computes the same thing, but its attention is dense over the whole
+  packed length, most of it masked: it measured 2-3x slower on the benchmark's first shape.)
 The sampling noise is drawn exactly as the reference engine draws it (one (N, V) block per step, rows in context
 order), so both engines sample the same thoughts; tests hold them to the same rewards, losses and gradients.
 
-A model whose attention ignores custom 4D masks (e.g. flash-attention kernels) fails a probe at start-up; the trainer
-then uses the reference engine and says so.
+A model that cannot run this (another attention kernel, a model that drops the extra arguments) fails a probe at
+start-up; the trainer then uses the reference engine and says so.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 from rlpt.generation import Chooser, cache_kwarg, right_pad
 from rlpt.rollout.base import Rollouts, RolloutSpec
 from rlpt.rollout.reference import baseline_logprob
+from rlpt.rollout.shared_prefix import SharedPrefix, own_tokens_cache, shared_prefix_attention
 
 
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -47,19 +50,39 @@ def documents_of(contexts) -> tuple[list[list[int]], list[int]]:
 
 @torch.no_grad()
 def supports_custom_masks(model) -> bool:
-    """Probe: a token masked from two earlier tokens (with its position id moved back) must give the same logits as
-    the short sequence without them. False if the model errors or ignores the mask."""
+    """Probe on the model itself: a thought row over a shared document prefix must give the logits of the plain
+    sequence `x_<t <think>`. False if the model errors or its attention ignores the shared prefix or the masks."""
     device = next(model.parameters()).device
-    ids = torch.tensor([[1, 2, 3, 4]], device=device) % model.config.vocab_size
-    allowed = torch.tensor([[[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 1]]], dtype=torch.bool, device=device)
+    vocab = model.config.vocab_size
+    doc = torch.tensor([[1, 2, 3, 5]], device=device) % vocab
+    row = torch.tensor([[4]], device=device) % vocab
     try:
-        dtype = next(model.parameters()).dtype
-        packed = model(input_ids=ids, attention_mask=additive_mask(allowed, dtype),
-                       position_ids=torch.tensor([[0, 1, 2, 1]], device=device)).logits[0, -1]
-        alone = model(input_ids=ids[:, [0, 3]]).logits[0, -1]
-    except Exception:  # any model that cannot take the mask falls back, whatever the reason
+        alone = model(input_ids=torch.cat([doc[:, :2], row], 1)).logits[0, -1]
+        row_doc, row_t = torch.tensor([0], device=device), torch.tensor([2], device=device)
+        prefix = document_prefix(model, doc, torch.ones_like(doc), row_doc, row_t)
+        shared = rows_over_documents(model, row, row_t, prefix).logits[0, -1]
+    except Exception:  # any model that cannot run this falls back, whatever the reason
         return False
-    return bool(torch.allclose(packed.float(), alone.float(), atol=1e-3, rtol=1e-3))
+    return bool(torch.allclose(shared.float(), alone.float(), atol=1e-3, rtol=1e-3))
+
+
+def rows_over_documents(model, inputs, row_t, prefix: SharedPrefix, cache=None, use_cache=False):
+    """Forward thought rows `inputs` (N, W) over their documents' shared prefix: row i sees its document's keys before
+    row_t[i] and its own tokens causally (those in `cache` too); its positions continue from row_t[i] + len(cache)."""
+    n, width = inputs.shape
+    past = cache.get_seq_length() if cache is not None else 0
+    own = torch.ones(width, past + width, dtype=torch.bool, device=inputs.device).tril(past)
+    positions = row_t[:, None] + past + torch.arange(width, device=inputs.device)[None, :]
+    kwargs = {cache_kwarg(model): cache} if cache is not None else {}
+    with shared_prefix_attention(model):
+        return model(input_ids=inputs, position_ids=positions, use_cache=use_cache, shared_prefix=prefix,
+                     attention_mask=additive_mask(own[None].expand(n, -1, -1), next(model.parameters()).dtype), **kwargs)
+
+
+def document_prefix(model, doc_ids, doc_mask, row_doc, row_t) -> SharedPrefix:
+    """One forward over the documents (right-padded) gives the keys and values every row shares."""
+    out = model(input_ids=doc_ids, attention_mask=doc_mask, use_cache=True, logits_to_keep=1)
+    return SharedPrefix(out.get(cache_kwarg(model)), row_doc, row_t)
 
 
 class PackedEngine:
@@ -80,22 +103,15 @@ class PackedEngine:
         excluded = [think.open_id, think.close_id] if spec.baseline_excludes_think else []
         s_ema = baseline_logprob(torch.log_softmax(teacher_logits[context_doc, positions - 1].float(), -1), targets, excluded)
 
-        # the documents' KV, then one cache row per thought
-        cache_name = cache_kwarg(policy)
-        prefill = policy(input_ids=ids, attention_mask=pad_mask, use_cache=True)
-        cache = prefill.get(cache_name)
         row_context = torch.arange(len(contexts), device=device).repeat_interleave(G)  # (N,) rows in context order
-        cache.reorder_cache(context_doc[row_context])
         row_t = positions[row_context]
-        prefix_allowed = torch.arange(ids.size(1), device=device)[None, :] < row_t[:, None]  # (N, T): keys before t
-        thoughts, s_pred = self.decode_thoughts(policy, cache, cache_name, prefix_allowed, row_t, targets[row_context],
-                                                spec, choose)
+        prefix = document_prefix(policy, ids, pad_mask, context_doc[row_context], row_t)
+        thoughts, s_pred = self.decode_thoughts(policy, prefix, row_t, targets[row_context], spec, choose)
         return Rollouts(contexts, thoughts, s_pred.view(len(contexts), G), s_ema)
 
-    def decode_thoughts(self, policy, cache, cache_name, prefix_allowed, row_t, row_target, spec, choose):
-        """Lockstep decoding of N thought rows over their shared document cache; returns thoughts and S_pred (N,)."""
+    def decode_thoughts(self, policy, prefix, row_t, row_target, spec, choose):
+        """Lockstep decoding of N thought rows over their documents' shared prefix; returns thoughts and S_pred (N,)."""
         think, N, device = spec.think, row_t.numel(), row_t.device
-        dtype = next(policy.parameters()).dtype
         feed = torch.full((N,), think.open_id, device=device)
         sampling = torch.ones(N, dtype=torch.bool, device=device)  # still drawing thought tokens
         pending = torch.ones(N, dtype=torch.bool, device=device)  # S_pred not read yet
@@ -103,10 +119,9 @@ class PackedEngine:
         forced = torch.zeros(N, dtype=torch.bool, device=device)  # cut at the limit: </think> goes in next
         tokens = torch.full((N, spec.max_thought_tokens), spec.pad_id, dtype=torch.long, device=device)
         lengths = torch.zeros(N, dtype=torch.long, device=device)
+        cache = own_tokens_cache(prefix, N, spec.max_thought_tokens + 2)
         for step in range(spec.max_thought_tokens + 2):  # <think>, up to L thought tokens, a forced </think>
-            allowed = torch.cat([prefix_allowed, torch.ones(N, step + 1, dtype=torch.bool, device=device)], dim=1)
-            out = policy(input_ids=feed[:, None], position_ids=(row_t + step)[:, None],
-                         attention_mask=additive_mask(allowed[:, None, :], dtype), use_cache=True, **{cache_name: cache})
+            out = rows_over_documents(policy, feed[:, None], row_t, prefix, cache, use_cache=True)
             logits = out.logits[:, -1].float()
             closing = pending & (feed == think.close_id)  # the logits after </think>: S_pred, untempered
             s_pred[closing] = torch.log_softmax(logits[closing], -1).gather(1, row_target[closing][:, None]).squeeze(1)
@@ -129,55 +144,26 @@ class PackedEngine:
         return thoughts, s_pred
 
     def thought_logprobs(self, model, rollouts: Rollouts, rows: list[int], spec: RolloutSpec):
-        """Tempered log-probs (N, L) of the thought tokens of `rows` (with grad) and their mask (N, L), one packed
-        forward per document."""
+        """Tempered log-probs (N, L) of the thought tokens of `rows` (with grad) and their mask (N, L).
+
+        One forward over the documents (with grad) gives their KV; every thought row `<think> c[:-1]` then attends to
+        its document's keys before t and to its own earlier tokens, all rows in one forward. The gradient reaches the
+        document through its KV, as in the reference engine. (Packing `[document; thought_1; ...]` into one sequence
+        with a block mask computes the same thing, but its attention is dense over the whole packed length, most of it
+        masked: measured 2-3x slower here.)"""
         device = next(model.parameters()).device
-        dtype = next(model.parameters()).dtype
         G = spec.group_size
-        by_doc: dict[int, list[int]] = {}
-        for i, r in enumerate(rows):
-            by_doc.setdefault(rollouts.contexts[r // G].doc, []).append(i)
-        per_row: dict[int, torch.Tensor] = {}
-        for members in by_doc.values():
-            contexts = [rollouts.contexts[rows[i] // G] for i in members]
-            thoughts = [rollouts.thoughts[rows[i]] for i in members]
-            prefix = max((c.prefix for c in contexts), key=len)
-            ids, position_ids, allowed, predicting = pack_document(
-                list(prefix), [(c.position, t) for c, t in zip(contexts, thoughts)], spec.think.open_id
-            )
-            logits = model(
-                input_ids=ids[None].to(device), position_ids=position_ids[None].to(device),
-                attention_mask=additive_mask(allowed[None].to(device), dtype), logits_to_keep=predicting.to(device),
-            ).logits[0].float() / spec.temperature
-            targets = torch.tensor([token for t in thoughts for token in t], device=device)
-            token_logp = torch.log_softmax(logits, -1).gather(1, targets[:, None]).squeeze(1)
-            for i, piece in zip(members, token_logp.split([len(t) for t in thoughts])):
-                per_row[i] = piece
-        logp = torch.nn.utils.rnn.pad_sequence([per_row[i] for i in range(len(rows))], batch_first=True)
-        lengths = torch.tensor([len(rollouts.thoughts[r]) for r in rows], device=device)
-        mask = (torch.arange(logp.size(1), device=device)[None, :] < lengths[:, None]).float()
+        contexts = [rollouts.contexts[r // G] for r in rows]
+        thoughts = [rollouts.thoughts[r] for r in rows]
+        docs, doc_of_row = documents_of(contexts)
+        ids, pad_mask = (x.to(device) for x in right_pad(docs, spec.pad_id))
+        row_t = torch.tensor([c.position for c in contexts], device=device)
+        prefix = document_prefix(model, ids, pad_mask, torch.tensor(doc_of_row, device=device), row_t)
+        inputs, lengths = right_pad([[spec.think.open_id] + t[:-1] for t in thoughts], spec.pad_id)
+        inputs, lengths = inputs.to(device), lengths.sum(1).to(device)
+        width = inputs.size(1)
+        logits = rows_over_documents(model, inputs, row_t, prefix).logits.float() / spec.temperature
+        targets, _ = right_pad(thoughts, spec.pad_id)
+        logp = torch.log_softmax(logits, -1).gather(2, targets.to(device)[:, :, None]).squeeze(2)
+        mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).float()
         return logp, mask
-
-
-def pack_document(prefix: list[int], blocks: list[tuple[int, list[int]]], open_id: int):
-    """One sequence `[prefix; <think> c_1[:-1]; <think> c_2[:-1]; ...]` for blocks (t_k, c_k).
-
-    Returns ids (S,), position ids (S,) (block k continues from t_k), the (S, S) 'may attend' mask (the prefix is
-    causal; block k sees the prefix before t_k and its own earlier tokens), and the indices (sum |c_k|,) whose logits
-    predict the thought tokens, in block order."""
-    ids, positions, owner, limit = list(prefix), list(range(len(prefix))), [-1] * len(prefix), [0] * len(prefix)
-    for k, (t, thought) in enumerate(blocks):
-        ids += [open_id] + thought[:-1]
-        positions += range(t, t + len(thought))
-        owner += [k] * len(thought)
-        limit += [t] * len(thought)
-    key = torch.arange(len(ids))
-    owner, limit = torch.tensor(owner), torch.tensor(limit)
-    causal = key[None, :] <= key[:, None]
-    in_block = owner >= 0
-    allowed = torch.where(
-        in_block[:, None],
-        (key[None, :] < limit[:, None]) | ((owner[:, None] == owner[None, :]) & causal),
-        causal,
-    )
-    return torch.tensor(ids), torch.tensor(positions), allowed, key[in_block]

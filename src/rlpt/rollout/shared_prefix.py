@@ -1,0 +1,127 @@
+"""Attention over a shared document prefix, for the packed engine.
+
+Thought rows of one document all attend to that document's keys (before their own t) plus their own thought tokens.
+Copying the document's keys and values into every row (an expanded KV cache) makes decoding memory-bound: each step
+reads P*G copies of the same keys. Here the document's keys and values are kept once per document, and attention is
+computed in two parts that share one softmax:
+    scores = [ q . K_doc (masked to keys before t) ,  q . K_own (masked causally) ]
+the first as one matrix product per document over all of its rows, the second per row. The function is registered
+with transformers' AttentionInterface and selected only inside `shared_prefix_attention(model)`; called without a
+`shared_prefix` argument it is plain SDPA.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from transformers import AttentionInterface
+from transformers.cache_utils import DynamicCache, DynamicLayer
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+NAME = "rlpt_shared_prefix"
+
+
+class SharedPrefix:
+    """The documents' keys/values per layer and, per row, its document, its t and its slot in a (documents, R) grid."""
+
+    def __init__(self, cache, row_doc: torch.Tensor, row_t: torch.Tensor):
+        self.keys = [layer.keys for layer in cache.layers]  # (B, H_kv, T, D) each
+        self.values = [layer.values for layer in cache.layers]
+        docs = self.keys[0].shape[0]
+        counts = torch.bincount(row_doc, minlength=docs)
+        self.rows_per_doc = int(counts.max())
+        first_row = torch.cumsum(counts, 0) - counts
+        order = torch.argsort(row_doc, stable=True)
+        rank = torch.empty_like(row_doc)
+        rank[order] = torch.arange(row_doc.numel(), device=row_doc.device) - first_row[row_doc[order]]
+        self.slot = row_doc * self.rows_per_doc + rank  # (N,)
+        # rows already laid out as the grid (each document's rows together, as many for each): no copies needed
+        self.identity = bool((self.slot == torch.arange(row_doc.numel(), device=row_doc.device)).all()) and (
+            row_doc.numel() == docs * self.rows_per_doc)
+        length = self.keys[0].shape[2]
+        allowed = torch.arange(length, device=row_t.device)[None, :] < row_t[:, None]  # (N, T): keys before t
+        self.doc_mask = torch.zeros(allowed.shape, dtype=self.keys[0].dtype, device=row_t.device).masked_fill_(
+            ~allowed, float("-inf"))[:, None, None, :]  # (N, 1, 1, T), additive
+
+    def to_grid(self, rows: torch.Tensor) -> torch.Tensor:
+        """(N, H, q, X) -> (B, H, R * q, X), zeros in empty slots."""
+        n, heads, q, x = rows.shape
+        if not self.identity:
+            rows = rows.new_zeros(self.keys[0].shape[0] * self.rows_per_doc, heads, q, x).index_copy(0, self.slot, rows)
+        return rows.view(-1, self.rows_per_doc, heads, q, x).transpose(1, 2).reshape(-1, heads, self.rows_per_doc * q, x)
+
+    def from_grid(self, grid: torch.Tensor, q: int) -> torch.Tensor:
+        """(B, H, R * q, X) -> (N, H, q, X)."""
+        docs, heads, _, x = grid.shape
+        rows = grid.view(docs, heads, self.rows_per_doc, q, x).transpose(1, 2).reshape(-1, heads, q, x)
+        return rows if self.identity else rows.index_select(0, self.slot)
+
+
+class OwnTokensLayer(DynamicLayer):
+    """A cache layer for the rows' own thought tokens with room for `capacity` of them: each decoding step writes in
+    place and attends to a view, instead of copying the whole cache by concatenation every step (no-grad decoding)."""
+
+    def __init__(self, rows: int, heads: int, head_dim: int, capacity: int, like: torch.Tensor):
+        super().__init__()
+        self.key_buffer = like.new_empty(rows, heads, capacity, head_dim)
+        self.value_buffer = like.new_empty(rows, heads, capacity, head_dim)
+        self.length, self.device, self.is_initialized = 0, like.device, True
+        self.keys, self.values = self.key_buffer[:, :, :0], self.value_buffer[:, :, :0]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        end = self.length + key_states.shape[-2]
+        self.key_buffer[:, :, self.length : end] = key_states
+        self.value_buffer[:, :, self.length : end] = value_states
+        self.length = end
+        self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
+        return self.keys, self.values
+
+
+def own_tokens_cache(prefix: SharedPrefix, rows: int, capacity: int) -> DynamicCache:
+    """An empty cache for `rows` thought rows of up to `capacity` tokens, shaped like the documents' cache."""
+    cache = DynamicCache()
+    cache.layers = [OwnTokensLayer(rows, k.shape[1], k.shape[3], capacity, k) for k in prefix.keys]
+    return cache
+
+
+def repeat_heads(states: torch.Tensor, groups: int) -> torch.Tensor:
+    return states if groups == 1 else states.repeat_interleave(groups, dim=1)
+
+
+def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, shared_prefix=None, **kwargs):
+    if shared_prefix is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    groups = query.shape[1] // key.shape[1]
+    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+    layer = module.layer_idx
+    doc_keys = repeat_heads(shared_prefix.keys[layer], groups)
+    doc_values = repeat_heads(shared_prefix.values[layer], groups)
+    own_keys, own_values = repeat_heads(key, groups), repeat_heads(value, groups)
+    q = query.shape[2]
+    doc_scores = shared_prefix.from_grid(shared_prefix.to_grid(query) @ doc_keys.transpose(-1, -2), q) * scaling
+    doc_scores = doc_scores + shared_prefix.doc_mask
+    own_scores = (query @ own_keys.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        own_scores = own_scores + attention_mask
+    weights = torch.softmax(torch.cat([doc_scores, own_scores], dim=-1).float(), dim=-1).to(query.dtype)
+    doc_weights, own_weights = weights.split([doc_scores.shape[-1], own_scores.shape[-1]], dim=-1)
+    output = shared_prefix.from_grid(shared_prefix.to_grid(doc_weights) @ doc_values, q) + own_weights @ own_values
+    return output.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(NAME, attention)
+
+
+@contextmanager
+def shared_prefix_attention(model):
+    """Route the model's attention through `attention` for the calls inside the block."""
+    configs = [c for c in (model.config, getattr(model.config, "text_config", None)) if c is not None]
+    saved = [c._attn_implementation for c in configs]
+    try:
+        for c in configs:
+            c._attn_implementation = NAME
+        yield
+    finally:
+        for c, name in zip(configs, saved):
+            c._attn_implementation = name
