@@ -13,7 +13,6 @@ import argparse
 import copy
 import json
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from rlpt.trainer import RlpTrainer
 
 SHAPES = [(4, 16, 4, 32), (2, 64, 8, 16)]  # (documents, positions per document, G, L)
 MODELS = ["builtin:tiny", "builtin:llama-10m"]
+MICRO_BATCH = 256  # thoughts per forward/backward chunk, both engines (the reference engine needs it to fit in memory)
 
 
 def load_bench_model(name: str, device):
@@ -63,9 +63,10 @@ def synthetic_documents(tokenizer, count: int, length: int, seed: int) -> list[D
     ]
 
 
-def spread_positions(length: int, count: int) -> str:
-    """`count` positions spread evenly over a document, the last at length - 1 (the longest context)."""
-    return "list:" + ",".join(str(round((i + 1) * (length - 1) / count)) for i in range(count))
+def spread_positions(length: int, count: int, first: int = 1) -> str:
+    """`count` positions spread evenly over [first, length - 1], the last at length - 1 (the longest context)."""
+    span = length - 1 - first
+    return "list:" + ",".join(str(length - 1 - round(span * (count - 1 - i) / max(count - 1, 1))) for i in range(count))
 
 
 class PeakMemory:
@@ -104,19 +105,20 @@ def synchronize(device):
 def time_rlp(engine, model, tokenizer, think, docs, rule, G, L, steps, device) -> dict:
     cfg = config_lib.load(None, [
         f"rlp.group_size={G}", f"rlp.max_thought_tokens={L}", f"rlp.positions={rule}", f"train.batch_documents={len(docs)}",
-        "train.lr=1e-6", "train.micro_batch_thoughts=100000", "eval.tasks=",
+        "train.lr=1e-6", f"train.micro_batch_thoughts={MICRO_BATCH}", "eval.tasks=",
     ])
     trainer = RlpTrainer(cfg, copy.deepcopy(model), tokenizer, think, docs, engine, Path("."), device)
     times, tokens = [], []
     trainer.rlp_step(0)  # warm-up
-    with PeakMemory(device) as memory:
-        for step in range(1, steps + 1):
-            synchronize(device)
-            began = time.perf_counter()
-            outcome = trainer.rlp_step(0)  # the same batch every time: the same documents, positions and noise
-            synchronize(device)
-            times.append(time.perf_counter() - began)
-            tokens.append(outcome.metrics["thought_tokens"])
+    for step in range(steps):
+        synchronize(device)
+        began = time.perf_counter()
+        outcome = trainer.rlp_step(0)  # the same batch every time: the same documents, positions and noise
+        synchronize(device)
+        times.append(time.perf_counter() - began)
+        tokens.append(outcome.metrics["thought_tokens"])
+    with PeakMemory(device) as memory:  # one more step, untimed: the polling thread would perturb the timing
+        trainer.rlp_step(0)
     seconds = statistics.median(times)
     return dict(step_s=seconds, thought_tokens=tokens[0], thought_tokens_per_s=tokens[0] / seconds, peak_mem_mb=memory.peak_mb)
 
@@ -143,14 +145,14 @@ def time_next_token(model, tokenizer, total_tokens: int, row_tokens: int, steps:
 
 
 def compare(model_name: str, docs_n: int, positions: int, G: int, L: int, doc_tokens: int, steps: int, device,
-            loaded=None, engines=("reference", "packed")) -> dict:
+            loaded=None, engines=("packed", "reference"), min_context: int = 1) -> dict:
     model, tokenizer, think = loaded or load_bench_model(model_name, device)
-    length = max(doc_tokens, positions + 1)
+    length = max(doc_tokens, positions + min_context)
     docs = synthetic_documents(tokenizer, docs_n, length, seed=0)
-    rule = spread_positions(length, positions)
+    rule = spread_positions(length, positions, first=min(min_context, length - positions))
     result = dict(model=model_name, documents=docs_n, positions=positions, group_size=G, thought_tokens_max=L,
-                  doc_tokens=length, params=sum(p.numel() for p in model.parameters()), device=str(device))
-    for name in engines:
+                  doc_tokens=length, positions_rule=rule, params=sum(p.numel() for p in model.parameters()), device=str(device))
+    for name in engines:  # packed first: on CPU the resident-set peak of a later engine includes the earlier one's
         engine = ReferenceEngine() if name == "reference" else PackedEngine()
         timing = time_rlp(engine, model, tokenizer, think, docs, rule, G, L, steps, device)
         result.update({f"{name}_{k}": v for k, v in timing.items()})
@@ -204,8 +206,10 @@ def build_parser(parser=None) -> argparse.ArgumentParser:
     parser.add_argument("--group-size", type=int)
     parser.add_argument("--thought-tokens", type=int, help="L, the thought length limit")
     parser.add_argument("--doc-tokens", type=int, default=128, help="document length (the longest context)")
+    parser.add_argument("--min-context", type=int, default=1, help="positions are spread over [this, doc-tokens - 1]")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per engine (after one warm-up)")
     parser.add_argument("--no-scaling", action="store_true", help="skip the positions-doubling table")
+    parser.add_argument("--engines", default="packed,reference", help="engines to time (the reference one can take minutes)")
     parser.add_argument("--json", action="store_true", help="one JSON object for one configuration")
     parser.add_argument("--device", default="auto")
     return parser
@@ -215,26 +219,25 @@ def run(args) -> int:
     from rlpt.run import resolve_device
 
     device = resolve_device(args.device)
+    engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
     torch.manual_seed(0)
     chosen = [args.docs, args.positions, args.group_size, args.thought_tokens]
     if args.json or any(v is not None for v in chosen):
         shape = [v if v is not None else d for v, d in zip(chosen, SHAPES[0])]
-        result = compare(args.model or MODELS[0], *shape, args.doc_tokens, args.steps, device)
+        result = compare(args.model or MODELS[0], *shape, args.doc_tokens, args.steps, device, engines=engines,
+                         min_context=args.min_context)
         print(json.dumps(result, indent=1) if args.json else table([result]))
         return 0
-    rows, scaling = [], None
+    rows = []
     for name in [args.model] if args.model else MODELS:
         loaded = load_bench_model(name, device)
         for shape in SHAPES:
-            rows.append(compare(name, *shape, args.doc_tokens, args.steps, device, loaded))
-            print(f"measured {name} {shape}: speedup {rows[-1]['speedup']:.2f}, efficiency {rows[-1]['efficiency']:.2f}",
-                  file=sys.stderr, flush=True)
-        if scaling is None and not args.no_scaling:
-            scaling = scaling_table(name, 4, 1024, args.doc_tokens, args.steps, device, loaded)
+            rows.append(compare(name, *shape, args.doc_tokens, args.steps, device, loaded, engines=engines))
+            print(table(rows[-1:]), flush=True)
+        if name == ([args.model] if args.model else MODELS)[0] and not args.no_scaling:
+            print(scaling_table(name, 4, 1024, args.doc_tokens, args.steps, device, loaded), flush=True)
+    print()
     print(table(rows))
-    if scaling:
-        print()
-        print(scaling)
     return 0
 
 

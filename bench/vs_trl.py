@@ -1,0 +1,47 @@
+"""rlpt against the peer a user would pick today: RLP on TRL's GRPOTrainer (../shared/anchors/trl_rlp_baseline.py),
+same model folder, same shape (8 contexts of 128 tokens, G=4, L=32), measured in one run.
+
+    python bench/vs_trl.py [--anchors ../shared/anchors] [--anchor-python /tmp/anchor/venv/bin/python]
+
+The anchor needs its own venv (TRL); RESULTS.md beside it says how to build the venv and the model folder.
+Two rlpt rows: the same 8 contexts taken from 8 documents (one position each, as the anchor draws them), and the
+dense RLP setting, 8 positions of one document (contexts of 128-135 tokens).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import torch
+
+from rlpt.bench import compare
+
+here = Path(__file__).resolve().parent
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+parser.add_argument("--anchors", default=str(here.parent.parent / "shared" / "anchors"))
+parser.add_argument("--anchor-python", default="/tmp/anchor/venv/bin/python")
+parser.add_argument("--model-dir", default="/tmp/anchor/tiny-llama")
+parser.add_argument("--steps", type=int, default=5)
+args = parser.parse_args()
+
+env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
+if not (Path(args.model_dir) / "config.json").is_file():
+    subprocess.run([args.anchor_python, "rlp_anchor_common.py", "--model-dir", args.model_dir], cwd=args.anchors, env=env, check=True)
+out = subprocess.run(
+    [args.anchor_python, "trl_rlp_baseline.py", "--B", "8", "--G", "4", "--L", "32", "--steps", str(args.steps),
+     "--model-dir", args.model_dir], cwd=args.anchors, env=env, check=True, capture_output=True, text=True,
+).stdout
+trl = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT_JSON ")).split(" ", 1)[1])
+
+device = torch.device("cpu")
+separate = compare(args.model_dir, 8, 1, 4, 32, 129, args.steps, device, engines=("packed",), min_context=128)
+dense = compare(args.model_dir, 1, 8, 4, 32, 136, args.steps, device, engines=("packed",), min_context=128)
+print("| implementation | contexts | s/step | thought tok/s | x TRL |")
+print("|---|---|---|---|---|")
+base = trl["thought_tok_per_s_end_to_end"]
+print(f"| TRL GRPOTrainer anchor | 8 documents x 1 position | {trl['sec_per_step_median']:.3f} | {base:.0f} | 1.00 |")
+for name, r in (("8 documents x 1 position", separate), ("1 document x 8 positions", dense)):
+    rate = r["packed_thought_tokens_per_s"]
+    print(f"| rlpt packed | {name} | {r['packed_step_s']:.3f} | {rate:.0f} | {rate / base:.2f} |")
