@@ -11,7 +11,7 @@ from rlpt.generation import gumbel_sampler
 from rlpt.models import load_model_and_tokenizer
 from rlpt.rollout import RolloutSpec, make_engine
 from rlpt.generation import right_pad
-from rlpt.rollout.packed import PackedEngine, document_prefix, rows_over_documents, supports_custom_masks
+from rlpt.rollout.packed import PackedEngine, document_prefix, rows_over_documents, supports_shared_prefix
 from rlpt.rollout.shared_prefix import SharedPrefix
 from rlpt.rollout.reference import ReferenceEngine
 
@@ -151,10 +151,10 @@ class MaskIgnoringLM(torch.nn.Module):
 
 def test_models_that_ignore_custom_masks_fall_back_with_a_warning(llama_dir):
     model, _, _ = load_model_and_tokenizer(llama_dir)
-    assert supports_custom_masks(model)
+    assert supports_shared_prefix(model)
     assert isinstance(make_engine("packed", model), PackedEngine)
     wrapped = MaskIgnoringLM(model)
-    assert not supports_custom_masks(wrapped)
+    assert not supports_shared_prefix(wrapped)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         engine = make_engine("packed", wrapped)

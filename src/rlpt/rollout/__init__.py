@@ -17,11 +17,11 @@ ENGINES = ("reference", "packed")
 def make_engine(name: str, model):
     """The engine called `name` for `model`; `packed` falls back to `reference`, with a warning, for a model whose
     attention ignores custom masks (never silently to wrong results)."""
-    from rlpt.rollout.packed import PackedEngine, supports_custom_masks
+    from rlpt.rollout.packed import PackedEngine, supports_shared_prefix
     from rlpt.rollout.reference import ReferenceEngine
 
     if name == "packed":
-        if supports_custom_masks(model):
+        if supports_shared_prefix(model):
             return PackedEngine()
         warnings.warn(
             f"rlp.engine=packed: {type(model).__name__} ignores custom attention masks here "

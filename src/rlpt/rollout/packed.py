@@ -49,7 +49,7 @@ def documents_of(contexts) -> tuple[list[list[int]], list[int]]:
 
 
 @torch.no_grad()
-def supports_custom_masks(model) -> bool:
+def supports_shared_prefix(model) -> bool:
     """Probe on the model itself: a thought row over a shared document prefix must give the logits of the plain
     sequence `x_<t <think>`. False if the model errors or its attention ignores the shared prefix or the masks."""
     device = next(model.parameters()).device
