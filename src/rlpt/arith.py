@@ -3,8 +3,7 @@
 Three views of the same problems:
 - plain documents `347+185=532.`: the RLP training corpus (`builtin:arith`), no thoughts;
 - worked documents `347+185=<think>7+5=12,4+8+1=13,3+1+1=5</think>532.`: shown in part of the warm-start corpus
-  of `builtin:tiny`, so that the model knows what a useful thought looks like. The thought stands before the first
-  answer digit, or (optionally) before a later one: `347+185=5<think>...</think>32.`;
+  of `builtin:tiny`, so that the model knows what a useful thought looks like;
 - questions `{"question": "347+185=", "answer": "532"}`: the held-out evaluation set.
 
 Problems are split by a hash of the operands, so the held-out questions never appear in either corpus.
@@ -53,10 +52,8 @@ def plain_document(a: int, b: int) -> str:
     return f"{a}+{b}={a + b}."
 
 
-def worked_document(a: int, b: int, before_digit: int = 0) -> str:
-    """The document with the worked thought inserted before answer digit `before_digit` (0 = the first)."""
-    answer = str(a + b)
-    return f"{a}+{b}={answer[:before_digit]}{THINK_OPEN}{worked_thought(a, b)}{THINK_CLOSE}{answer[before_digit:]}."
+def worked_document(a: int, b: int) -> str:
+    return f"{a}+{b}={THINK_OPEN}{worked_thought(a, b)}{THINK_CLOSE}{a + b}."
 
 
 def rlp_documents(n: int, seed: int = 0) -> list[str]:
@@ -64,19 +61,13 @@ def rlp_documents(n: int, seed: int = 0) -> list[str]:
     return [plain_document(a, b) for a, b in problems(n, seed, heldout=False)]
 
 
-def warm_start_documents(n: int, seed: int, think_fraction: float, first_digit_fraction: float = 1.0) -> list[str]:
-    """Training-side documents, a `think_fraction` of them with the worked thought: before the first answer digit in
-    `first_digit_fraction` of those (where questions are asked), else before a later digit."""
+def warm_start_documents(n: int, seed: int, think_fraction: float) -> list[str]:
+    """Training-side documents, a `think_fraction` of them with the worked thought."""
     rng = random.Random(seed + 1)
-
-    def document(a: int, b: int) -> str:
-        if rng.random() >= think_fraction:
-            return plain_document(a, b)
-        if first_digit_fraction < 1 and rng.random() >= first_digit_fraction:
-            return worked_document(a, b, rng.randrange(1, len(str(a + b))))
-        return worked_document(a, b, 0)
-
-    return [document(a, b) for a, b in problems(n, seed, heldout=False)]
+    return [
+        worked_document(a, b) if rng.random() < think_fraction else plain_document(a, b)
+        for a, b in problems(n, seed, heldout=False)
+    ]
 
 
 def heldout_questions(n: int, seed: int = 0) -> list[dict]:

@@ -24,7 +24,7 @@ RECIPES = {
     "tiny": dict(
         version=1,
         hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4, max_position_embeddings=512,
-        warm_start_documents=40_000, think_fraction=0.5, first_digit_fraction=1.0,
+        warm_start_documents=40_000, think_fraction=0.5,
         steps=1000, batch_size=64, lr=3e-3, seed=0,
     ),
 }
@@ -68,9 +68,7 @@ def build(folder: str | Path, recipe: dict) -> None:
 
     tokenizer = char_tokenizer()
     model = build_model(recipe, tokenizer)
-    docs = arith.warm_start_documents(
-        recipe["warm_start_documents"], recipe["seed"], recipe["think_fraction"], recipe["first_digit_fraction"]
-    )
+    docs = arith.warm_start_documents(recipe["warm_start_documents"], recipe["seed"], recipe["think_fraction"])
     ids = [tokenizer(d)["input_ids"] + [tokenizer.eos_token_id] for d in docs]
     if recipe["steps"]:
         losses = train_next_token(

@@ -10,13 +10,12 @@ import warnings
 
 from rlpt.rollout.base import Context, RolloutSpec, Rollouts
 
-__all__ = ["Context", "RolloutSpec", "Rollouts", "make_engine", "ENGINES"]
-ENGINES = ("reference", "packed")
+__all__ = ["Context", "RolloutSpec", "Rollouts", "make_engine"]
 
 
 def make_engine(name: str, model):
     """The engine called `name` for `model`; `packed` falls back to `reference`, with a warning, for a model whose
-    attention ignores custom masks (never silently to wrong results)."""
+    attention cannot take the shared document prefix (never silently to wrong results)."""
     from rlpt.rollout.packed import PackedEngine, supports_shared_prefix
     from rlpt.rollout.reference import ReferenceEngine
 
@@ -24,7 +23,7 @@ def make_engine(name: str, model):
         if supports_shared_prefix(model):
             return PackedEngine()
         warnings.warn(
-            f"rlp.engine=packed: {type(model).__name__} ignores custom attention masks here "
+            f"rlp.engine=packed: {type(model).__name__} failed the shared-prefix attention probe "
             f"(attn_implementation={model.config._attn_implementation!r}); using the reference engine",
             stacklevel=2,
         )

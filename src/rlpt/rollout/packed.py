@@ -148,9 +148,7 @@ class PackedEngine:
 
         One forward over the documents (with grad) gives their KV; every thought row `<think> c[:-1]` then attends to
         its document's keys before t and to its own earlier tokens, all rows in one forward. The gradient reaches the
-        document through its KV, as in the reference engine. (Packing `[document; thought_1; ...]` into one sequence
-        with a block mask computes the same thing, but its attention is dense over the whole packed length, most of it
-        masked: measured 2-3x slower here.)"""
+        document through its KV, as in the reference engine."""
         device = next(model.parameters()).device
         G = spec.group_size
         contexts = [rollouts.contexts[r // G] for r in rows]
