@@ -6,6 +6,10 @@ same model folder, same shape (8 contexts of 128 tokens, G=4, L=32), measured in
 The anchor needs its own venv (TRL); RESULTS.md beside it says how to build the venv and the model folder.
 Two rlpt rows: the same 8 contexts taken from 8 documents (one position each, as the anchor draws them), and the
 dense RLP setting, 8 positions of one document (contexts of 128-135 tokens).
+
+The last column is the bound set by arithmetic alone: token-passes per step (a forward over one token is 1, a
+forward+backward 3) of TRL divided by those of rlpt, for the thought lengths measured. No engine that computes the
+same exact gradient (through the context's keys and values, as TRL does) can beat it by more than that.
 """
 
 import argparse
@@ -35,13 +39,30 @@ out = subprocess.run(
 ).stdout
 trl = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT_JSON ")).split(" ", 1)[1])
 
+
+
+def trl_token_passes(contexts: int, context_tokens: int, G: int, thought: float) -> float:
+    """TRL: generation (each context prefilled G times, then the thought), the S_pred scoring forward over
+    context + thought + </think>, the S_ema forward once per context, the training forward+backward."""
+    rows, sequence = contexts * G, context_tokens + 1 + thought
+    return rows * sequence + rows * sequence + contexts * context_tokens + 3 * rows * sequence
+
+
+def rlpt_token_passes(document_tokens: int, rows: int, thought: float) -> float:
+    """rlpt: the teacher and the policy forward over each document once, the decoding of <think> c </think>, the
+    update's forward+backward over the documents and the rows `<think> c[:-1]`."""
+    return 2 * document_tokens + rows * (thought + 1) + 3 * (document_tokens + rows * thought)
+
+
 device = torch.device("cpu")
 separate = compare(args.model_dir, 8, 1, 4, 32, 129, args.steps, device, engines=("packed",), min_context=128)
 dense = compare(args.model_dir, 1, 8, 4, 32, 136, args.steps, device, engines=("packed",), min_context=128)
-print("| implementation | contexts | s/step | thought tok/s | x TRL |")
-print("|---|---|---|---|---|")
+print("| implementation | contexts | s/step | thought tok/s | x TRL | x TRL bound by token-passes |")
+print("|---|---|---|---|---|---|")
 base = trl["thought_tok_per_s_end_to_end"]
-print(f"| TRL GRPOTrainer anchor | 8 documents x 1 position | {trl['sec_per_step_median']:.3f} | {base:.0f} | 1.00 |")
+print(f"| TRL GRPOTrainer anchor | 8 documents x 1 position | {trl['sec_per_step_median']:.3f} | {base:.0f} | 1.00 | |")
 for name, r in (("8 documents x 1 position", separate), ("1 document x 8 positions", dense)):
-    rate = r["packed_thought_tokens_per_s"]
-    print(f"| rlpt packed | {name} | {r['packed_step_s']:.3f} | {rate:.0f} | {rate / base:.2f} |")
+    rate, rows = r["packed_thought_tokens_per_s"], r["documents"] * r["positions"] * 4
+    thought = r["packed_thought_tokens"] / rows
+    bound = trl_token_passes(8, 128, 4, thought) / rlpt_token_passes(r["documents"] * (r["doc_tokens"] - 1), rows, thought)
+    print(f"| rlpt packed | {name} | {r['packed_step_s']:.3f} | {rate:.0f} | {rate / base:.2f} | {bound:.2f} |")
