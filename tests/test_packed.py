@@ -65,6 +65,7 @@ def test_packed_equals_reference(arch_dir, excludes_think):
     assert len(lengths) >= 3 and 0 < ended < len(ref[0].thoughts)  # ragged, some closed early, some cut
     torch.testing.assert_close(packed[0].s_pred, ref[0].s_pred, atol=1e-5, rtol=0)
     torch.testing.assert_close(packed[0].s_ema, ref[0].s_ema, atol=1e-5, rtol=0)
+    assert torch.equal(packed[0].predicted, ref[0].predicted)  # the token RPT checks
     torch.testing.assert_close(packed[1], ref[1], atol=1e-5, rtol=0)
     torch.testing.assert_close(packed[2] * packed[3], ref[2] * ref[3], atol=1e-5, rtol=0)
     assert torch.equal(packed[3], ref[3])

@@ -47,7 +47,7 @@ def cmd_eval(args) -> int:
             for q, o, c in list(zip(questions, qa["outputs"], qa["correct"]))[:5]
         ]
     if documents:
-        rule = args.positions or ("after:=" if args.tasks == "builtin:arith" else "all")
+        rule = args.positions or ("after:=" if args.tasks.startswith("builtin:") else "all")
         contexts = evaluate.document_contexts(tokenizer, documents, rule, args.max_positions)
         if not contexts:
             raise UserError(f"--tasks {args.tasks}: no usable position under rule {rule!r}")
@@ -119,12 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="exact-match accuracy with/without thinking; think vs no-think log-likelihood")
     ev.add_argument("--model", required=True, help="HF model folder, checkpoint folder, run folder or builtin:tiny")
-    ev.add_argument("--tasks", required=True, help="JSONL of {question, answer} or {text} lines, or builtin:arith")
+    ev.add_argument("--tasks", required=True, help="JSONL of {question, answer} or {text} lines, or builtin:arith|math|science")
     ev.add_argument("--think", action=argparse.BooleanOptionalAction, default=True, help="answer after a thought (default)")
     ev.add_argument("--output", help="write the JSON result here too")
     ev.add_argument("--max-questions", type=int, default=256)
     ev.add_argument("--max-positions", type=int, default=512, help="document positions for the intrinsic metric")
-    ev.add_argument("--positions", help="position rule for documents (default all; after:= for builtin:arith)")
+    ev.add_argument("--positions", help="position rule for documents (default all; after:= for the builtin sets)")
     ev.add_argument("--max-thought-tokens", type=int, default=64)
     ev.set_defaults(func=cmd_eval)
 

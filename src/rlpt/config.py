@@ -62,6 +62,9 @@ class RlpConfig:
     """Which positions t get thoughts: all, every:K, random:N, list:T1,T2,..., after:TEXT."""
     engine: str = "packed"
     """Thought engine: `packed` (one forward per document; fast) or `reference` (one row per thought; the oracle)."""
+    reward: str = "information_gain"
+    """`information_gain` (RLP) or `rpt`: RPT's sparse reward, 1 when the token predicted after the thought is the
+    document's next token(s), else 0 (the baseline of `rlpt experiment`)."""
     normalize_advantages: bool = False
     """Divide each group's advantages by the group's reward std (off: the paper's advantage)."""
 
@@ -208,6 +211,7 @@ def validate(cfg: Config) -> None:
         (bool(POSITION_RULE.match(cfg.rlp.positions)),
          f"rlp.positions: {cfg.rlp.positions!r} is not all, every:K, random:N, list:T1,T2,... or after:TEXT"),
         (cfg.rlp.engine in ("reference", "packed"), f"rlp.engine: {cfg.rlp.engine!r} is not reference or packed"),
+        (cfg.rlp.reward in ("information_gain", "rpt"), f"rlp.reward: {cfg.rlp.reward!r} is not information_gain or rpt"),
         (cfg.data.format in ("auto", "text", "jsonl"), f"data.format: {cfg.data.format!r} is not auto, text or jsonl"),
         (cfg.data.max_length >= 2, "data.max_length must be >= 2"),
         (cfg.train.lr > 0, "train.lr must be > 0"),

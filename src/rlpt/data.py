@@ -20,6 +20,7 @@ from pathlib import Path
 
 from rlpt import arith
 from rlpt.errors import UserError
+from rlpt.suites import SUITES
 
 TEXT_SUFFIXES = {".txt", ".md", ".text"}
 JSONL_SUFFIXES = {".jsonl", ".json"}
@@ -44,9 +45,16 @@ class Document:
 
 
 def builtin_texts(name: str) -> list[tuple[str, str]]:
+    """`builtin:arith` (3-digit addition), or the training corpus of a suite of `rlpt experiment` (`builtin:math`,
+    `builtin:science`)."""
     if name == "arith":
-        return [(text, f"builtin:arith#{i}") for i, text in enumerate(arith.rlp_documents(BUILTIN_ARITH_DOCUMENTS))]
-    raise UserError(f"data.path: unknown built-in corpus 'builtin:{name}' (known: builtin:arith)")
+        texts = arith.rlp_documents(BUILTIN_ARITH_DOCUMENTS)
+    elif name in SUITES:
+        texts = SUITES[name].training_documents(BUILTIN_ARITH_DOCUMENTS)
+    else:
+        raise UserError(f"data.path: unknown built-in corpus 'builtin:{name}' (known: builtin:arith, "
+                        + ", ".join(f"builtin:{s}" for s in SUITES) + ")")
+    return [(text, f"builtin:{name}#{i}") for i, text in enumerate(texts)]
 
 
 def resolve_files(path: str) -> list[Path]:

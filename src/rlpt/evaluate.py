@@ -10,9 +10,10 @@ import torch
 from rlpt import arith
 from rlpt.data import Document, after_marker, first_position_after, jsonl_records, make_contexts
 from rlpt.errors import UserError
-from rlpt.generation import decode, greedy
+from rlpt.generation import Chooser, decode, greedy
 from rlpt.models import ThinkTokens
 from rlpt.rollout.reference import last_token_logprobs
+from rlpt.suites import SUITES
 
 MAX_ANSWER_TOKENS = 24
 
@@ -25,10 +26,10 @@ def normalise_answer(text: str) -> str:
 @torch.no_grad()
 def answer_questions(
     model, tokenizer, think: ThinkTokens, questions: list[str], *, use_thought: bool, max_thought_tokens: int,
-    batch_size: int = 256,
+    batch_size: int = 256, choose_thought: Chooser = greedy,
 ) -> list[dict]:
-    """Greedy answers. With `use_thought`: question, `<think>`, greedy thought (closed by force at the limit),
-    `</think>`, then the answer. Returns one dict per question: thought text and answer text."""
+    """Greedy answers. With `use_thought`: question, `<think>`, a thought (greedy, or drawn by `choose_thought`;
+    closed by force at the limit), `</think>`, then the answer. Returns one dict per question: thought and answer."""
     results = []
     for start in range(0, len(questions), batch_size):
         chunk = questions[start : start + batch_size]
@@ -37,7 +38,7 @@ def answer_questions(
         if use_thought:
             prompts = [p + [think.open_id] for p in prompts]
             thoughts = decode(
-                model, prompts, max_new_tokens=max_thought_tokens, stop_ids=[think.close_id], choose=greedy,
+                model, prompts, max_new_tokens=max_thought_tokens, stop_ids=[think.close_id], choose=choose_thought,
                 pad_id=tokenizer.pad_token_id,
             )
             thoughts = [t if t and t[-1] == think.close_id else t + [think.close_id] for t in thoughts]
@@ -53,10 +54,10 @@ def answer_questions(
 
 
 def exact_match_accuracy(model, tokenizer, think: ThinkTokens, tasks: list[dict], *, use_thought: bool,
-                         max_thought_tokens: int) -> dict:
+                         max_thought_tokens: int, choose_thought: Chooser = greedy) -> dict:
     outputs = answer_questions(
         model, tokenizer, think, [t["question"] for t in tasks], use_thought=use_thought,
-        max_thought_tokens=max_thought_tokens,
+        max_thought_tokens=max_thought_tokens, choose_thought=choose_thought,
     )
     correct = [o["answer"] == normalise_answer(str(t["answer"])) for o, t in zip(outputs, tasks)]
     return dict(accuracy=sum(correct) / max(1, len(correct)), n=len(correct), outputs=outputs, correct=correct)
@@ -103,11 +104,13 @@ def document_contexts(tokenizer, texts: list[str], rule: str, limit: int) -> lis
 def load_eval_set(spec: str, limit: int | None = None) -> tuple[list[dict], list[str]]:
     """(questions, documents) of an evaluation set. `builtin:arith`: the held-out questions, and the same problems
     as documents. A JSONL file: lines {"question": ..., "answer": ...} are questions, lines {"text": ...} documents."""
-    if spec == "builtin:arith":
-        questions = arith.heldout_questions(limit or 256)
+    name = spec.removeprefix("builtin:")
+    if spec.startswith("builtin:") and (name == "arith" or name in SUITES):
+        questions = arith.heldout_questions(limit or 256) if name == "arith" else SUITES[name].heldout_questions(limit or 256)
         return questions, [q["question"] + q["answer"] + "." for q in questions]
     if spec.startswith("builtin:"):
-        raise UserError(f"--tasks: unknown built-in set {spec!r} (known: builtin:arith)")
+        raise UserError(f"--tasks: unknown built-in set {spec!r} (known: builtin:arith, "
+                        + ", ".join(f"builtin:{s}" for s in SUITES) + ")")
     questions, documents = [], []
     for number, record in jsonl_records(Path(spec)):
         if isinstance(record, dict) and "question" in record and "answer" in record:

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rlpt import checkpoint, objective
+from rlpt.baselines.rpt import rpt_rewards
 from rlpt.data import Document, make_contexts
 from rlpt.ema import EmaTeacher
 from rlpt.generation import gumbel_sampler
@@ -93,7 +94,7 @@ class RlpTrainer:
             self.ema.init_from(self.policy)  # lazy: phi <- theta at the first batch
         sampler = gumbel_sampler(cfg.rlp.temperature, step_generator(cfg.train.seed, step))
         rollouts = self.engine.rollout(self.policy, self.ema.model, contexts, self.spec, sampler)
-        rewards = objective.information_gain(rollouts.s_pred, rollouts.s_ema)  # (B, G)
+        rewards = self.rewards(rollouts, docs)  # (B, G)
         advantages = objective.group_advantages(rewards, normalize_std=cfg.rlp.normalize_advantages)
         loss, kl, clip_frac = self.accumulate_gradients(rollouts, advantages.flatten())
 
@@ -114,10 +115,17 @@ class RlpTrainer:
             s_pred_mean=rollouts.s_pred.mean().item(), s_ema_mean=rollouts.s_ema.mean().item(),
             advantage_abs_mean=advantages.abs().mean().item(), thought_len_mean=lengths.mean().item(),
             thought_tokens=int(lengths.sum()), thought_truncated_frac=rollouts.truncated(self.spec.think.close_id).float().mean().item(),
-            clip_frac=clip_frac, kl=kl, grad_norm=grad_norm.item(), contexts=len(contexts), skipped=not finite,
+            clip_frac=clip_frac, kl=kl, grad_norm=grad_norm.item(), contexts=len(contexts),
+            document_tokens=sum(len(d.ids) for d in docs), skipped=not finite,
             nonfinite_skipped=self.state["nonfinite_skipped"],
         )
         return StepOutcome(metrics, docs, rollouts, rewards, advantages)
+
+    def rewards(self, rollouts: Rollouts, docs: list[Document]) -> torch.Tensor:
+        """RLP's information gain; or, for the RPT baseline, its sparse prefix-match reward (all else the same)."""
+        if self.cfg.rlp.reward == "rpt":
+            return rpt_rewards(rollouts, docs, self.tokenizer, self.spec.think.close_id)
+        return objective.information_gain(rollouts.s_pred, rollouts.s_ema)
 
     def accumulate_gradients(self, rollouts: Rollouts, advantages: torch.Tensor) -> tuple[float, float, float]:
         """Backward the batch loss mean_i L_i in micro-batches of thoughts; returns (loss, kl, clip fraction)."""

@@ -28,6 +28,7 @@ class Rollouts:
     thoughts: list[list[int]]  # sampled tokens, with a sampled </think> (part of the action), without a forced one
     s_pred: torch.Tensor  # (B, G) log p_theta(x_t | x_<t <think> c </think>), untempered
     s_ema: torch.Tensor  # (B,) log p_phi(x_t | x_<t), untempered
+    predicted: torch.Tensor  # (B, G) argmax_v p_theta(v | x_<t <think> c </think>): the answer RPT's reward checks
 
     def truncated(self, close_id: int) -> torch.Tensor:
         """(B*G,) True where the thought hit the length limit and its </think> was forced."""

@@ -106,16 +106,19 @@ class PackedEngine:
         row_context = torch.arange(len(contexts), device=device).repeat_interleave(G)  # (N,) rows in context order
         row_t = positions[row_context]
         prefix = document_prefix(policy, ids, pad_mask, context_doc[row_context], row_t)
-        thoughts, s_pred = self.decode_thoughts(policy, prefix, row_t, targets[row_context], spec, choose)
-        return Rollouts(contexts, thoughts, s_pred.view(len(contexts), G), s_ema)
+        thoughts, s_pred, predicted = self.decode_thoughts(policy, prefix, row_t, targets[row_context], spec, choose)
+        shape = (len(contexts), G)
+        return Rollouts(contexts, thoughts, s_pred.view(shape), s_ema, predicted.view(shape))
 
     def decode_thoughts(self, policy, prefix, row_t, row_target, spec, choose):
-        """Lockstep decoding of N thought rows over their documents' shared prefix; returns thoughts and S_pred (N,)."""
+        """Lockstep decoding of N thought rows over their documents' shared prefix; returns the thoughts, S_pred (N,)
+        and the most likely token after `</think>` (N,)."""
         think, N, device = spec.think, row_t.numel(), row_t.device
         feed = torch.full((N,), think.open_id, device=device)
         sampling = torch.ones(N, dtype=torch.bool, device=device)  # still drawing thought tokens
         pending = torch.ones(N, dtype=torch.bool, device=device)  # S_pred not read yet
         s_pred = torch.zeros(N, device=device)
+        predicted = torch.zeros(N, dtype=torch.long, device=device)
         forced = torch.zeros(N, dtype=torch.bool, device=device)  # cut at the limit: </think> goes in next
         tokens = torch.full((N, spec.max_thought_tokens), spec.pad_id, dtype=torch.long, device=device)
         lengths = torch.zeros(N, dtype=torch.long, device=device)
@@ -125,6 +128,7 @@ class PackedEngine:
             logits = out.logits[:, -1].float()
             closing = pending & (feed == think.close_id)  # the logits after </think>: S_pred, untempered
             s_pred[closing] = torch.log_softmax(logits[closing], -1).gather(1, row_target[closing][:, None]).squeeze(1)
+            predicted[closing] = logits[closing].argmax(-1)
             pending &= ~closing
             if not pending.any():
                 break
@@ -141,7 +145,7 @@ class PackedEngine:
                 forced = sampling & ~ended & (lengths == spec.max_thought_tokens)
                 sampling &= ~(ended | forced)
         thoughts = [row[:n].tolist() for row, n in zip(tokens.cpu(), lengths.cpu().tolist())]
-        return thoughts, s_pred
+        return thoughts, s_pred, predicted
 
     def thought_logprobs(self, model, rollouts: Rollouts, rows: list[int], spec: RolloutSpec):
         """Tempered log-probs (N, L) of the thought tokens of `rows` (with grad) and their mask (N, L).

@@ -48,10 +48,12 @@ class ReferenceEngine:
         closed = [p + t + ([] if t and t[-1] == think.close_id else [think.close_id]) for p, t in zip(prompts, thoughts)]
         device = next(policy.parameters()).device
         targets = torch.tensor([c.target for c in contexts], device=device)
-        s_pred = last_token_logprobs(policy, closed, spec.pad_id).gather(1, targets.repeat_interleave(G)[:, None])
+        after_thought = last_token_logprobs(policy, closed, spec.pad_id)
+        s_pred = after_thought.gather(1, targets.repeat_interleave(G)[:, None])
         excluded = [think.open_id, think.close_id] if spec.baseline_excludes_think else []
         s_ema = baseline_logprob(last_token_logprobs(teacher, [list(c.prefix) for c in contexts], spec.pad_id), targets, excluded)
-        return Rollouts(contexts, thoughts, s_pred.view(len(contexts), G), s_ema)
+        shape = (len(contexts), G)
+        return Rollouts(contexts, thoughts, s_pred.view(shape), s_ema, after_thought.argmax(-1).view(shape))
 
     def thought_logprobs(self, model, rollouts: Rollouts, rows: list[int], spec: RolloutSpec) -> tuple[torch.Tensor, torch.Tensor]:
         """Tempered log-probs (N, L) of the sampled thought tokens of `rows` (with grad), and their mask (N, L)."""

@@ -1,0 +1,136 @@
+"""Built-in suites for the paper's comparison (`rlpt experiment`), generated deterministically in code. Each has:
+- a training corpus of plain documents (no thoughts): the RLP and CPT data;
+- a warm-start corpus, the same kind of documents with a minority showing a worked thought between the think tags;
+- a held-out evaluation set of {"question", "answer"} pairs, disjoint from both corpora (split by a hash of the
+  problem). A thought is correct when it is the problem's worked thought: tracked beside the reward, because a
+  reward can rise while the thoughts go wrong (reward hacking).
+
+`math`: 3-digit addition and subtraction with carries and borrows, worked column by column from the units up:
+    532-185=<think>12-5=7,13-8-1=4,5-1-1=3</think>347.
+`science`: two-hop composition over facts stated in the document, three chains of two facts in a shuffled order;
+the question asks for the container two hops up, which no single fact states:
+    tam in dov. rek in pil. dov in sil. pil in mur. kob in zat. zat in fen. tam in=<think>tam in dov. dov in sil.</think>sil.
+Every answer follows the first `=` of its document, so `rlp.positions: after:=` puts thoughts at the answer tokens.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from rlpt import THINK_CLOSE, THINK_OPEN, arith
+
+HELDOUT_PER_MILLE = 100  # ~10% of all problems are held out for evaluation
+
+
+def hashed_heldout(key: str) -> bool:
+    """Deterministic split of problems by a hash of their text (FNV-1a, stable across processes)."""
+    h = 2166136261
+    for byte in key.encode():
+        h = ((h ^ byte) * 16777619) % 2**32
+    return h % 1000 < HELDOUT_PER_MILLE
+
+
+@dataclass(frozen=True)
+class Problem:
+    question: str  # ends with "=": the answer follows
+    thought: str  # the worked thought
+    answer: str
+
+    def thought_correct(self, thought: str) -> bool:
+        return thought.strip() == self.thought
+
+    def plain(self) -> str:
+        return f"{self.question}{self.answer}."
+
+    def worked(self) -> str:
+        return f"{self.question}{THINK_OPEN}{self.thought}{THINK_CLOSE}{self.answer}."
+
+
+# ------------------------------------------------------------------------------------------------------------ math
+def subtraction_thought(a: int, b: int) -> str:
+    """Column differences from the units up; a borrow shows as the leading 1 of this column and '-1' in the next:
+    532-185 -> '12-5=7,13-8-1=4,5-1-1=3'."""
+    steps, borrow = [], 0
+    while a:
+        da, db = a % 10, b % 10
+        value = da - db - borrow
+        lhs = f"1{da}" if value < 0 else f"{da}"
+        steps.append(f"{lhs}-{db}" + ("-1" if borrow else "") + f"={value % 10}")
+        borrow, a, b = int(value < 0), a // 10, b // 10
+    return ",".join(steps)
+
+
+def math_problem(rng: random.Random) -> Problem:
+    a, b = rng.randint(arith.LOW, arith.HIGH), rng.randint(arith.LOW, arith.HIGH)
+    if rng.random() < 0.5:
+        return Problem(f"{a}+{b}=", arith.worked_thought(a, b), str(a + b))
+    a, b = max(a, b), min(a, b)
+    return Problem(f"{a}-{b}=", subtraction_thought(a, b), str(a - b))
+
+
+# --------------------------------------------------------------------------------------------------------- science
+CONSONANTS, VOWELS = "bdfgklmnprstvz", "aeiou"
+CHAINS = 3  # the asked chain and two distractors
+
+
+def entity_names(rng: random.Random, count: int) -> list[str]:
+    names: set[str] = set()
+    while len(names) < count:
+        names.add(rng.choice(CONSONANTS) + rng.choice(VOWELS) + rng.choice(CONSONANTS))
+    return rng.sample(sorted(names), count)
+
+
+def science_problem(rng: random.Random) -> Problem:
+    names = entity_names(rng, 3 * CHAINS)
+    chains = [names[3 * i : 3 * i + 3] for i in range(CHAINS)]  # (item, bridge, container)
+    facts = [f"{x} in {y}." for item, bridge, container in chains for x, y in ((item, bridge), (bridge, container))]
+    rng.shuffle(facts)
+    item, bridge, container = chains[0]
+    return Problem(" ".join(facts) + f" {item} in=", f"{item} in {bridge}. {bridge} in {container}.", container)
+
+
+# ----------------------------------------------------------------------------------------------------------- suites
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    make: callable  # rng -> Problem
+
+    def problems(self, n: int, seed: int, heldout: bool) -> list[Problem]:
+        """n distinct problems from one side of the split, in a seeded order."""
+        rng = random.Random(f"{self.name}:{seed}:{heldout}")
+        seen, out = set(), []
+        while len(out) < n:
+            p = self.make(rng)
+            if p.question not in seen and hashed_heldout(p.question) == heldout:
+                seen.add(p.question)
+                out.append(p)
+        return out
+
+    def training_documents(self, n: int, seed: int = 0) -> list[str]:
+        return [p.plain() for p in self.problems(n, seed, heldout=False)]
+
+    def warm_start_documents(self, n: int, seed: int, think_fraction: float) -> list[str]:
+        """Training-side documents (another seed's draw than the RLP corpus), a `think_fraction` of them worked."""
+        rng = random.Random(f"{self.name}:warm:{seed}")
+        return [p.worked() if rng.random() < think_fraction else p.plain() for p in self.problems(n, seed + 10_000, False)]
+
+    def heldout_problems(self, n: int, seed: int = 0) -> list[Problem]:
+        return self.problems(n, seed, heldout=True)
+
+    def heldout_questions(self, n: int, seed: int = 0) -> list[dict]:
+        return [{"question": p.question, "answer": p.answer} for p in self.heldout_problems(n, seed)]
+
+
+SUITES = {
+    "math": Suite("math", math_problem),
+    "science": Suite("science", science_problem),
+}
+
+
+def get_suite(name: str) -> Suite:
+    from rlpt.errors import UserError
+
+    if name not in SUITES:
+        raise UserError(f"unknown suite {name!r} (known: {', '.join(SUITES)})")
+    return SUITES[name]
