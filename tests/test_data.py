@@ -81,3 +81,4 @@ def test_after_rule_starts_after_the_marker(tok):
     assert tok.decode(ids[first:]) == "46."
     doc = Document(ids, "d", first)
     assert [tok.decode([ids[t]]) for t in positions(doc, "after:=", random.Random(0))] == ["4", "6", "."]
+    assert [tok.decode([ids[t]]) for t in positions(doc, "first:=", random.Random(0))] == ["4"]

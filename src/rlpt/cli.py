@@ -138,12 +138,35 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--json", action="store_true", help="print one JSON object")
     sample.set_defaults(func=cmd_sample)
+    exp = sub.add_parser("experiment", help="the paper's comparison: Base vs CPT (token/FLOP-matched) vs RPT vs RLP")
+    exp.add_argument("--suite", default="math,science", help="comma-separated built-in suites (math, science)")
+    exp.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1; the table gives mean +- std")
+    exp.add_argument("--budget", default="small", help="small (the README's run) or test (seconds; for checks)")
+    exp.add_argument("--output", default="runs/experiment", help="folder for table.md, results.json, plots/, models/")
+    exp.add_argument("--ablate", action="store_true", help="also RLP over G in {2,4,8,16} and L in {8,16,32,64}")
+    exp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of the RL runs, e.g. train.lr=3e-5")
+    exp.add_argument("--model", help="your Base model (HF folder); default: warm-start the tiny model on the suites")
+    exp.add_argument("--data", help="your training corpus (any data.path); default: the suites' corpora")
+    exp.add_argument("--tasks", help="your held-out question/answer JSONL, evaluated beside the suites")
+    exp.set_defaults(func=cmd_experiment)
+
     bench = sub.add_parser("bench", help="time one RLP step: reference vs packed engine vs next-token training")
     from rlpt.bench import build_parser as bench_arguments
 
     bench_arguments(bench)
     bench.set_defaults(func=cmd_bench)
     return parser
+
+
+def cmd_experiment(args) -> int:
+    from rlpt import experiment
+
+    suites = [s.strip() for s in args.suite.split(",") if s.strip()]
+    output = Path(args.output)
+    experiment.run(suites, args.seeds, args.budget, output, ablate=args.ablate, overrides=args.set or [],
+                   model=args.model, data=args.data, tasks=args.tasks)
+    print((output / "table.md").read_text())
+    return 0
 
 
 def cmd_bench(args) -> int:

@@ -59,7 +59,7 @@ class RlpConfig:
     baseline_excludes_think: bool = False
     """Renormalise the no-think baseline over tokens other than the think tags (see README)."""
     positions: str = "all"
-    """Which positions t get thoughts: all, every:K, random:N, list:T1,T2,..., after:TEXT."""
+    """Which positions t get thoughts: all, every:K, random:N, list:T1,T2,..., after:TEXT, first:TEXT."""
     engine: str = "packed"
     """Thought engine: `packed` (one forward per document; fast) or `reference` (one row per thought; the oracle)."""
     reward: str = "information_gain"
@@ -122,7 +122,7 @@ BUILTIN_DEFAULT = {
     "eval": {"tasks": "builtin:arith", "max_questions": 256, "max_thought_tokens": 32},
 }
 
-POSITION_RULE = re.compile(r"^(all|every:[1-9]\d*|random:[1-9]\d*|list:\d+(,\d+)*|after:.+)$", re.S)
+POSITION_RULE = re.compile(r"^(all|every:[1-9]\d*|random:[1-9]\d*|list:\d+(,\d+)*|after:.+|first:.+)$", re.S)
 
 
 def to_dict(cfg: Config) -> dict:
@@ -209,7 +209,7 @@ def validate(cfg: Config) -> None:
         (0 <= cfg.rlp.ema_decay < 1, "rlp.ema_decay must be in [0, 1)"),
         (cfg.rlp.kl_coef >= 0, "rlp.kl_coef must be >= 0"),
         (bool(POSITION_RULE.match(cfg.rlp.positions)),
-         f"rlp.positions: {cfg.rlp.positions!r} is not all, every:K, random:N, list:T1,T2,... or after:TEXT"),
+         f"rlp.positions: {cfg.rlp.positions!r} is not all, every:K, random:N, list:T1,T2,..., after:TEXT or first:TEXT"),
         (cfg.rlp.engine in ("reference", "packed"), f"rlp.engine: {cfg.rlp.engine!r} is not reference or packed"),
         (cfg.rlp.reward in ("information_gain", "rpt"), f"rlp.reward: {cfg.rlp.reward!r} is not information_gain or rpt"),
         (cfg.data.format in ("auto", "text", "jsonl"), f"data.format: {cfg.data.format!r} is not auto, text or jsonl"),

@@ -7,7 +7,8 @@ where the model uses one) and cut into windows of `data.max_length` tokens.
 
 Position rules (`rlp.positions`), over 1 <= t < len(document):
   all | every:K (t = K, 2K, ...) | random:N (N distinct, seeded) | list:T1,T2,... | after:TEXT (every token that
-  starts after the first occurrence of TEXT; documents without TEXT have none).
+  starts after the first occurrence of TEXT; documents without TEXT have none) | first:TEXT (only the first of
+  those: one thought before the answer of a question/answer document).
 """
 
 from __future__ import annotations
@@ -160,6 +161,8 @@ def positions(doc: Document, rule: str, rng: random.Random) -> list[int]:
     kind, _, arg = rule.partition(":")
     if kind in ("all", "after"):
         return list(usable)
+    if kind == "first":
+        return list(usable)[:1]
     if kind == "every":
         return [t for t in usable if t % int(arg) == 0]
     if kind == "random":
@@ -170,7 +173,8 @@ def positions(doc: Document, rule: str, rng: random.Random) -> list[int]:
 
 
 def after_marker(rule: str) -> str | None:
-    return rule.partition(":")[2] if rule.startswith("after:") else None
+    """The TEXT of `after:TEXT` and `first:TEXT`: positions start after its first occurrence."""
+    return rule.partition(":")[2] if rule.startswith(("after:", "first:")) else None
 
 
 def make_contexts(docs: list[Document], rule: str, seed: int, step: int) -> list[Context]:

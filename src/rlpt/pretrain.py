@@ -28,7 +28,9 @@ def cosine_lr(step: int, total: int, warmup: int, peak: float, floor: float = 0.
 
 
 def shuffled_batches(docs: list[list[int]], batch_size: int, rng: random.Random):
-    """Endless batches of document indices, a fresh shuffle every epoch."""
+    """Endless batches of document indices, a fresh shuffle every epoch (a corpus smaller than a batch gives batches
+    of the whole corpus)."""
+    batch_size = min(batch_size, len(docs))
     while True:
         order = list(range(len(docs)))
         rng.shuffle(order)

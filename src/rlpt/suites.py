@@ -9,13 +9,15 @@
     532-185=<think>12-5=7,13-8-1=4,5-1-1=3</think>347.
 `science`: two-hop composition over facts stated in the document, three chains of two facts in a shuffled order;
 the question asks for the container two hops up, which no single fact states:
-    tam in dov. rek in pil. dov in sil. pil in mur. kob in zat. zat in fen. tam in=<think>tam in dov. dov in sil.</think>sil.
-Every answer follows the first `=` of its document, so `rlp.positions: after:=` puts thoughts at the answer tokens.
+    T in D. R in P. D in S. P in M. K in Z. Z in F. T in=<think>T in D. D in S.</think>S.
+Every answer follows the first `=` of its document: `rlp.positions: first:=` puts a thought before the answer,
+`after:=` before every answer token.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 from rlpt import THINK_CLOSE, THINK_OPEN, arith
@@ -23,10 +25,10 @@ from rlpt import THINK_CLOSE, THINK_OPEN, arith
 HELDOUT_PER_MILLE = 100  # ~10% of all problems are held out for evaluation
 
 
-def hashed_heldout(key: str) -> bool:
+def hashed_heldout(question: str) -> bool:
     """Deterministic split of problems by a hash of their text (FNV-1a, stable across processes)."""
     h = 2166136261
-    for byte in key.encode():
+    for byte in question.encode():
         h = ((h ^ byte) * 16777619) % 2**32
     return h % 1000 < HELDOUT_PER_MILLE
 
@@ -61,6 +63,13 @@ def subtraction_thought(a: int, b: int) -> str:
     return ",".join(steps)
 
 
+def math_heldout(question: str) -> bool:
+    """The split of `builtin:arith` by operand pair, so that no model warm-started on `builtin:arith` (builtin:tiny)
+    has seen a held-out addition."""
+    a, b = (int(x) for x in re.findall(r"\d+", question))
+    return arith.is_heldout(a, b)
+
+
 def math_problem(rng: random.Random) -> Problem:
     a, b = rng.randint(arith.LOW, arith.HIGH), rng.randint(arith.LOW, arith.HIGH)
     if rng.random() < 0.5:
@@ -70,19 +79,12 @@ def math_problem(rng: random.Random) -> Problem:
 
 
 # --------------------------------------------------------------------------------------------------------- science
-CONSONANTS, VOWELS = "bdfgklmnprstvz", "aeiou"
+ENTITIES = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # one token each: every hop is one lookup of one token
 CHAINS = 3  # the asked chain and two distractors
 
 
-def entity_names(rng: random.Random, count: int) -> list[str]:
-    names: set[str] = set()
-    while len(names) < count:
-        names.add(rng.choice(CONSONANTS) + rng.choice(VOWELS) + rng.choice(CONSONANTS))
-    return rng.sample(sorted(names), count)
-
-
 def science_problem(rng: random.Random) -> Problem:
-    names = entity_names(rng, 3 * CHAINS)
+    names = rng.sample(ENTITIES, 3 * CHAINS)
     chains = [names[3 * i : 3 * i + 3] for i in range(CHAINS)]  # (item, bridge, container)
     facts = [f"{x} in {y}." for item, bridge, container in chains for x, y in ((item, bridge), (bridge, container))]
     rng.shuffle(facts)
@@ -95,6 +97,7 @@ def science_problem(rng: random.Random) -> Problem:
 class Suite:
     name: str
     make: callable  # rng -> Problem
+    heldout: callable  # question -> bool: the side of the split
 
     def problems(self, n: int, seed: int, heldout: bool) -> list[Problem]:
         """n distinct problems from one side of the split, in a seeded order."""
@@ -102,7 +105,7 @@ class Suite:
         seen, out = set(), []
         while len(out) < n:
             p = self.make(rng)
-            if p.question not in seen and hashed_heldout(p.question) == heldout:
+            if p.question not in seen and self.heldout(p.question) == heldout:
                 seen.add(p.question)
                 out.append(p)
         return out
@@ -123,8 +126,8 @@ class Suite:
 
 
 SUITES = {
-    "math": Suite("math", math_problem),
-    "science": Suite("science", science_problem),
+    "math": Suite("math", math_problem, math_heldout),
+    "science": Suite("science", science_problem, hashed_heldout),
 }
 
 

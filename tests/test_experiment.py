@@ -1,0 +1,54 @@
+"""`rlpt experiment` end to end on the `test` budget (seconds): every output of the issue, models that `rlpt eval`
+loads, a rerun that redoes nothing, and the same comparison on a user's own model, data and held-out set."""
+
+import json
+
+from rlpt import experiment
+from rlpt.cli import main
+
+
+def test_experiment_writes_table_results_plots_and_models(tmp_path, capsys):
+    out = tmp_path / "exp"
+    assert main(["experiment", "--budget", "test", "--seeds", "2", "--ablate", "--output", str(out)]) == 0
+    table = (out / "table.md").read_text()
+    for row in ("| Math Avg |", "| Science Avg |", "| Overall |", "Base", "CPT (token-matched)", "CPT (FLOP-matched)", "RPT", "RLP"):
+        assert row in table
+    assert "±" in table  # mean +- std over the two seeds
+    results = json.loads((out / "results.json").read_text())
+    assert [s["seed"] for s in results["seeds"]] == [0, 1]
+    scores = results["seeds"][0]["scores"]
+    assert set(scores) == set(experiment.METHODS)
+    for key in ("pass_at_1", "accuracy_think", "accuracy_nothink", "thought_correct", "logp_think", "logp_nothink"):
+        assert 0 <= scores["rlp"]["Math"]["accuracy_think"] <= 1 and key in scores["rlp"]["Science"]
+    budget = results["seeds"][0]["cpt_budget"]
+    assert budget["flop_matched"] > budget["token_matched"] > 0
+    assert {(r["G"], r["L"]) for r in results["ablation"]} >= {(16, 24), (2, 64)}
+    for name in ("reward.png", "accuracy.png", "ablation.png"):
+        assert (out / "plots" / name).read_bytes()[:4] == b"\x89PNG"
+    for seed in (0, 1):
+        for method in experiment.METHODS:
+            assert (out / "models" / f"seed-{seed}" / method / "config.json").is_file()
+    capsys.readouterr()
+    assert main(["eval", "--model", str(out / "models" / "seed-1" / "rlp"), "--tasks", "builtin:science",
+                 "--max-questions", "2", "--max-positions", "4", "--max-thought-tokens", "4"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 2
+
+    # a rerun finds every stage done: nothing is trained again
+    stamp = (out / "models" / "seed-0" / "cpt-flop" / "model.safetensors").stat().st_mtime_ns
+    metrics = (out / "runs" / "seed-0" / "rlp" / "metrics.jsonl").read_text()
+    experiment.run(["math", "science"], 2, "test", out)
+    assert (out / "models" / "seed-0" / "cpt-flop" / "model.safetensors").stat().st_mtime_ns == stamp
+    assert (out / "runs" / "seed-0" / "rlp" / "metrics.jsonl").read_text() == metrics
+
+
+def test_experiment_on_your_own_model_data_and_questions(llama_dir, tmp_path):
+    data = tmp_path / "corpus.txt"
+    data.write_text("the cat sat on the mat.\n\nthe dog sat on the log.\n")
+    tasks = tmp_path / "qa.jsonl"
+    tasks.write_text('{"question": "the cat sat on the ", "answer": "mat"}\n{"question": "2+2=", "answer": "4"}\n')
+    out = tmp_path / "own"
+    results = experiment.run([], 1, "test", out, model=llama_dir, data=str(data), tasks=str(tasks))
+    assert results["eval_sets"] == ["qa"]
+    assert "| qa Avg |" in (out / "table.md").read_text()
+    assert results["seeds"][0]["scores"]["rlp"]["qa"]["thought_correct"] is None  # no worked thoughts to check
+    assert not (out / "models" / "base").exists()  # the given model is Base

@@ -1,0 +1,80 @@
+"""The built-in suites of `rlpt experiment`: deterministic, worked thoughts that compute the answer, held-out sets
+disjoint from both corpora."""
+
+import random
+import re
+
+import pytest
+
+from rlpt import THINK_OPEN
+from rlpt.suites import SUITES, get_suite, math_problem, science_problem, subtraction_thought
+
+
+def test_subtraction_thought_by_hand():
+    assert subtraction_thought(532, 185) == "12-5=7,13-8-1=4,5-1-1=3"  # 532 - 185 = 347
+    assert subtraction_thought(500, 1) == "10-1=9,10-0-1=9,5-0-1=4"  # 499: a borrow through two zeros
+    assert subtraction_thought(987, 123) == "7-3=4,8-2=6,9-1=8"  # 864: no borrow
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_math_thoughts_compute_the_answer(seed):
+    """The last digit of each column result, most significant first (with a final carry), is the answer."""
+    rng = random.Random(seed)
+    for _ in range(200):
+        p = math_problem(rng)
+        a, op, b = re.match(r"(\d+)([+-])(\d+)=", p.question).groups()
+        assert p.answer == str(int(a) + int(b) if op == "+" else int(a) - int(b))
+        results = [int(part.split("=")[1]) for part in p.thought.split(",")]
+        digits = "".join(str(r % 10) for r in reversed(results))
+        if op == "+" and results[-1] >= 10:
+            digits = "1" + digits
+        assert str(int(digits)) == p.answer
+
+
+def test_science_problems_need_both_hops():
+    rng = random.Random(0)
+    for _ in range(200):
+        p = science_problem(rng)
+        facts = dict(re.findall(r"(\w+) in (\w+)\.", p.question))
+        item = re.search(r"(\w+) in=$", p.question).group(1)
+        assert len(facts) == 6
+        assert p.answer == facts[facts[item]] and p.answer != facts[item]  # two hops, not one
+        assert p.thought == f"{item} in {facts[item]}. {facts[item]} in {p.answer}."
+        assert p.thought_correct(p.thought) and not p.thought_correct(p.thought.replace(p.answer, "xyz"))
+
+
+@pytest.mark.parametrize("name", list(SUITES))
+def test_suites_are_deterministic_and_warm_start_is_a_minority(name):
+    suite = get_suite(name)
+    assert suite.training_documents(50, seed=1) == suite.training_documents(50, seed=1)
+    assert suite.training_documents(50, seed=1) != suite.training_documents(50, seed=2)
+    warm = suite.warm_start_documents(2000, seed=0, think_fraction=0.25)
+    assert 0.2 < sum(THINK_OPEN in d for d in warm) / len(warm) < 0.3
+    assert all(THINK_OPEN not in d for d in suite.training_documents(500))
+
+
+@pytest.mark.parametrize("name", list(SUITES))
+def test_heldout_questions_never_appear_in_either_corpus(name):
+    suite = get_suite(name)
+    heldout = {q["question"] for q in suite.heldout_questions(300)}
+    assert len(heldout) == 300
+    questions = lambda docs: {d.split(THINK_OPEN)[0] if THINK_OPEN in d else d[: d.index("=") + 1] for d in docs}
+    for seed in (0, 1, 2):
+        assert not heldout & questions(suite.training_documents(5000, seed))
+        assert not heldout & questions(suite.warm_start_documents(5000, seed, 0.25))
+
+
+def test_unknown_suite_is_a_clear_error():
+    from rlpt.errors import UserError
+
+    with pytest.raises(UserError, match="unknown suite 'physics'"):
+        get_suite("physics")
+
+
+def test_math_heldout_additions_were_never_in_the_builtin_tiny_warm_start():
+    """Base may start from builtin:tiny, warm-started on builtin:arith: the splits must agree."""
+    from rlpt import arith
+
+    seen = {d.split("<think>")[0].split("=")[0] + "=" for d in arith.warm_start_documents(40_000, 0, 0.5)}
+    heldout = {q["question"] for q in get_suite("math").heldout_questions(300) if "+" in q["question"]}
+    assert len(heldout) > 100 and not heldout & seen
