@@ -150,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--tasks", help="your held-out question/answer JSONL, evaluated beside the suites")
     exp.set_defaults(func=cmd_experiment)
 
+    plan = sub.add_parser("plan", help="price a run: rollout and update tokens, FLOPs, FLOP-matched CPT budget, GPU-hours")
+    from rlpt.plan import add_arguments as plan_arguments
+
+    plan_arguments(plan)
+    plan.set_defaults(func=cmd_plan)
+
     bench = sub.add_parser("bench", help="time one RLP step: reference vs packed engine vs next-token training")
     from rlpt.bench import build_parser as bench_arguments
 
@@ -166,6 +172,13 @@ def cmd_experiment(args) -> int:
     experiment.run(suites, args.seeds, args.budget, output, ablate=args.ablate, overrides=args.set or [],
                    model=args.model, data=args.data, tasks=args.tasks)
     print((output / "table.md").read_text())
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from rlpt.plan import run
+
+    print(run(args))
     return 0
 
 
