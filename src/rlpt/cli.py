@@ -150,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--tasks", help="your held-out question/answer JSONL, evaluated beside the suites")
     exp.set_defaults(func=cmd_experiment)
 
+    export = sub.add_parser("export", help="a clean HF folder (model, tokenizer with think tags, generation config)")
+    export.add_argument("run", help="run folder (its latest checkpoint), checkpoint folder or model folder")
+    export.add_argument("--out", required=True, help="the folder to write (must not exist, or be empty)")
+    export.add_argument("--ema", action="store_true", help="export the EMA teacher instead of the policy")
+    export.set_defaults(func=cmd_export)
+
     plan = sub.add_parser("plan", help="price a run: rollout and update tokens, FLOPs, FLOP-matched CPT budget, GPU-hours")
     from rlpt.plan import add_arguments as plan_arguments
 
@@ -172,6 +178,13 @@ def cmd_experiment(args) -> int:
     experiment.run(suites, args.seeds, args.budget, output, ablate=args.ablate, overrides=args.set or [],
                    model=args.model, data=args.data, tasks=args.tasks)
     print((output / "table.md").read_text())
+    return 0
+
+
+def cmd_export(args) -> int:
+    from rlpt.export import export
+
+    print(f"rlpt: exported {export(args.run, Path(args.out), ema=args.ema)}")
     return 0
 
 

@@ -163,14 +163,9 @@ def rl_run(run_dir: Path, cfg) -> list[dict]:
 
 
 def export_checkpoint(run_dir: Path, folder: Path) -> Path:
-    from rlpt import checkpoint
+    from rlpt.export import export
 
-    def build(tmp):
-        model, tokenizer, _ = load_model_and_tokenizer(str(checkpoint.latest(run_dir)))
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-
-    return built_once(folder, build)
+    return folder if (folder / "config.json").is_file() else export(str(run_dir), folder)
 
 
 def continued_pretraining(base: Path, folder: Path, cfg, tokens: int, budget: Budget, seed: int, name: str) -> dict:

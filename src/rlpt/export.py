@@ -1,0 +1,57 @@
+"""`rlpt export RUN_DIR --out DIR`: a clean Hugging Face folder from a run (its latest checkpoint), a checkpoint or a
+model folder: the weights as safetensors, the tokenizer with its think tags, and a generation config. It holds no
+optimizer, EMA or trainer state, and loads with `AutoModelForCausalLM.from_pretrained`. It is ready for TRL's trainers
+or `lm_eval --model hf`. `--ema` exports the EMA teacher instead of the policy."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from rlpt.errors import UserError
+
+
+def source_folder(path: str) -> Path:
+    """A run folder resolves to its latest checkpoint; a checkpoint or model folder is taken as it is."""
+    from rlpt import checkpoint
+
+    folder = Path(path)
+    latest = checkpoint.latest(folder)
+    if latest is not None:
+        return latest
+    if (folder / "config.json").is_file():
+        return folder
+    raise UserError(f"rlpt export: {path} is neither a run folder with a checkpoint nor a model folder (no config.json)")
+
+
+def export(path: str, out: Path, ema: bool = False) -> Path:
+    from transformers import GenerationConfig
+
+    from rlpt.ema import EmaTeacher
+    from rlpt.models import load_model_and_tokenizer
+
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"rlpt export: --out {out} exists and is not empty")
+    source = source_folder(path)
+    model, tokenizer, _ = load_model_and_tokenizer(str(source))
+    if ema:
+        if not (source / "ema.safetensors").is_file():
+            raise UserError(f"rlpt export --ema: {source} has no ema.safetensors")
+        teacher = EmaTeacher(0.0)
+        teacher.load(source / "ema.safetensors", model)
+        model = teacher.model
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
