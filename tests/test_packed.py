@@ -20,7 +20,7 @@ from conftest import save_tiny
 TEXTS = ["123+456=579.", "98+7=105. and a longer tail", "5+5=10.", "777+1=778."]
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2", "qwen3", "gpt2"])
+@pytest.fixture(scope="module", params=["llama", "qwen2", "qwen3", "gpt2", "gpt_neox"])
 def arch_dir(request, tmp_path_factory):
     return save_tiny(tmp_path_factory.mktemp(request.param), request.param, seed=1)
 
