@@ -18,8 +18,14 @@ def test_experiment_writes_table_results_plots_and_models(tmp_path, capsys):
     assert [s["seed"] for s in results["seeds"]] == [0, 1]
     scores = results["seeds"][0]["scores"]
     assert set(scores) == set(experiment.METHODS)
-    for key in ("pass_at_1", "accuracy_think", "accuracy_nothink", "thought_correct", "logp_think", "logp_nothink"):
-        assert 0 <= scores["rlp"]["Math"]["accuracy_think"] <= 1 and key in scores["rlp"]["Science"]
+    for key in ("pass_at_1", "accuracy_think", "accuracy_nothink", "thought_correct"):
+        for name in ("Math", "Science"):
+            assert 0 <= scores["rlp"][name][key] <= 1
+    assert all(scores["rlp"][name]["logp_think"] <= 0 and scores["rlp"][name]["logp_nothink"] <= 0 for name in ("Math", "Science"))
+    curve = results["seeds"][0]["curves"]["rlp"]
+    assert [p["step"] for p in curve] == [0, 1, 2]  # Base, then every checkpoint (test budget: 2 steps, one each)
+    assert curve[0]["Math"] == scores["base"]["Math"]["accuracy_think"]
+    assert curve[-1]["Math"] == scores["rlp"]["Math"]["accuracy_think"]
     budget = results["seeds"][0]["cpt_budget"]
     assert budget["flop_matched"] > budget["token_matched"] > 0
     assert {(r["G"], r["L"]) for r in results["ablation"]} >= {(16, 24), (2, 64)}

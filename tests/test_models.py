@@ -1,7 +1,6 @@
 """Loading local HF folders: tokenizer as saved, think tags, ids inside the embedding."""
 
 import pytest
-import torch
 from transformers import AutoTokenizer
 
 from rlpt.errors import UserError

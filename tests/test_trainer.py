@@ -1,7 +1,6 @@
 """The loop's invariants, driven through RlpTrainer directly: micro-batching changes nothing, a non-finite step never
 reaches the weights, and the reward rises on a fixed easy case."""
 
-import copy
 
 import torch
 

@@ -12,6 +12,7 @@ import json
 import os
 import random
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -21,6 +22,24 @@ def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def build_folder(folder: Path, build) -> Path:
+    """A model folder written whole or not at all: `build(tmp)` writes into a temporary sibling, which is renamed to
+    `folder` when complete. A folder that already holds a model (config.json) is kept as it is."""
+    if (folder / "config.json").is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        build(tmp)
+        os.replace(tmp, folder)  # also replaces an empty folder
+    except OSError:
+        if not (folder / "config.json").is_file():  # a concurrent build may have won the rename
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
 
 
 def save(run_dir: Path, step: int, model, tokenizer, ema, optimizer, state: dict) -> Path:

@@ -64,7 +64,6 @@ def cmd_eval(args) -> int:
 def cmd_sample(args) -> int:
     import torch
 
-    from rlpt import checkpoint
     from rlpt.ema import EmaTeacher
     from rlpt.generation import gumbel_sampler
     from rlpt.models import load_model_and_tokenizer

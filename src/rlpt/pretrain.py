@@ -12,6 +12,11 @@ from tqdm.auto import tqdm
 from rlpt.generation import right_pad
 
 
+def tokenize_documents(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text (with the tokenizer's BOS), closed by EOS: the documents of next-token training."""
+    return [tokenizer(t)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
+
+
 def next_token_loss(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of each token given the ones before it; pads excluded."""
     logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()

@@ -39,6 +39,10 @@ class Problem:
     thought: str  # the worked thought
     answer: str
 
+    def task(self) -> dict:
+        """The question/answer pair, as `rlpt eval` and `exact_match_accuracy` take it."""
+        return {"question": self.question, "answer": self.answer}
+
     def thought_correct(self, thought: str) -> bool:
         return thought.strip() == self.thought
 
@@ -122,7 +126,7 @@ class Suite:
         return self.problems(n, seed, heldout=True)
 
     def heldout_questions(self, n: int, seed: int = 0) -> list[dict]:
-        return [{"question": p.question, "answer": p.answer} for p in self.heldout_problems(n, seed)]
+        return [p.task() for p in self.heldout_problems(n, seed)]
 
 
 SUITES = {

@@ -7,14 +7,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from rlpt import THINK_CLOSE, THINK_OPEN, arith
+from rlpt.checkpoint import build_folder
 from rlpt.errors import UserError
 
 CHARS = "0123456789+-*/=,.:;!?()[]'\" \nabcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -64,12 +63,12 @@ def build_model(recipe: dict, tokenizer):
 
 def build(folder: str | Path, recipe: dict) -> None:
     """Build, warm-start and save the model and tokenizer of `recipe` into `folder`."""
-    from rlpt.pretrain import train_next_token
+    from rlpt.pretrain import tokenize_documents, train_next_token
 
     tokenizer = char_tokenizer()
     model = build_model(recipe, tokenizer)
     docs = arith.warm_start_documents(recipe["warm_start_documents"], recipe["seed"], recipe["think_fraction"])
-    ids = [tokenizer(d)["input_ids"] + [tokenizer.eos_token_id] for d in docs]
+    ids = tokenize_documents(tokenizer, docs)
     if recipe["steps"]:
         losses = train_next_token(
             model, ids, steps=recipe["steps"], batch_size=recipe["batch_size"], lr=recipe["lr"],
@@ -98,17 +97,8 @@ def builtin_model_path(name: str) -> Path:
     folder = cache_dir() / f"builtin-{name}-{recipe_hash(recipe)}"
     if (folder / "config.json").is_file():
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
     print(f"rlpt: building builtin:{name} (warm start, once; cached in {folder})", flush=True)
     start = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
-        build(tmp, recipe)
-        os.replace(tmp, folder)
-    except OSError:
-        if not (folder / "config.json").is_file():  # a concurrent build may have won the rename
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    build_folder(folder, lambda tmp: build(tmp, recipe))
     print(f"rlpt: builtin:{name} ready in {time.perf_counter() - start:.0f}s", flush=True)
     return folder

@@ -1,0 +1,235 @@
+"""`rlpt experiment`: the paper's comparison (Table 1) at laptop scale, in one command.
+
+Per seed: a tiny model is warm-started on the suites' warm-start corpora -> Base. From Base, on the same training
+corpus (plain documents, no thoughts): CPT token-matched and FLOP-matched (`rlpt.baselines.cpt`), RPT (the RL loop
+with RPT's sparse reward) and RLP. All five are evaluated on each suite's held-out questions: pass@1 with thinking
+(averaged over k sampled thoughts), greedy accuracy with thinking, accuracy without thinking, how often the greedy
+thought is the correct worked thought, and the intrinsic metric (mean log-likelihood of held-out next tokens with
+and without thinking). The RL runs are also evaluated at their checkpoints, for the accuracy curves.
+
+The same comparison runs on your own parts: `--model DIR` is Base (no warm start), `--data PATH` the training
+corpus (any `data.path`), `--tasks FILE.jsonl` a held-out question/answer set (the format of `rlpt eval`).
+
+Everything lands in the output folder: `table.md`, `results.json`, `plots/*.png`, `models/[seed-S/]METHOD/` (HF
+folders for `rlpt eval --model`) and `runs/` (the RL runs). Each stage is skipped when its output exists, so an
+interrupted experiment continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlpt import config as config_lib
+from rlpt.baselines import cpt
+from rlpt.checkpoint import build_folder
+from rlpt.errors import UserError
+from rlpt.experiment.budgets import BUDGETS, Budget
+from rlpt.experiment.report import ABLATION_G, ABLATION_L, LABELS, METHODS, headline, mean_std, plots, report
+from rlpt.experiment.scoring import EvalSet, curve, evaluate_model, file_eval_set, suite_eval_set
+from rlpt.models import load_model_and_tokenizer
+from rlpt.suites import get_suite
+
+
+
+# ---------------------------------------------------------------------------------------------------- the models
+def warm_start(folder: Path, suites, budget: Budget, seed: int) -> None:
+    """Base: next-token training on the suites' warm-start corpora, of `budget.warm_from` (builtin:tiny, which
+    already knows addition with worked thoughts: from scratch, a tiny model takes thousands of steps to learn the
+    format) or of a freshly initialised model of the same architecture."""
+    from transformers import AutoModelForCausalLM
+
+    from rlpt.models import resolve_model_path
+    from rlpt.pretrain import tokenize_documents, train_next_token
+    from rlpt.tiny import RECIPES, build_model, char_tokenizer
+
+    tokenizer = char_tokenizer()
+    if budget.warm_from:
+        model = AutoModelForCausalLM.from_pretrained(resolve_model_path(budget.warm_from))
+    else:
+        model = build_model({**RECIPES["tiny"], "seed": seed}, tokenizer)
+    texts = [d for s in suites for d in s.warm_start_documents(budget.warm_documents, seed, budget.think_fraction)]
+    train_next_token(model, tokenize_documents(tokenizer, texts), steps=budget.warm_steps, batch_size=budget.warm_batch,
+                     lr=budget.warm_lr, pad_id=tokenizer.pad_token_id, seed=seed, desc=f"warm start (seed {seed})")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def rl_config(base: Path, corpus: str, budget: Budget, seed: int, reward: str, overrides: list[str], **rlp) -> config_lib.Config:
+    cfg = config_lib.Config()
+    config_lib.apply(cfg, {
+        "model": {"name_or_path": str(base)},
+        "data": {"path": str(corpus)},
+        "rlp": {"group_size": budget.group_size, "max_thought_tokens": budget.thought_tokens, "positions": "first:=",
+                "reward": reward, **rlp},
+        "train": {"lr": budget.lr, "batch_documents": budget.batch_documents, "max_steps": budget.rl_steps,
+                  "seed": seed, "checkpoint_every": max(1, budget.rl_steps // budget.curve_points)},
+        "eval": {"tasks": ""},
+    }, "rlpt experiment")
+    for text in overrides:
+        config_lib.apply(cfg, config_lib.parse_override(text), f"--set {text}")
+    config_lib.validate(cfg)
+    return cfg
+
+
+def rl_run(run_dir: Path, cfg) -> list[dict]:
+    """Train (or finish) an RL run; returns its metrics rows."""
+    from rlpt.run import train
+
+    if not (run_dir / "summary.json").is_file():
+        train(cfg, run_dir)
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def export_checkpoint(run_dir: Path, folder: Path) -> Path:
+    from rlpt.export import export
+
+    return folder if (folder / "config.json").is_file() else export(str(run_dir), folder)
+
+
+def continued_pretraining(base: Path, folder: Path, cfg, tokens: int, budget: Budget, seed: int, name: str) -> dict:
+    """Next-token training of Base on the documents the RL runs read (`cfg.data`), at the RL runs' learning rate."""
+    from rlpt.data import load_documents
+
+    info = {}
+
+    def build(tmp):
+        model, tokenizer, _ = load_model_and_tokenizer(str(base))
+        documents = [d.ids for d in load_documents(cfg.data, tokenizer)]
+        info.update(cpt.continued_pretraining(
+            model, documents, tokens, batch_size=budget.cpt_batch, lr=cfg.train.lr, pad_id=tokenizer.pad_token_id,
+            seed=seed, desc=f"{name} (seed {seed})"))
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "cpt.json").write_text(json.dumps({k: v for k, v in info.items() if k != "losses"}))
+
+    build_folder(folder, build)
+    return json.loads((folder / "cpt.json").read_text())
+
+
+# ------------------------------------------------------------------------------------------------------- driver
+@dataclass(frozen=True)
+class Plan:
+    """What every seed shares: the held-out sets, the training corpus, Base (given, or warm-started per seed)."""
+
+    output: Path
+    seeds: int
+    budget: Budget
+    suites: list
+    eval_sets: list[EvalSet]
+    corpus: str  # data.path of the RL and CPT runs
+    model: str | None  # a given Base, or None: warm-start one per seed
+    overrides: list[str]
+
+    def models(self, seed: int) -> Path:
+        return self.output / "models" / f"seed-{seed}" if self.seeds > 1 else self.output / "models"
+
+    def base(self, seed: int) -> Path:
+        if self.model is not None:
+            from rlpt.models import resolve_model_path
+
+            return Path(resolve_model_path(self.model))
+        return build_folder(self.models(seed) / "base", lambda tmp: warm_start(tmp, self.suites, self.budget, seed))
+
+    def rl_config(self, base: Path, seed: int, reward: str, **rlp):
+        positions = {} if self.suites else {"positions": "all"}  # the suites' answers follow "="; a user corpus: all
+        return rl_config(base, self.corpus, self.budget, seed, reward, self.overrides, **{**positions, **rlp})
+
+
+def run_seed(plan: Plan, seed: int) -> dict:
+    models, runs, timings = plan.models(seed), plan.output / "runs" / f"seed-{seed}", {}
+
+    def timed(name, fn):
+        began = time.perf_counter()
+        value = fn()
+        timings[name] = time.perf_counter() - began
+        return value
+
+    print(f"rlpt experiment: seed {seed}: Base", flush=True)
+    base = timed("base", lambda: plan.base(seed))
+    configs, histories = {"rlp": plan.rl_config(base, seed, "information_gain"), "rpt": plan.rl_config(base, seed, "rpt")}, {}
+    for method, cfg in configs.items():
+        print(f"rlpt experiment: seed {seed}: {LABELS[method]}", flush=True)
+        histories[method] = timed(method, lambda: rl_run(runs / method, cfg))
+        export_checkpoint(runs / method, models / method)
+    rlp = configs["rlp"]
+    counters = cpt.budgets_from_run(histories["rlp"], rlp.rlp.group_size, rlp.rlp.max_thought_tokens)
+    cpt_runs = {}
+    for method, tokens in (("cpt-token", counters["token_matched"]), ("cpt-flop", counters["flop_matched"])):
+        print(f"rlpt experiment: seed {seed}: {LABELS[method]} ({tokens} tokens)", flush=True)
+        cpt_runs[method] = timed(method, lambda: continued_pretraining(base, models / method, rlp, tokens, plan.budget, seed, method))
+    print(f"rlpt experiment: seed {seed}: evaluating", flush=True)
+    folders = {m: (base if m == "base" else models / m) for m in METHODS}
+    scores = timed("evaluation", lambda: {m: evaluate_model(folders[m], plan.eval_sets, plan.budget, seed) for m in METHODS})
+    curves = timed("curves", lambda: {m: curve(runs / m, scores["base"], scores[m], plan.eval_sets, plan.budget)
+                                      for m in ("rlp", "rpt")})
+    return dict(seed=seed, scores=scores, curves=curves, cpt_budget=counters, cpt=cpt_runs, seconds=timings,
+                rewards={m: [row["reward_mean"] for row in h] for m, h in histories.items()},
+                thought_len={m: [row["thought_len_mean"] for row in h] for m, h in histories.items()})
+
+
+def run_ablation(plan: Plan, base_scores: dict) -> tuple[list[dict], float]:
+    """RLP from seed 0's Base (scored as `base_scores`) with G in ABLATION_G (L fixed) and L in ABLATION_L (G fixed):
+    Fig. 2's analogue."""
+    base, budget, names = plan.base(0), plan.budget, [e.name for e in plan.eval_sets]
+    settings = [("G", g, budget.thought_tokens) for g in ABLATION_G] + [("L", budget.group_size, l) for l in ABLATION_L]
+    rows = []
+    for vary, G, L in settings:
+        run_dir = plan.output / "runs" / "ablation" / f"G{G}-L{L}"
+        print(f"rlpt experiment: ablation G={G} L={L}", flush=True)
+        rl_run(run_dir, plan.rl_config(base, 0, "information_gain", group_size=G, max_thought_tokens=L))
+        scores = evaluate_model(export_checkpoint(run_dir, run_dir / "model"), plan.eval_sets, budget, 0)
+        rows.append(dict(vary=vary, G=G, L=L, overall_pass_at_1=headline(scores, names)["Overall"], scores=scores))
+    return rows, headline(base_scores, names)["Overall"]
+
+
+def run(suite_names: list[str], seeds: int, budget_name: str, output: Path, ablate: bool = False,
+        overrides: list[str] = (), model: str | None = None, data: str | None = None, tasks: str | None = None) -> dict:
+    """The whole comparison; writes table.md, results.json and plots/ under `output` and returns the results."""
+    try:
+        import matplotlib  # noqa: F401  (checked first: the plots come last, after minutes of training)
+    except ImportError as exc:
+        raise UserError("rlpt experiment draws plots with matplotlib: pip install 'rlpt[experiment]'") from exc
+    if budget_name not in BUDGETS:
+        raise UserError(f"--budget: unknown budget {budget_name!r} (known: {', '.join(BUDGETS)})")
+    if seeds < 1:
+        raise UserError("--seeds must be >= 1")
+    suites = [get_suite(name) for name in suite_names]
+    budget = BUDGETS[budget_name]
+    eval_sets = [suite_eval_set(s, budget.eval_questions) for s in suites]
+    eval_sets += [file_eval_set(tasks, budget.eval_questions)] if tasks else []
+    if not eval_sets:
+        raise UserError("nothing to evaluate: name a --suite or give --tasks FILE.jsonl")
+    if model is None and not suites:
+        raise UserError("--model is needed when no --suite gives a warm-start corpus")
+    if data is None and not suites:
+        raise UserError("--data is needed when no --suite gives a training corpus")
+    began = time.perf_counter()
+    output.mkdir(parents=True, exist_ok=True)
+    corpus = data
+    if corpus is None:
+        path = output / "data" / "train.jsonl"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("".join(json.dumps({"text": d}) + "\n" for s in suites for d in s.training_documents(budget.corpus_documents)))
+        corpus = str(path)
+    plan = Plan(output, seeds, budget, suites, eval_sets, corpus, model, list(overrides))
+
+    per_seed = [run_seed(plan, seed) for seed in range(seeds)]
+    names = [e.name for e in eval_sets]
+    results = dict(suites=suite_names, eval_sets=names, seeds=per_seed, budget=budget_name,
+                   settings=dataclasses.asdict(budget), overrides=list(overrides), model=model, data=data, tasks=tasks,
+                   methods=METHODS)
+    if ablate:
+        results["ablation"], results["ablation_base_overall"] = run_ablation(plan, per_seed[0]["scores"]["base"])
+    results["summary"] = {
+        m: {row: mean_std([headline(s["scores"][m], names)[row] for s in per_seed]) for row in headline(per_seed[0]["scores"][m], names)}
+        for m in METHODS
+    }
+    results["wall_seconds"] = time.perf_counter() - began
+    (output / "results.json").write_text(json.dumps(results, indent=1))
+    written = plots(results, output / "plots")
+    (output / "table.md").write_text(report(results, written, output))
+    return results

@@ -1,0 +1,36 @@
+"""How big `rlpt experiment` runs: `small` (the README's run) and `test` (seconds, for checks)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Budget:
+    warm_from: str | None  # the warm start continues this model (`builtin:tiny`), or starts from scratch (None)
+    warm_documents: int  # per suite
+    warm_steps: int
+    warm_batch: int
+    warm_lr: float
+    think_fraction: float  # of warm-start documents that show a worked thought
+    corpus_documents: int  # per suite: the RLP/RPT/CPT training corpus
+    rl_steps: int
+    batch_documents: int
+    group_size: int
+    thought_tokens: int
+    lr: float  # RLP, RPT and CPT alike
+    cpt_batch: int
+    eval_questions: int  # per suite
+    samples: int  # k of pass@1
+    intrinsic_positions: int  # per suite
+    curve_points: int  # checkpoints of each RL run that are evaluated
+
+
+BUDGETS = {
+    "test": Budget(warm_from=None, warm_documents=300, warm_steps=20, warm_batch=16, warm_lr=3e-3, think_fraction=0.25,
+                   corpus_documents=100, rl_steps=2, batch_documents=2, group_size=2, thought_tokens=24, lr=1e-5,
+                   cpt_batch=16, eval_questions=6, samples=2, intrinsic_positions=8, curve_points=2),
+    "small": Budget(warm_from="builtin:tiny", warm_documents=20_000, warm_steps=1000, warm_batch=64, warm_lr=3e-3, think_fraction=0.25,
+                    corpus_documents=10_000, rl_steps=100, batch_documents=16, group_size=8, thought_tokens=32, lr=1e-5,
+                    cpt_batch=64, eval_questions=200, samples=4, intrinsic_positions=200, curve_points=4),
+}

@@ -1,0 +1,131 @@
+"""The outputs of `rlpt experiment`: the Markdown tables (Table 1's shape, one per metric) and the plots."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+METHODS = ["base", "cpt-token", "cpt-flop", "rpt", "rlp"]
+LABELS = {"base": "Base", "cpt-token": "CPT (token-matched)", "cpt-flop": "CPT (FLOP-matched)", "rpt": "RPT", "rlp": "RLP"}
+ABLATION_G, ABLATION_L = (2, 4, 8, 16), (8, 16, 32, 64)
+
+
+def table_header() -> list[str]:
+    """The first two lines of a Markdown table with one column per method."""
+    return ["| | " + " | ".join(LABELS[m] for m in METHODS) + " |", "|---" * (len(METHODS) + 1) + "|"]
+
+
+def headline(scores: dict, names: list[str], metric: str = "pass_at_1") -> dict:
+    """Table 1's rows from one model's scores: each held-out set's metric (pass@1 with thinking), and their mean."""
+    rows = {f"{name} Avg": scores[name][metric] for name in names}
+    rows["Overall"] = sum(rows.values()) / len(rows)
+    return rows
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def markdown_table(per_seed: list[dict], names: list[str], metric: str = "pass_at_1") -> str:
+    """Rows `NAME Avg` per held-out set and Overall, columns the methods; mean +- std over seeds, in percent."""
+    lines = table_header()
+    for row in headline(per_seed[0]["scores"]["base"], names, metric):
+        cells = []
+        for method in METHODS:
+            mean, std = mean_std([100 * headline(seed["scores"][method], names, metric)[row] for seed in per_seed])
+            cells.append(f"{mean:.1f} ± {std:.1f}" if len(per_seed) > 1 else f"{mean:.1f}")
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plots(results: dict, folder: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    seeds = results["seeds"]
+
+    def save(fig, name):
+        fig.tight_layout()
+        written.append(folder / name)
+        fig.savefig(written[-1], dpi=100)
+        plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for ax, method, unit in ((axes[0], "rlp", "information gain (nats)"), (axes[1], "rpt", "RPT reward (0/1)")):
+        for seed in seeds:
+            history = seed["rewards"][method]
+            ax.plot(range(1, len(history) + 1), history, alpha=0.8, label=f"seed {seed['seed']}")
+        ax.set(title=f"{LABELS[method]}: mean reward per step", xlabel="step", ylabel=unit)
+        ax.legend(fontsize=7)
+    save(fig, "reward.png")
+
+    names = results["eval_sets"]
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.5), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for method, style in (("rlp", "-o"), ("rpt", "-s")):
+            steps = [p["step"] for p in seeds[0]["curves"][method]]
+            mean = [statistics.mean(seed["curves"][method][i][name] for seed in seeds) for i in range(len(steps))]
+            ax.plot(steps, [100 * v for v in mean], style, label=LABELS[method])
+        last = seeds[0]["curves"]["rlp"][-1]["step"]
+        for method, style in (("cpt-token", ":"), ("cpt-flop", "--")):
+            value = statistics.mean(seed["scores"][method][name]["accuracy_think"] for seed in seeds)
+            ax.hlines(100 * value, 0, last, linestyles=style, colors="gray", label=f"{LABELS[method]} (end)")
+        ax.set(title=f"{name}: greedy accuracy, thinking", xlabel="RL step", ylabel="% (mean of seeds)")
+        ax.legend(fontsize=7)
+    save(fig, "accuracy.png")
+
+    if results.get("ablation"):
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+        for ax, key, values in ((axes[0], "G", ABLATION_G), (axes[1], "L", ABLATION_L)):
+            points = [r for r in results["ablation"] if r["vary"] == key]
+            ax.plot([r[key] for r in points], [100 * r["overall_pass_at_1"] for r in points], "-o", label="RLP")
+            ax.axhline(100 * results["ablation_base_overall"], color="gray", linestyle=":", label="Base")
+            ax.set(title=f"RLP: overall pass@1 against {key}", xlabel=key, ylabel="%", xscale="log")
+            ax.set_xticks(values, [str(v) for v in values])
+            ax.legend(fontsize=7)
+        save(fig, "ablation.png")
+    return written
+
+
+def report(results: dict, plot_files: list[Path], output: Path) -> str:
+    per_seed, names = results["seeds"], results["eval_sets"]
+    spread = f"mean ± std over {len(per_seed)} seeds" if len(per_seed) > 1 else "one seed"
+    sections = [
+        (f"pass@1 with thinking, %, averaged over {results['settings']['samples']} sampled thoughts (temperature 0.7); "
+         f"{spread}:", "pass_at_1"),
+        ("Greedy accuracy with thinking, %:", "accuracy_think"),
+        ("Accuracy without thinking (greedy), %:", "accuracy_nothink"),
+    ]
+    if all(per_seed[0]["scores"]["base"][n]["thought_correct"] is not None for n in names):
+        sections.append(("Greedy thoughts that are the correct worked thought, %:", "thought_correct"))
+    parts = [f"# rlpt experiment: {', '.join(names)}; budget `{results['budget']}`; {len(per_seed)} seed(s)", ""]
+    for title, metric in sections:
+        parts += [title, "", markdown_table(per_seed, names, metric), ""]
+    parts += ["Intrinsic: mean log p(x_t) over held-out answer tokens, with a greedy thought / without (nats):", "",
+              *table_header()]
+    for name in names:
+        cells = [
+            f"{statistics.mean(s['scores'][m][name]['logp_think'] for s in per_seed):.3f} / "
+            f"{statistics.mean(s['scores'][m][name]['logp_nothink'] for s in per_seed):.3f}"
+            for m in METHODS
+        ]
+        parts.append(f"| {name} | " + " | ".join(cells) + " |")
+    counters = per_seed[0]["cpt_budget"]
+    parts += [
+        "",
+        f"CPT budgets (seed 0): token-matched {counters['token_matched']} tokens; FLOP-matched {counters['flop_matched']} "
+        f"tokens = G * L * contexts/step * steps + T_inp, from the RLP run ({counters['rlp_steps']} steps, "
+        f"{counters['contexts_per_step']:.1f} contexts/step, T_inp = {counters['input_tokens']}).",
+    ]
+    if results.get("ablation"):
+        parts += ["", "Ablation (RLP from seed 0's Base), overall pass@1 with thinking, %:", "",
+                  "| G | L | overall |", "|---|---|---|"]
+        parts += [f"| {r['G']} | {r['L']} | {100 * r['overall_pass_at_1']:.1f} |" for r in results["ablation"]]
+        parts.append(f"| Base | | {100 * results['ablation_base_overall']:.1f} |")
+    parts += ["", "Plots: " + ", ".join(str(p.relative_to(output)) for p in plot_files),
+              f"Wall time: {results['wall_seconds'] / 60:.1f} min.", ""]
+    return "\n".join(parts)

@@ -1,0 +1,93 @@
+"""Scoring for `rlpt experiment`: the held-out sets, and every metric of one model on them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rlpt import checkpoint
+from rlpt.data import Document, make_contexts
+from rlpt.errors import UserError
+from rlpt.evaluate import exact_match_accuracy, intrinsic, load_eval_set
+from rlpt.experiment.budgets import Budget
+from rlpt.generation import gumbel_sampler
+from rlpt.models import load_model_and_tokenizer
+from rlpt.suites import Problem
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """A held-out set: a suite's questions (with their worked thoughts) or a user's question/answer JSONL."""
+
+    name: str
+    problems: list[Problem]
+
+    def tasks(self) -> list[dict]:
+        return [p.task() for p in self.problems]
+
+
+def suite_eval_set(suite, questions: int) -> EvalSet:
+    return EvalSet(suite.name.capitalize(), suite.heldout_problems(questions))
+
+
+def file_eval_set(path: str, questions: int) -> EvalSet:
+    pairs, _ = load_eval_set(path, questions)
+    if not pairs:
+        raise UserError(f"--tasks {path}: no {{'question': ..., 'answer': ...}} line")
+    return EvalSet(Path(path).stem, [Problem(q["question"], "", q["answer"]) for q in pairs])
+
+
+def answer_contexts(tokenizer, problems: list[Problem]) -> list:
+    """Every position of each answer (`question answer.`, t from the first answer token on): the intrinsic metric."""
+    docs = [Document(tokenizer(p.plain())["input_ids"], "eval", len(tokenizer(p.question)["input_ids"])) for p in problems]
+    return make_contexts(docs, "all", seed=0, step=0)
+
+
+def evaluate_model(folder: Path, eval_sets: list[EvalSet], budget: Budget, seed: int) -> dict:
+    """Per held-out set: pass@1 with thinking (k sampled thoughts), greedy accuracy with and without thinking, how
+    often the greedy thought is the worked one (suites only), and the intrinsic metric."""
+    model, tokenizer, think = load_model_and_tokenizer(str(folder))
+    out = {}
+    for eval_set in eval_sets:
+        problems, tasks = eval_set.problems, eval_set.tasks()
+
+        def accuracy(use_thought: bool, **kwargs) -> dict:
+            return exact_match_accuracy(model, tokenizer, think, tasks, use_thought=use_thought,
+                                        max_thought_tokens=budget.thought_tokens, **kwargs)
+
+        greedy = accuracy(True)
+        samples = [accuracy(True, choose_thought=gumbel_sampler(0.7, torch.Generator().manual_seed(seed * 1000 + k)))["accuracy"]
+                   for k in range(budget.samples)]
+        contexts = answer_contexts(tokenizer, problems)[: budget.intrinsic_positions]
+        first = greedy["outputs"][0]
+        out[eval_set.name] = dict(
+            accuracy_think=greedy["accuracy"], pass_at_1=sum(samples) / len(samples),
+            accuracy_nothink=accuracy(False)["accuracy"],
+            thought_correct=(sum(p.thought_correct(o["thought"]) for p, o in zip(problems, greedy["outputs"])) / len(problems)
+                             if all(p.thought for p in problems) else None),
+            **intrinsic(model, tokenizer, think, contexts, max_thought_tokens=budget.thought_tokens),
+            example=dict(question=tasks[0]["question"], thought=first["thought"], answer=first["answer"],
+                         expected=tasks[0]["answer"]),
+        )
+    return out
+
+
+def greedy_accuracy(folder: Path, eval_sets: list[EvalSet], budget: Budget) -> dict:
+    """Greedy accuracy with thinking per held-out set: the points of the accuracy curves."""
+    model, tokenizer, think = load_model_and_tokenizer(str(folder))
+    return {e.name: exact_match_accuracy(model, tokenizer, think, e.tasks(), use_thought=True,
+                                         max_thought_tokens=budget.thought_tokens)["accuracy"] for e in eval_sets}
+
+
+def curve(run_dir: Path, base_scores: dict, final_scores: dict, eval_sets, budget: Budget) -> list[dict]:
+    """Greedy accuracy with thinking at step 0 (Base) and at each checkpoint of an RL run; the last checkpoint is the
+    exported model, already scored in full."""
+    last = checkpoint.latest(run_dir)
+    points = [dict(step=0, **{name: scores["accuracy_think"] for name, scores in base_scores.items()})]
+    for folder in sorted((run_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1])):
+        accuracy = ({name: scores["accuracy_think"] for name, scores in final_scores.items()} if folder == last
+                    else greedy_accuracy(folder, eval_sets, budget))
+        points.append(dict(step=int(folder.name.split("-")[1]), **accuracy))
+    return points
