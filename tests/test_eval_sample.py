@@ -66,4 +66,4 @@ def test_sample_uses_the_checkpoint_ema_as_teacher(llama_dir, tmp_path, capsys):
                  "--set", "rlp.positions=random:1", "--set", "train.batch_documents=1"]) == 0
     capsys.readouterr()
     assert main(["sample", "--model", str(run), "--prefix", "1+1=", "--next", "2", "--num-thoughts", "2", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["teacher"] == "ema.safetensors"
+    assert json.loads(capsys.readouterr().out)["teacher"] == "the checkpoint's EMA teacher"

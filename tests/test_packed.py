@@ -7,7 +7,7 @@ import torch
 
 from rlpt import objective
 from rlpt.data import Document, make_contexts
-from rlpt.generation import gumbel_sampler
+from rlpt.generation import temperature_sampler
 from rlpt.models import load_model_and_tokenizer
 from rlpt.rollout import RolloutSpec, make_engine
 from rlpt.generation import right_pad
@@ -27,7 +27,7 @@ def arch_dir(request, tmp_path_factory):
 
 def early_ending_sampler(seed, close_id, boost=2.5):
     """The tempered sampler with </think> made likelier, so thoughts end early and have ragged lengths."""
-    base = gumbel_sampler(0.7, torch.Generator().manual_seed(seed))
+    base = temperature_sampler(0.7, seed)
 
     def choose(logits, step):
         logits = logits.clone()

@@ -2,7 +2,7 @@
 
 import torch
 
-from rlpt.generation import decode, greedy, gumbel_sampler
+from rlpt.generation import decode, greedy, temperature_sampler
 from rlpt.models import load_model_and_tokenizer
 from rlpt.rollout import Context, RolloutSpec
 from rlpt.rollout.reference import ReferenceEngine
@@ -36,18 +36,32 @@ def test_batched_left_padded_decoding_equals_one_row_at_a_time(llama_dir):
     assert ids[len(prompts[1]):] == single[1]
 
 
-def test_gumbel_sampler_draws_from_the_tempered_softmax():
-    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).expand(40_000, -1)
-    draws = gumbel_sampler(0.7, torch.Generator().manual_seed(0))(logits, 0)
-    freq = torch.bincount(draws, minlength=4).float() / len(draws)
+def test_temperature_sampler_draws_from_the_tempered_softmax():
+    logits = torch.tensor([[2.0, 1.0, float("-inf"), 0.0, -1.0]]).expand(40_000, -1)
+    draws = temperature_sampler(0.7, 0)(logits, 0)
+    freq = torch.bincount(draws, minlength=5).float() / len(draws)
     torch.testing.assert_close(freq, torch.softmax(logits[0] / 0.7, -1), atol=0.01, rtol=0)
+    assert freq[2] == 0  # a banned token is never drawn
+
+
+def test_a_row_draws_the_same_whatever_rows_share_its_batch():
+    # what lets N ranks sample exactly like one process: a row's draw depends on its key, not on its neighbours
+    torch.manual_seed(0)
+    logits = torch.randn(6, 50)
+    keys = [11, 12, 13, 14, 15, 16]
+    together = torch.stack([temperature_sampler(1.0, 7, keys)(logits, step) for step in range(20)])
+    halves = [torch.stack([temperature_sampler(1.0, 7, keys[i:i + 3])(logits[i:i + 3], step) for step in range(20)])
+              for i in (0, 3)]
+    assert torch.equal(together, torch.cat(halves, 1))
+    other_seed = torch.stack([temperature_sampler(1.0, 8, keys)(logits, step) for step in range(20)])
+    assert not torch.equal(together, other_seed)
 
 
 def test_reference_engine_scores_match_row_by_row_forwards(llama_dir):
     model, tok, think, spec = setup(llama_dir, G=3, L=5)
     contexts = contexts_of(tok, [("123+456=579.", 9), ("98+7=105.", 3)])
     teacher = model
-    rollouts = ReferenceEngine().rollout(model, teacher, contexts, spec, gumbel_sampler(0.7, torch.Generator().manual_seed(1)))
+    rollouts = ReferenceEngine().rollout(model, teacher, contexts, spec, temperature_sampler(0.7, 1))
     assert len(rollouts.thoughts) == 6 and rollouts.s_pred.shape == (2, 3) and rollouts.s_ema.shape == (2,)
     for row, thought in enumerate(rollouts.thoughts):
         assert 1 <= len(thought) <= 5 and think.close_id not in thought[:-1]
@@ -67,7 +81,7 @@ def test_forced_end_tag_and_truncation_flag(llama_dir):
     model, tok, think, spec = setup(llama_dir, G=4, L=2)
     contexts = contexts_of(tok, [("12+34=46.", 6)])
     # ban the end tag: every thought must run to the limit and be flagged truncated
-    choose = gumbel_sampler(1.0, torch.Generator().manual_seed(0))
+    choose = temperature_sampler(1.0, 0)
 
     def no_close(logits, step):
         logits = logits.clone()
@@ -89,7 +103,7 @@ def test_forced_end_tag_and_truncation_flag(llama_dir):
 def test_update_logprobs_are_tempered_and_masked(llama_dir):
     model, tok, think, spec = setup(llama_dir, G=2, L=4, T=0.5)
     contexts = contexts_of(tok, [("5+5=10.", 4), ("9+9=18.", 5)])
-    rollouts = ReferenceEngine().rollout(model, model, contexts, spec, gumbel_sampler(0.5, torch.Generator().manual_seed(3)))
+    rollouts = ReferenceEngine().rollout(model, model, contexts, spec, temperature_sampler(0.5, 3))
     rows = [0, 1, 2, 3]
     logp, mask = ReferenceEngine().thought_logprobs(model, rollouts, rows, spec)
     for row in rows:

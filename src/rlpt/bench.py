@@ -216,7 +216,7 @@ def build_parser(parser=None) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from rlpt.run import resolve_device
+    from rlpt.distributed import resolve_device
 
     device = resolve_device(args.device)
     engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())

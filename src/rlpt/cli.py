@@ -21,13 +21,35 @@ def model_folder(path: str) -> str:
     return str(latest) if latest is not None else str(folder)
 
 
+def without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
 def cmd_train(args) -> int:
+    import os
+
     from rlpt import config, run
 
-    cfg = config.load(args.config, args.set or [])
+    cfg = config.load(args.config, args.set or [])  # errors show here, before any process starts
+    if args.nproc is not None:  # hand over to torchrun: one process per rank, this command line in each
+        if args.nproc < 1:
+            raise UserError("--nproc must be >= 1")
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+                   "-m", "rlpt", *without_nproc(args.argv)]
+        print("rlpt: " + " ".join(command), flush=True)
+        os.execv(sys.executable, command)
     output = Path(args.output or Path("runs") / (Path(args.config).stem if args.config else "default"))
     summary = run.train(cfg, output, fresh=args.fresh)
-    print(run.format_summary(summary, output))
+    if summary:  # rank 0 (every other rank returns nothing)
+        print(run.format_summary(summary, output))
     return 0
 
 
@@ -62,10 +84,8 @@ def cmd_eval(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    import torch
-
-    from rlpt.ema import EmaTeacher
-    from rlpt.generation import gumbel_sampler
+    from rlpt import checkpoint
+    from rlpt.generation import temperature_sampler
     from rlpt.models import load_model_and_tokenizer
     from rlpt.objective import information_gain
     from rlpt.rollout import Context, RolloutSpec
@@ -73,11 +93,10 @@ def cmd_sample(args) -> int:
 
     folder = model_folder(args.model)
     model, tokenizer, think = load_model_and_tokenizer(folder)
-    teacher, teacher_name = model, "the model itself (no ema.safetensors in the folder)"
-    if not folder.startswith("builtin:") and (Path(folder) / "ema.safetensors").is_file():
-        ema = EmaTeacher(decay=0.0)
-        ema.load(Path(folder) / "ema.safetensors", model)
-        teacher, teacher_name = ema.model, "ema.safetensors"
+    teacher, teacher_name = model, "the model itself (the folder has no EMA teacher)"
+    saved = None if folder.startswith("builtin:") else checkpoint.load_teacher(Path(folder), model)
+    if saved is not None:
+        teacher, teacher_name = saved, "the checkpoint's EMA teacher"
     prefix = tokenizer(args.prefix)["input_ids"]
     full = tokenizer(args.prefix + args.next)["input_ids"]
     if full[: len(prefix)] != prefix or len(full) <= len(prefix):
@@ -87,7 +106,7 @@ def cmd_sample(args) -> int:
                        temperature=args.temperature, think=think, pad_id=tokenizer.pad_token_id)
     context = Context(doc=0, position=len(prefix), prefix=tuple(prefix), target=target)
     rollouts = ReferenceEngine().rollout(model, teacher, [context], spec,
-                                         gumbel_sampler(args.temperature, torch.Generator().manual_seed(args.seed)))
+                                         temperature_sampler(args.temperature, args.seed))
     rewards = information_gain(rollouts.s_pred, rollouts.s_ema)[0]
     rows = [
         dict(thought=tokenizer.decode(t), thought_ids=t, s_pred=rollouts.s_pred[0, i].item(),
@@ -114,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--output", help="run folder (default runs/<config name> or runs/default); an existing run resumes")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one key, e.g. rlp.group_size=4")
     train.add_argument("--fresh", action="store_true", help="start over even if the run folder has a checkpoint")
+    train.add_argument("--nproc", type=int, help="run N processes on this machine (execs torchrun --standalone)")
     train.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="exact-match accuracy with/without thinking; think vs no-think log-likelihood")
@@ -210,6 +230,7 @@ def quiet_transformers() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     quiet_transformers()
     try:
         return args.func(args)

@@ -22,7 +22,8 @@ class ModelConfig:
     name_or_path: str = "builtin:tiny"
     """`builtin:tiny` or a local Hugging Face causal-LM folder."""
     dtype: str = "float32"
-    """Weights dtype: float32, bfloat16 or float16 (the EMA teacher is always float32)."""
+    """Compute dtype of training: float32 or bfloat16. Weights, optimizer state and the EMA teacher stay float32
+    (master weights); bfloat16 runs the forwards and backwards in bfloat16. (`rlpt eval` loads weights in it.)"""
 
 
 @dataclass
@@ -76,7 +77,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     """AdamW weight decay."""
     batch_documents: int = 8
-    """Documents per optimizer step (every chosen position of each gets G thoughts)."""
+    """Documents per optimizer step per process (every chosen position of each gets G thoughts); N processes take
+    N times as many."""
     micro_batch_thoughts: int = 256
     """Thoughts per forward/backward chunk (gradient accumulation); lowers memory, not the result."""
     max_steps: int = 100
@@ -90,7 +92,12 @@ class TrainConfig:
     dump_rollouts: bool = False
     """Write every thought with its reward to rollouts.jsonl."""
     device: str = "auto"
-    """`auto` (CUDA when available), `cpu`, `cuda`, `cuda:N`."""
+    """`auto` (CUDA when available), `cpu`, `cuda`, `cuda:N`; under torchrun each process takes the GPU of its rank."""
+    parallel: str = "ddp"
+    """Across processes (torchrun): `ddp` (each holds the model; gradients averaged) or `fsdp` (FSDP2: weights,
+    gradients, optimizer state and EMA teacher sharded; checkpoints with torch.distributed.checkpoint)."""
+    dist_timeout_s: float = 600.0
+    """Seconds a process waits in a collective (for a rank that died or hangs) before it stops with an error."""
 
 
 @dataclass
@@ -220,6 +227,10 @@ def validate(cfg: Config) -> None:
         (cfg.train.max_steps >= 0, "train.max_steps must be >= 0"),
         (cfg.train.grad_clip >= 0, "train.grad_clip must be >= 0"),
         (cfg.train.checkpoint_every >= 0, "train.checkpoint_every must be >= 0"),
+        (cfg.train.parallel in ("ddp", "fsdp"), f"train.parallel: {cfg.train.parallel!r} is not ddp or fsdp"),
+        (cfg.train.dist_timeout_s > 0, "train.dist_timeout_s must be > 0"),
+        (cfg.model.dtype in ("float32", "bfloat16"),
+         f"model.dtype: {cfg.model.dtype!r} is not float32 or bfloat16 (float16 would need loss scaling)"),
     ]
     for ok, message in checks:
         if not ok:

@@ -177,11 +177,12 @@ def after_marker(rule: str) -> str | None:
     return rule.partition(":")[2] if rule.startswith(("after:", "first:")) else None
 
 
-def make_contexts(docs: list[Document], rule: str, seed: int, step: int) -> list[Context]:
-    """Every (document, t) of a batch under `rule`; `random:N` draws depend only on (seed, step, index in batch)."""
+def make_contexts(docs: list[Document], rule: str, seed: int, step: int, first_slot: int = 0) -> list[Context]:
+    """Every (document, t) of a batch under `rule`. `random:N` draws depend only on (seed, step, slot), the slot of a
+    document being its index in the step's global batch (`first_slot` + its index in `docs`)."""
     contexts = []
     for b, doc in enumerate(docs):
-        rng = random.Random(f"{seed}/{step}/{b}")
+        rng = random.Random(f"{seed}/{step}/{first_slot + b}")
         for t in positions(doc, rule, rng):
             contexts.append(Context(doc=b, position=t, prefix=tuple(doc.ids[:t]), target=doc.ids[t]))
     return contexts

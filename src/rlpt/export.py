@@ -27,7 +27,7 @@ def source_folder(path: str) -> Path:
 def export(path: str, out: Path, ema: bool = False) -> Path:
     from transformers import GenerationConfig
 
-    from rlpt.ema import EmaTeacher
+    from rlpt import checkpoint
     from rlpt.models import load_model_and_tokenizer
 
     if out.exists() and any(out.iterdir()):
@@ -35,11 +35,9 @@ def export(path: str, out: Path, ema: bool = False) -> Path:
     source = source_folder(path)
     model, tokenizer, _ = load_model_and_tokenizer(str(source))
     if ema:
-        if not (source / "ema.safetensors").is_file():
-            raise UserError(f"rlpt export --ema: {source} has no ema.safetensors")
-        teacher = EmaTeacher(0.0)
-        teacher.load(source / "ema.safetensors", model)
-        model = teacher.model
+        model = checkpoint.load_teacher(source, model)
+        if model is None:
+            raise UserError(f"rlpt export --ema: {source} holds no EMA teacher (not a training checkpoint)")
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
 

@@ -22,14 +22,43 @@ def cache_kwarg(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def gumbel_sampler(temperature: float, generator: torch.Generator) -> Chooser:
-    """Sample from softmax(logits / T) by the Gumbel-max trick. The noise is drawn as one (N, V) block per step from
-    `generator` (a CPU generator), so the draws depend only on the seed and the row order, not on the device or on
-    how the logits were computed."""
+MASK32 = 0xFFFFFFFF
+
+
+def mix32(x):
+    """A 32-bit integer hash (the "lowbias32" finaliser), on Python ints or int64 tensors holding values < 2**32."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & MASK32
+    return x ^ (x >> 16)
+
+
+def hash_key(*parts: int) -> int:
+    """One 32-bit key from a tuple of non-negative integers (seed, step, document slot, position, ...)."""
+    key = 0x9E3779B9
+    for part in parts:
+        for word in (part & MASK32, part >> 32):
+            key = mix32((key ^ mix32(word & MASK32)) + 0x632BE5AB & MASK32)
+    return key
+
+
+def temperature_sampler(temperature: float, seed: int, row_keys: list[int] | None = None) -> Chooser:
+    """Sample from softmax(logits / T) by inverting its CDF at one uniform per row, the uniform a hash of (seed,
+    row key, step). A row's draw depends only on its key and its own logits, never on which other rows share the batch:
+    a (document, position) group samples the same thoughts on 1 rank or on 8. Without `row_keys`, rows are keyed by
+    their index and by how many batches this sampler has begun (a call at step 0 begins one)."""
+    batches = [-1]
 
     def choose(logits: torch.Tensor, step: int) -> torch.Tensor:
-        uniform = torch.rand(logits.shape, generator=generator, dtype=torch.float32).clamp_(1e-20, 1.0)
-        return (logits / temperature - torch.log(-torch.log(uniform)).to(logits.device)).argmax(-1)
+        if step == 0:
+            batches[0] += 1
+        keys = row_keys if row_keys is not None else [hash_key(batches[0], row) for row in range(logits.size(0))]
+        uniform = torch.tensor([(hash_key(seed, key, step) + 0.5) / 2**32 for key in keys], dtype=torch.float64)
+        # float64: the CDF of a large vocabulary summed in float32 drifts by more than the smallest probabilities
+        cdf = torch.softmax(logits.double() / temperature, -1).cumsum_(-1)
+        drawn = torch.searchsorted(cdf, (uniform.to(cdf.device) * cdf[:, -1])[:, None], right=True)[:, 0]
+        return drawn.clamp_(max=logits.size(-1) - 1)  # a zero-probability (banned) token is never the first above u
 
     return choose
 

@@ -77,14 +77,21 @@ def ensure_think_tokens(model, tokenizer) -> ThinkTokens:
 
 def load_model_and_tokenizer(name_or_path: str, dtype: str = "float32", device: str | torch.device = "cpu"):
     """(model, tokenizer, think_tokens) for a local folder or `builtin:NAME`; the model is in eval mode (no dropout)."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from rlpt.checkpoint import SHARDED, load_sharded_weights
 
     if dtype not in DTYPES:
         raise UserError(f"model.dtype: {dtype!r} is not one of {sorted(DTYPES)}")
     folder = resolve_model_path(name_or_path)
     tokenizer = load_tokenizer(folder)
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype], local_files_only=True)
+        if (Path(folder) / SHARDED).is_dir():  # a checkpoint written under FSDP: weights in shards
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=torch.float32)
+            load_sharded_weights(model, Path(folder))
+            model = model.to(DTYPES[dtype])
+        else:
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype], local_files_only=True)
     except (OSError, ValueError) as exc:
         raise UserError(f"model.name_or_path: cannot load a causal LM from {folder}: {exc}") from exc
     think = ensure_think_tokens(model, tokenizer)

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from rlpt import checkpoint, config as config_lib
+from rlpt import checkpoint, config as config_lib, distributed
 from rlpt.data import after_marker, load_documents, make_contexts
 from rlpt.evaluate import exact_match_accuracy, load_eval_set
 from rlpt.models import load_model_and_tokenizer
@@ -21,12 +21,6 @@ from rlpt.trainer import RlpTrainer, least_squares_trend
 
 RUN_FILES = ("metrics.jsonl", "rollouts.jsonl", "summary.json", "checkpoints")
 PROBE_DOCUMENTS = 32
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def keep_lines_up_to(path: Path, step: int) -> None:
@@ -70,47 +64,69 @@ def evaluate_tasks(cfg, model, tokenizer, think) -> float | None:
 
 
 def train(cfg, run_dir: Path, fresh: bool = False) -> dict:
+    """Train (on this process, or as one rank of a torchrun job) and return the run's summary."""
+    device = distributed.resolve_device(cfg.train.device)
+    compute_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.model.dtype]
+    with distributed.session(cfg.train.parallel, device, compute_dtype, cfg.train.dist_timeout_s) as world:
+        return train_in(world, cfg, run_dir, device, fresh)
+
+
+def prepare_run_dir(cfg, run_dir: Path, fresh: bool) -> Path | None:
+    """The checkpoint to resume from (None: a fresh start, with every file of an earlier run removed)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     resume_from = None if fresh else checkpoint.latest(run_dir)
     if resume_from is None:  # a fresh start: nothing of an earlier run may mix into this one
         for name in RUN_FILES:
             target = run_dir / name
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-    if resume_from is not None:
+    else:
         warn_on_changed_config(run_dir / "config.yaml", cfg)
     config_lib.save(cfg, run_dir / "config.yaml")
+    return resume_from
+
+
+def train_in(world: distributed.World, cfg, run_dir: Path, device: torch.device, fresh: bool) -> dict:
+    resume_from = prepare_run_dir(cfg, run_dir, fresh) if world.main else None
+    resume_from = distributed.all_gather(resume_from)[0]  # rank 0 decides, every rank follows
     torch.manual_seed(cfg.train.seed)
-    device = resolve_device(cfg.train.device)
     model_source = str(resume_from) if resume_from else cfg.model.name_or_path
-    policy, tokenizer, think = load_model_and_tokenizer(model_source, cfg.model.dtype, device)
+    policy, tokenizer, think = load_model_and_tokenizer(model_source, "float32", device)  # float32 master weights
     documents = load_documents(cfg.data, tokenizer, after_marker(cfg.rlp.positions))
     probe = make_contexts(documents[:PROBE_DOCUMENTS], cfg.rlp.positions, cfg.train.seed, step=-1)
 
-    engine = make_engine(cfg.rlp.engine, policy)
-    trainer = RlpTrainer(cfg, policy, tokenizer, think, documents, engine, run_dir, device)
+    engine = make_engine(cfg.rlp.engine, policy)  # probes the unwrapped model
+    distributed.parallelize(policy, world)
+    trainer = RlpTrainer(cfg, policy, tokenizer, think, documents, engine, run_dir, device, world)
     if resume_from is not None:
         trainer.restore(resume_from)
-        print(f"rlpt: resuming from {resume_from} (step {trainer.state['step']})", flush=True)
-        for name in ("metrics.jsonl", "rollouts.jsonl"):
-            keep_lines_up_to(run_dir / name, trainer.state["step"])
+        if world.main:
+            print(f"rlpt: resuming from {resume_from} (step {trainer.state['step']})", flush=True)
+            for name in ("metrics.jsonl", "rollouts.jsonl"):
+                keep_lines_up_to(run_dir / name, trainer.state["step"])
     else:
-        trainer.state["before"] = {
-            "accuracy_think": evaluate_tasks(cfg, policy, tokenizer, think),
-            "probe_s_ema": probe_baseline(policy, probe, tokenizer.pad_token_id),  # phi_0 = theta_0
-        }
+        with trainer.autocast(), distributed.gathered(policy):
+            trainer.state["before"] = {
+                "accuracy_think": evaluate_tasks(cfg, policy, tokenizer, think),
+                "probe_s_ema": probe_baseline(policy, probe, tokenizer.pad_token_id),  # phi_0 = theta_0
+            }
     began = time.perf_counter()
     trainer.run()
     train_seconds = time.perf_counter() - began
 
+    with trainer.autocast(), distributed.gathered(policy):  # every rank evaluates (sharded forwards are collective)
+        accuracy_after = evaluate_tasks(cfg, policy, tokenizer, think)
+        after = probe_baseline(trainer.ema.model, probe, tokenizer.pad_token_id) if trainer.ema.initialized else None
+    if not world.main:
+        return {}
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     before = trainer.state["before"]
-    summary = summarize(history, before["accuracy_think"], evaluate_tasks(cfg, policy, tokenizer, think))
-    if trainer.ema.initialized:
-        after = probe_baseline(trainer.ema.model, probe, tokenizer.pad_token_id)
+    summary = summarize(history, before["accuracy_think"], accuracy_after)
+    if after is not None:
         drift = [a - b for a, b in zip(after, before["probe_s_ema"])]
         summary["s_ema_drift"] = sum(drift) / len(drift)
         summary["s_ema_drift_abs"] = sum(abs(d) for d in drift) / len(drift)
     summary["train_seconds_this_session"] = train_seconds
+    summary["processes"] = world.size
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 

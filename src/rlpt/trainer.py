@@ -5,7 +5,9 @@ per (document, t) from the current policy (theta_old = theta: one update per bat
 gradient is the policy gradient), score them against the EMA teacher, and take one AdamW step on the clipped
 surrogate, accumulated over micro-batches of thoughts. Then phi <- tau phi + (1 - tau) theta.
 
-Everything random is derived from (train.seed, step): a resumed run continues exactly like an uninterrupted one.
+Everything random is derived from (train.seed, step) and, for a thought, from its document's slot in the global batch,
+its position and its index g: a resumed run continues exactly like an uninterrupted one, and N ranks with batch b
+sample, score and update exactly like one process with batch N*b (`rlpt.distributed`).
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from rlpt import checkpoint, objective
+from rlpt import checkpoint, distributed, objective
 from rlpt.baselines.rpt import rpt_rewards
 from rlpt.data import Document, make_contexts
+from rlpt.distributed import World, gathered
 from rlpt.ema import EmaTeacher
-from rlpt.generation import gumbel_sampler
-from rlpt.rollout import Rollouts, RolloutSpec
+from rlpt.generation import hash_key, temperature_sampler
+from rlpt.rollout import Context, Rollouts, RolloutSpec
 
 
 @dataclass
@@ -36,10 +39,7 @@ class StepOutcome:
     rollouts: Rollouts
     rewards: torch.Tensor  # (B, G)
     advantages: torch.Tensor  # (B, G)
-
-
-def step_generator(seed: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+    idle: bool = False  # this rank had no context; the rollouts are a stand-in
 
 
 @lru_cache(maxsize=2)
@@ -71,37 +71,53 @@ def least_squares_trend(values: list[float]) -> tuple[float, float]:
 class RlpTrainer:
     """Receives its parts; `run()` trains from `start_step` to `train.max_steps`."""
 
-    def __init__(self, cfg, policy, tokenizer, think, documents: list[Document], engine, run_dir: Path, device):
+    def __init__(self, cfg, policy, tokenizer, think, documents: list[Document], engine, run_dir: Path, device,
+                 world: World = World()):
+        """`policy` comes already wrapped for `world` (`distributed.parallelize`)."""
         self.cfg, self.policy, self.tokenizer, self.engine = cfg, policy, tokenizer, engine
-        self.documents, self.run_dir, self.device = documents, run_dir, device
+        self.documents, self.run_dir, self.device, self.world = documents, run_dir, device, world
         self.spec = RolloutSpec(
             group_size=cfg.rlp.group_size, max_thought_tokens=cfg.rlp.max_thought_tokens,
             temperature=cfg.rlp.temperature, think=think, pad_id=tokenizer.pad_token_id,
             baseline_excludes_think=cfg.rlp.baseline_excludes_think,
         )
-        self.ema = EmaTeacher(cfg.rlp.ema_decay)
+        self.ema = EmaTeacher(cfg.rlp.ema_decay, shard=(lambda m: distributed.shard(m, world)) if world.sharded else None)
         self.optimizer = torch.optim.AdamW(
             [p for p in policy.parameters() if p.requires_grad], lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
         )
         self.state = {"step": 0, "nonfinite_skipped": 0}
 
     # ------------------------------------------------------------------------------------------------ one step
+    def step_documents(self, step: int) -> tuple[list[Document], int]:
+        """This rank's documents of `step` and the slot of its first in the step's global batch."""
+        per_rank = self.cfg.train.batch_documents
+        order = batch_indices(len(self.documents), per_rank * self.world.size, self.cfg.train.seed, step)
+        first = self.world.rank * per_rank
+        return [self.documents[i] for i in order[first : first + per_rank]], first
+
     def rlp_step(self, step: int) -> StepOutcome:
-        cfg = self.cfg
-        docs = [self.documents[i] for i in batch_indices(len(self.documents), cfg.train.batch_documents, cfg.train.seed, step)]
-        contexts = make_contexts(docs, cfg.rlp.positions, cfg.train.seed, step)
+        cfg, G = self.cfg, self.spec.group_size
+        docs, first = self.step_documents(step)
+        contexts = make_contexts(docs, cfg.rlp.positions, cfg.train.seed, step, first_slot=first)
+        idle = not contexts  # no position in this rank's documents: it still runs the step's collectives, on a stand-in
+        if idle:
+            contexts = [self.stand_in_context(docs)]
         if not self.ema.initialized:
             self.ema.init_from(self.policy)  # lazy: phi <- theta at the first batch
-        sampler = gumbel_sampler(cfg.rlp.temperature, step_generator(cfg.train.seed, step))
-        rollouts = self.engine.rollout(self.policy, self.ema.model, contexts, self.spec, sampler)
+        # a thought's draws are keyed by (document slot, t, g): the same on any number of ranks
+        row_keys = [hash_key(first + c.doc, c.position, g) for c in contexts for g in range(G)]
+        sampler = temperature_sampler(cfg.rlp.temperature, hash_key(cfg.train.seed, step), row_keys)
+        with self.autocast(), gathered(self.policy):
+            rollouts = self.engine.rollout(self.policy, self.ema.model, contexts, self.spec, sampler)
         rewards = self.rewards(rollouts, docs)  # (B, G)
         advantages = objective.group_advantages(rewards, normalize_std=cfg.rlp.normalize_advantages)
-        loss, kl, clip_frac = self.accumulate_gradients(rollouts, advantages.flatten())
+        with self.autocast(), gathered(self.policy):
+            sums = self.accumulate_gradients(rollouts, advantages.flatten(), idle)
 
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.policy.parameters(), cfg.train.grad_clip if cfg.train.grad_clip > 0 else float("inf")
-        )
-        finite = math.isfinite(loss) and bool(torch.isfinite(grad_norm))
+        grad_norm = self.clip_gradients()
+        loss, kl, clipped, tokens, rows = distributed.all_sum(sums, self.device)
+        loss, kl = loss / max(rows, 1), kl / max(rows, 1)
+        finite = math.isfinite(loss) and math.isfinite(grad_norm)  # the same on every rank: both are global
         if finite:
             self.optimizer.step()
             self.ema.update(self.policy)  # after every optimizer step
@@ -109,17 +125,38 @@ class RlpTrainer:
             self.state["nonfinite_skipped"] += 1  # the step never reaches the weights
         self.optimizer.zero_grad(set_to_none=True)
 
-        lengths = torch.tensor([len(t) for t in rollouts.thoughts], dtype=torch.float32)
+        mine = dict(  # per-thought values of every rank: metrics over the global batch
+            rewards=rewards.flatten().tolist(), s_pred=rollouts.s_pred.flatten().tolist(), s_ema=rollouts.s_ema.tolist(),
+            advantages=advantages.flatten().tolist(), lengths=[len(t) for t in rollouts.thoughts],
+            truncated=rollouts.truncated(self.spec.think.close_id).tolist(), contexts=[len(contexts)])
+        if idle:
+            mine = {key: [] for key in mine}
+        ranks = distributed.all_gather({**mine, "document_tokens": [sum(len(d.ids) for d in docs)]})
+        every = {key: torch.tensor([v for r in ranks for v in r[key]], dtype=torch.float64) for key in ranks[0]}
         metrics = dict(
-            step=step + 1, loss=loss, reward_mean=rewards.mean().item(), reward_std=rewards.std().item(),
-            s_pred_mean=rollouts.s_pred.mean().item(), s_ema_mean=rollouts.s_ema.mean().item(),
-            advantage_abs_mean=advantages.abs().mean().item(), thought_len_mean=lengths.mean().item(),
-            thought_tokens=int(lengths.sum()), thought_truncated_frac=rollouts.truncated(self.spec.think.close_id).float().mean().item(),
-            clip_frac=clip_frac, kl=kl, grad_norm=grad_norm.item(), contexts=len(contexts),
-            document_tokens=sum(len(d.ids) for d in docs), skipped=not finite,
+            step=step + 1, loss=loss, reward_mean=every["rewards"].mean().item(), reward_std=every["rewards"].std().item(),
+            s_pred_mean=every["s_pred"].mean().item(), s_ema_mean=every["s_ema"].mean().item(),
+            advantage_abs_mean=every["advantages"].abs().mean().item(), thought_len_mean=every["lengths"].mean().item(),
+            thought_tokens=int(every["lengths"].sum()), thought_truncated_frac=every["truncated"].mean().item(),
+            clip_frac=clipped / max(tokens, 1), kl=kl, grad_norm=grad_norm, contexts=int(every["contexts"].sum()),
+            document_tokens=int(every["document_tokens"].sum()), skipped=not finite,
             nonfinite_skipped=self.state["nonfinite_skipped"],
         )
-        return StepOutcome(metrics, docs, rollouts, rewards, advantages)
+        return StepOutcome(metrics, docs, rollouts, rewards, advantages, idle)
+
+    def stand_in_context(self, docs: list[Document]) -> Context:
+        """`</think>` after the first token of a document, sampled and backpropagated with zero weight, so that a
+        rank without contexts runs the same forwards and collectives as the others."""
+        return Context(doc=0, position=1, prefix=(docs[0].ids[0],), target=docs[0].ids[1])
+
+    def autocast(self):
+        return distributed.autocast(self.world, self.device)
+
+    def clip_gradients(self) -> float:
+        """Clip to `train.grad_clip` by the global norm (over all shards under FSDP); the norm before clipping."""
+        clip = self.cfg.train.grad_clip
+        norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), clip if clip > 0 else float("inf"))
+        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
     def rewards(self, rollouts: Rollouts, docs: list[Document]) -> torch.Tensor:
         """RLP's information gain; or, for the RPT baseline, its sparse prefix-match reward (all else the same)."""
@@ -127,16 +164,24 @@ class RlpTrainer:
             return rpt_rewards(rollouts, docs, self.tokenizer, self.spec.think.close_id)
         return objective.information_gain(rollouts.s_pred, rollouts.s_ema)
 
-    def accumulate_gradients(self, rollouts: Rollouts, advantages: torch.Tensor) -> tuple[float, float, float]:
-        """Backward the batch loss mean_i L_i in micro-batches of thoughts; returns (loss, kl, clip fraction)."""
-        rlp = self.cfg.rlp
-        rows = list(range(len(rollouts.thoughts)))
-        size = self.cfg.train.micro_batch_thoughts
+    def accumulate_gradients(self, rollouts: Rollouts, advantages: torch.Tensor, idle: bool = False) -> list[float]:
+        """Backward this rank's share of the global loss mean_i L_i (the mean over the thoughts of all ranks), in
+        micro-batches of thoughts. Returns this rank's sums [loss, kl, clipped tokens, tokens, thoughts] for
+        `distributed.all_sum` (loss and kl summed over thoughts). `idle`: the rollouts are a stand-in, weighted 0."""
+        rlp, size = self.cfg.rlp, self.cfg.train.micro_batch_thoughts
+        rows = [] if idle else list(range(len(rollouts.thoughts)))
+        counts = distributed.all_gather(len(rows))
+        chunks = [rows[i : i + size] for i in range(0, len(rows), size)]
+        # every rank runs as many micro-batches, the missing ones as zero-weighted repeats, so that all ranks
+        # reduce gradients in the same backward with the same collectives
+        padding = chunks[-1] if chunks else [0]
+        micro_batches = chunks + [padding] * (max(-(-n // size) for n in counts) - len(chunks))
+        scale = self.world.size / max(sum(counts), 1)  # ranks average gradients: make the average the global mean
         advantages = advantages.to(self.device)
-        total_loss = total_kl = clipped = tokens = 0.0
-        for start in range(0, len(rows), size):
-            chunk = rows[start : start + size]
-            weight = len(chunk) / len(rows)  # mean over chunks of means -> mean over all thoughts
+        loss_sum = kl_sum = clipped = tokens = 0.0
+        for k, chunk in enumerate(micro_batches):
+            real = k < len(chunks)
+            self.sync_gradients(k == len(micro_batches) - 1)  # reduce once, in the last micro-batch's backward
             logp, mask = self.engine.thought_logprobs(self.policy, rollouts, chunk, self.spec)
             logp_old = logp.detach()  # theta_old = theta: the batch was sampled by the current weights
             loss = objective.clipped_surrogate_loss(logp, logp_old, advantages[chunk], mask, rlp.eps_low, rlp.eps_high)
@@ -145,59 +190,71 @@ class RlpTrainer:
                     logp_ref, _ = self.engine.thought_logprobs(self.ema.model, rollouts, chunk, self.spec)
                 kl = objective.kl_penalty(logp, logp_ref, mask)
                 loss = loss + rlp.kl_coef * kl
-                total_kl += kl.item() * weight
-            (loss * weight).backward()
-            total_loss += loss.item() * weight
-            n_tokens = mask.sum().item()
-            clipped += objective.clip_fraction(logp, logp_old, advantages[chunk], mask, rlp.eps_low, rlp.eps_high).item() * n_tokens
-            tokens += n_tokens
-        return total_loss, total_kl, clipped / max(tokens, 1)
+                kl_sum += kl.item() * len(chunk) if real else 0.0
+            (loss * (len(chunk) * scale if real else 0.0)).backward()
+            if real:
+                loss_sum += loss.item() * len(chunk)
+                n_tokens = mask.sum().item()
+                clipped += objective.clip_fraction(logp, logp_old, advantages[chunk], mask, rlp.eps_low, rlp.eps_high).item() * n_tokens
+                tokens += n_tokens
+        return [loss_sum, kl_sum, clipped, tokens, len(rows)]
+
+    def sync_gradients(self, sync: bool) -> None:
+        if distributed.is_wrapped(self.policy):
+            self.policy.set_requires_gradient_sync(sync)
 
     # ---------------------------------------------------------------------------------------------- the run
     def restore(self, folder: Path) -> None:
         self.state = checkpoint.restore(folder, self.ema, self.policy, self.optimizer)
 
     def save_checkpoint(self, step: int) -> Path:
-        return checkpoint.save(self.run_dir, step, self.policy, self.tokenizer, self.ema, self.optimizer, self.state)
+        return checkpoint.save(self.run_dir, step, self.policy, self.tokenizer, self.ema, self.optimizer, self.state, self.world)
 
-    def dump_rollouts(self, handle, outcome: StepOutcome) -> None:
+    def rollout_rows(self, outcome: StepOutcome) -> list[dict]:
         G = self.spec.group_size
+        rows = []
         for row, thought in enumerate(outcome.rollouts.thoughts):
             context = outcome.rollouts.contexts[row // G]
             b, g = divmod(row, G)
-            handle.write(json.dumps(dict(
+            rows.append(dict(
                 step=outcome.metrics["step"], doc=outcome.documents[context.doc].source, position=context.position,
                 thought_ids=thought, thought_text=self.tokenizer.decode(thought),
                 s_pred=outcome.rollouts.s_pred[b, g].item(), s_ema=outcome.rollouts.s_ema[b].item(),
                 reward=outcome.rewards[b, g].item(), advantage=outcome.advantages[b, g].item(),
-            )) + "\n")
+            ))
+        return rows
 
     def run(self) -> list[dict]:
-        """Train to `train.max_steps`, appending to metrics.jsonl (and rollouts.jsonl); returns this run's metrics."""
-        cfg = self.cfg.train
+        """Train to `train.max_steps`, appending to metrics.jsonl (and rollouts.jsonl); returns this run's metrics.
+        Every rank trains; rank 0 alone writes the files and shows the progress bar."""
+        cfg, main = self.cfg.train, self.world.main
         start = self.state["step"]
         history = []
-        metrics_file = (self.run_dir / "metrics.jsonl").open("a")
-        rollouts_file = (self.run_dir / "rollouts.jsonl").open("a") if cfg.dump_rollouts else None
-        bar = tqdm(range(start, cfg.max_steps), desc="rlp", initial=start, total=cfg.max_steps, dynamic_ncols=True)
+        metrics_file = (self.run_dir / "metrics.jsonl").open("a") if main else None
+        rollouts_file = (self.run_dir / "rollouts.jsonl").open("a") if main and cfg.dump_rollouts else None
+        bar = tqdm(range(start, cfg.max_steps), desc="rlp", initial=start, total=cfg.max_steps, dynamic_ncols=True,
+                   disable=not main)
         try:
             for step in bar:
                 began = time.perf_counter()
                 outcome = self.rlp_step(step)
                 outcome.metrics["step_seconds"] = time.perf_counter() - began
                 self.state["step"] = step + 1
-                metrics_file.write(json.dumps(outcome.metrics) + "\n")
-                metrics_file.flush()
-                if rollouts_file:
-                    self.dump_rollouts(rollouts_file, outcome)
-                    rollouts_file.flush()
+                mine = [] if outcome.idle else self.rollout_rows(outcome)
+                rollouts = distributed.all_gather(mine) if cfg.dump_rollouts else []
+                if main:
+                    metrics_file.write(json.dumps(outcome.metrics) + "\n")
+                    metrics_file.flush()
+                    if rollouts_file:
+                        rollouts_file.writelines(json.dumps(row) + "\n" for rank in rollouts for row in rank)
+                        rollouts_file.flush()
                 history.append(outcome.metrics)
                 bar.set_postfix(reward=f"{outcome.metrics['reward_mean']:+.3f}", len=f"{outcome.metrics['thought_len_mean']:.1f}")
                 last = step + 1 == cfg.max_steps
                 if last or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0):
                     self.save_checkpoint(step + 1)
         finally:
-            metrics_file.close()
-            if rollouts_file:
-                rollouts_file.close()
+            for handle in (metrics_file, rollouts_file):
+                if handle:
+                    handle.close()
         return history

@@ -5,14 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from rlpt import checkpoint
 from rlpt.data import Document, make_contexts
 from rlpt.errors import UserError
 from rlpt.evaluate import exact_match_accuracy, intrinsic, load_eval_set
 from rlpt.experiment.budgets import Budget
-from rlpt.generation import gumbel_sampler
+from rlpt.generation import temperature_sampler
 from rlpt.models import load_model_and_tokenizer
 from rlpt.suites import Problem
 
@@ -58,7 +56,7 @@ def evaluate_model(folder: Path, eval_sets: list[EvalSet], budget: Budget, seed:
                                         max_thought_tokens=budget.thought_tokens, **kwargs)
 
         greedy = accuracy(True)
-        samples = [accuracy(True, choose_thought=gumbel_sampler(0.7, torch.Generator().manual_seed(seed * 1000 + k)))["accuracy"]
+        samples = [accuracy(True, choose_thought=temperature_sampler(0.7, seed * 1000 + k))["accuracy"]
                    for k in range(budget.samples)]
         contexts = answer_contexts(tokenizer, problems)[: budget.intrinsic_positions]
         first = greedy["outputs"][0]

@@ -13,8 +13,8 @@ alone. So, per batch:
   of it, so the gradient reaches each document once through its keys and values. (Packing `[document; thought_1;
   ...]` into one sequence with a block mask computes the same thing, but its attention is dense over the whole
   packed length, most of it masked: it measured 2-3x slower on the benchmark's first shape.)
-The sampling noise is drawn exactly as the reference engine draws it (one (N, V) block per step, rows in context
-order), so both engines sample the same thoughts; tests hold them to the same rewards, losses and gradients.
+The sampler sees the same rows (in context order) at the same steps as in the reference engine, so both engines
+sample the same thoughts; tests hold them to the same rewards, losses and gradients.
 
 A model that cannot run this (another attention kernel, a model that drops the extra arguments) fails a probe at
 start-up; the trainer then uses the reference engine and says so.
@@ -134,7 +134,7 @@ class PackedEngine:
                 break
             feed = torch.where(forced, torch.full_like(feed, think.close_id), torch.full_like(feed, spec.pad_id))
             forced = torch.zeros_like(forced)
-            if sampling.any():  # same noise draws, in the same rows and steps, as the reference engine
+            if sampling.any():  # the same rows and steps as the reference engine: the same draws
                 if step == 0:  # a thought has at least one token
                     logits[:, think.close_id] = float("-inf")
                 drawn = choose(logits, step).to(device)
