@@ -45,6 +45,8 @@ def cmd_train(args) -> int:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
                    "-m", "rlpt", *without_nproc(args.argv)]
         print("rlpt: " + " ".join(command), flush=True)
+        # torchrun would give each process 1 thread; share the cores instead (an explicit setting is kept)
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc)))
         os.execv(sys.executable, command)
     output = Path(args.output or Path("runs") / (Path(args.config).stem if args.config else "default"))
     summary = run.train(cfg, output, fresh=args.fresh)

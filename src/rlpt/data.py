@@ -129,6 +129,10 @@ def load_documents(data_cfg, tokenizer, after_text: str | None = None) -> list[D
     """Tokenize the corpus of `data_cfg` into windows of at most `max_length` tokens."""
     if data_cfg.path.startswith("builtin:"):
         texts = builtin_texts(data_cfg.path.removeprefix("builtin:"))
+    elif data_cfg.path.startswith("reasoning_gym:"):
+        from rlpt import rgym
+
+        texts = rgym.documents(data_cfg.path)
     else:
         texts = [
             pair

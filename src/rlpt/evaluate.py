@@ -59,7 +59,8 @@ def exact_match_accuracy(model, tokenizer, think: ThinkTokens, tasks: list[dict]
         model, tokenizer, think, [t["question"] for t in tasks], use_thought=use_thought,
         max_thought_tokens=max_thought_tokens, choose_thought=choose_thought,
     )
-    correct = [o["answer"] == normalise_answer(str(t["answer"])) for o, t in zip(outputs, tasks)]
+    correct = [t["score"](o["answer"]) if "score" in t else o["answer"] == normalise_answer(str(t["answer"]))
+               for o, t in zip(outputs, tasks)]  # a task may bring its own checker (reasoning-gym's)
     return dict(accuracy=sum(correct) / max(1, len(correct)), n=len(correct), outputs=outputs, correct=correct)
 
 
@@ -101,10 +102,17 @@ def document_contexts(tokenizer, texts: list[str], rule: str, limit: int) -> lis
     return make_contexts(docs, rule, seed=0, step=0)[:limit]
 
 
-def load_eval_set(spec: str, limit: int | None = None) -> tuple[list[dict], list[str]]:
+def load_eval_set(spec: str, limit: int | None = None, corpus: str | None = None) -> tuple[list[dict], list[str]]:
     """(questions, documents) of an evaluation set. `builtin:arith`: the held-out questions, and the same problems
-    as documents. A JSONL file: lines {"question": ..., "answer": ...} are questions, lines {"text": ...} documents."""
+    as documents. `reasoning_gym:NAME?size=N&seed=S`: generated problems, scored by the generator's checker, without
+    those whose question occurs in `corpus` (the training corpus, when it is a reasoning_gym one). A JSONL
+    file: lines {"question": ..., "answer": ...} are questions, lines {"text": ...} documents."""
     name = spec.removeprefix("builtin:")
+    if spec.startswith("reasoning_gym:"):
+        from rlpt import rgym
+
+        tasks = rgym.questions(spec, limit, corpus)
+        return tasks, [rgym.document(entry) for entry in list(rgym.dataset(spec))[: len(tasks)]]
     if spec.startswith("builtin:") and (name == "arith" or name in SUITES):
         questions = arith.heldout_questions(limit or 256) if name == "arith" else SUITES[name].heldout_questions(limit or 256)
         return questions, [q["question"] + q["answer"] + "." for q in questions]

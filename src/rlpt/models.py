@@ -34,11 +34,18 @@ class ThinkTokens:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """`builtin:tiny` -> its cached folder (built on first use); anything else must be a local HF folder."""
+    """`builtin:tiny` / `builtin:smollm2-135m` / a `.gguf` file -> its cached folder (made on first use); anything else
+    must be a local HF folder."""
+    from rlpt import gguf
+
+    if name_or_path == "builtin:smollm2-135m":
+        return str(gguf.cached_folder(gguf.smollm2_file()))
     if name_or_path.startswith("builtin:"):
         from rlpt import tiny
 
         return str(tiny.builtin_model_path(name_or_path.removeprefix("builtin:")))
+    if name_or_path.endswith(".gguf"):
+        return str(gguf.cached_folder(Path(name_or_path).expanduser()))
     folder = Path(name_or_path).expanduser()
     if not (folder / "config.json").is_file():
         raise UserError(f"model.name_or_path: {name_or_path!r} is not a local Hugging Face model folder (no config.json)")

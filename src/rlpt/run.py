@@ -55,7 +55,7 @@ def probe_baseline(teacher, probe, pad_id: int) -> list[float]:
 def evaluate_tasks(cfg, model, tokenizer, think) -> float | None:
     if not cfg.eval.tasks:
         return None
-    questions, _ = load_eval_set(cfg.eval.tasks, cfg.eval.max_questions)
+    questions, _ = load_eval_set(cfg.eval.tasks, cfg.eval.max_questions, corpus=cfg.data.path)
     if not questions:
         return None
     return exact_match_accuracy(
