@@ -52,6 +52,7 @@ def save(run_dir: Path, step: int, model, tokenizer, ema, optimizer, state: dict
     """Write checkpoint `step` (a collective: every rank calls it)."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
+    from rlpt import lora
     from rlpt.distributed import World, barrier
 
     world = world or World()
@@ -71,7 +72,10 @@ def save(run_dir: Path, step: int, model, tokenizer, ema, optimizer, state: dict
         if world.sharded:
             model.config.save_pretrained(tmp)
         else:
-            model.save_pretrained(tmp)
+            if lora.is_lora(model):
+                lora.save(model, tmp)  # the frozen base, and the adapter in adapter/
+            else:
+                model.save_pretrained(tmp)
             ema.save(tmp / "ema.safetensors")
             torch.save(get_optimizer_state_dict(model, optimizer), tmp / "optimizer.pt")
         tokenizer.save_pretrained(tmp)
@@ -148,8 +152,20 @@ def restore(folder: Path, ema, policy, optimizer) -> dict:
 def load_teacher(folder: Path, policy):
     """The EMA teacher saved in checkpoint `folder` (either layout) as a frozen model like `policy`; None if the folder
     holds none (a plain model folder)."""
+    from rlpt import lora
     from rlpt.ema import EmaTeacher
 
+    if (folder / lora.ADAPTER).is_dir():  # frozen base + EMA adapters, merged
+        from rlpt.models import load_model_and_tokenizer
+
+        adapted, _, _ = load_model_and_tokenizer(str(folder), adapter="train")
+        ema = lora.AdapterEmaTeacher(decay=0.0)
+        ema.load(folder / "ema.safetensors", adapted)
+        with torch.no_grad():
+            for name, param in adapted.named_parameters():
+                if name in ema.tensors:
+                    param.copy_(ema.tensors[name])
+        return adapted.merge_and_unload().eval().requires_grad_(False)
     teacher = EmaTeacher(decay=0.0)
     if (folder / SHARDED).is_dir():
         teacher.init_from(policy)

@@ -24,6 +24,9 @@ class ModelConfig:
     dtype: str = "float32"
     """Compute dtype of training: float32 or bfloat16. Weights, optimizer state and the EMA teacher stay float32
     (master weights); bfloat16 runs the forwards and backwards in bfloat16. (`rlpt eval` loads weights in it.)"""
+    lora: dict = field(default_factory=dict)
+    """LoRA through PEFT, e.g. `{r: 16, alpha: 32, target_modules: all-linear}` (also `dropout`); empty = train every
+    weight. The EMA teacher then holds the adapters alone."""
 
 
 @dataclass
@@ -141,6 +144,10 @@ def _coerce(key: str, raw, current):
     kind = type(current)
     if kind is str:
         return "" if raw is None else str(raw)
+    if kind is dict:  # a YAML mapping, or one written inline with --set (`model.lora={r: 8}`)
+        value = yaml.safe_load(raw) if isinstance(raw, str) else raw
+        if value is None or isinstance(value, dict):
+            return dict(value or {})
     if isinstance(raw, str):  # from --set, or a YAML string: parse by the field's type
         text = raw.strip().lower()
         try:
@@ -229,12 +236,17 @@ def validate(cfg: Config) -> None:
         (cfg.train.checkpoint_every >= 0, "train.checkpoint_every must be >= 0"),
         (cfg.train.parallel in ("ddp", "fsdp"), f"train.parallel: {cfg.train.parallel!r} is not ddp or fsdp"),
         (cfg.train.dist_timeout_s > 0, "train.dist_timeout_s must be > 0"),
+        (not (cfg.model.lora and cfg.train.parallel == "fsdp"),
+         "model.lora with train.parallel=fsdp is not supported: use ddp (the adapters are small; only they are synced)"),
         (cfg.model.dtype in ("float32", "bfloat16"),
          f"model.dtype: {cfg.model.dtype!r} is not float32 or bfloat16 (float16 would need loss scaling)"),
     ]
     for ok, message in checks:
         if not ok:
             raise UserError(message)
+    from rlpt import lora
+
+    lora.check(cfg.model.lora)
 
 
 def save(cfg: Config, path: Path) -> None:

@@ -18,8 +18,9 @@ def greedy(logits: torch.Tensor, step: int) -> torch.Tensor:
 
 
 def cache_kwarg(model) -> str:
-    """transformers 5 renamed `past_key_values` to `cache`; accept both."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    """transformers 5 renamed `past_key_values` to `cache`; accept both (a PEFT model passes either through)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 MASK32 = 0xFFFFFFFF

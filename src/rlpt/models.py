@@ -82,8 +82,10 @@ def ensure_think_tokens(model, tokenizer) -> ThinkTokens:
     return ThinkTokens(single_token_id(tokenizer, THINK_OPEN), single_token_id(tokenizer, THINK_CLOSE))
 
 
-def load_model_and_tokenizer(name_or_path: str, dtype: str = "float32", device: str | torch.device = "cpu"):
-    """(model, tokenizer, think_tokens) for a local folder or `builtin:NAME`; the model is in eval mode (no dropout)."""
+def load_model_and_tokenizer(name_or_path: str, dtype: str = "float32", device: str | torch.device = "cpu",
+                             adapter: str = "merge"):
+    """(model, tokenizer, think_tokens) for a local folder or `builtin:NAME`; the model is in eval mode (no dropout).
+    A LoRA checkpoint's adapter is merged into the weights, or with `adapter="train"` kept apart and trainable."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from rlpt.checkpoint import SHARDED, load_sharded_weights
@@ -102,4 +104,8 @@ def load_model_and_tokenizer(name_or_path: str, dtype: str = "float32", device: 
     except (OSError, ValueError) as exc:
         raise UserError(f"model.name_or_path: cannot load a causal LM from {folder}: {exc}") from exc
     think = ensure_think_tokens(model, tokenizer)
+    if (Path(folder) / "adapter").is_dir():
+        from rlpt import lora
+
+        model = lora.attach(model, Path(folder), trainable=adapter == "train")
     return model.to(device).eval(), tokenizer, think

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from rlpt import checkpoint, config as config_lib, distributed
+from rlpt import checkpoint, config as config_lib, distributed, lora
 from rlpt.data import after_marker, load_documents, make_contexts
 from rlpt.evaluate import exact_match_accuracy, load_eval_set
 from rlpt.models import load_model_and_tokenizer
@@ -90,7 +90,10 @@ def train_in(world: distributed.World, cfg, run_dir: Path, device: torch.device,
     resume_from = distributed.all_gather(resume_from)[0]  # rank 0 decides, every rank follows
     torch.manual_seed(cfg.train.seed)
     model_source = str(resume_from) if resume_from else cfg.model.name_or_path
-    policy, tokenizer, think = load_model_and_tokenizer(model_source, "float32", device)  # float32 master weights
+    # float32 master weights; a LoRA checkpoint keeps its adapter apart, to train on
+    policy, tokenizer, think = load_model_and_tokenizer(model_source, "float32", device, adapter="train")
+    if cfg.model.lora and not lora.is_lora(policy):
+        policy = lora.wrap(policy, cfg.model.lora)
     documents = load_documents(cfg.data, tokenizer, after_marker(cfg.rlp.positions))
     probe = make_contexts(documents[:PROBE_DOCUMENTS], cfg.rlp.positions, cfg.train.seed, step=-1)
 

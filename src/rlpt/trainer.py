@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from rlpt import checkpoint, distributed, objective
+from rlpt import checkpoint, distributed, lora, objective
 from rlpt.baselines.rpt import rpt_rewards
 from rlpt.data import Document, make_contexts
 from rlpt.distributed import World, gathered
@@ -81,7 +81,10 @@ class RlpTrainer:
             temperature=cfg.rlp.temperature, think=think, pad_id=tokenizer.pad_token_id,
             baseline_excludes_think=cfg.rlp.baseline_excludes_think,
         )
-        self.ema = EmaTeacher(cfg.rlp.ema_decay, shard=(lambda m: distributed.shard(m, world)) if world.sharded else None)
+        if lora.is_lora(policy):  # frozen base + EMA of the adapters
+            self.ema = lora.AdapterEmaTeacher(cfg.rlp.ema_decay)
+        else:
+            self.ema = EmaTeacher(cfg.rlp.ema_decay, shard=(lambda m: distributed.shard(m, world)) if world.sharded else None)
         self.optimizer = torch.optim.AdamW(
             [p for p in policy.parameters() if p.requires_grad], lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
         )
