@@ -177,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--ema", action="store_true", help="export the EMA teacher instead of the policy")
     export.set_defaults(func=cmd_export)
 
+    report = sub.add_parser("report", help="a self-contained HTML page of a run: metric plots, rollouts, where thinking helps")
+    report.add_argument("run", help="run folder")
+    report.add_argument("--out", help="the HTML file to write (default RUN/report.html)")
+    report.set_defaults(func=cmd_report)
+
     plan = sub.add_parser("plan", help="price a run: rollout and update tokens, FLOPs, FLOP-matched CPT budget, GPU-hours")
     from rlpt.plan import add_arguments as plan_arguments
 
@@ -206,6 +211,13 @@ def cmd_export(args) -> int:
     from rlpt.export import export
 
     print(f"rlpt: exported {export(args.run, Path(args.out), ema=args.ema)}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from rlpt.report import write
+
+    print(f"rlpt: wrote {write(Path(args.run), Path(args.out) if args.out else None)}")
     return 0
 
 

@@ -99,6 +99,9 @@ class TrainConfig:
     parallel: str = "ddp"
     """Across processes (torchrun): `ddp` (each holds the model; gradients averaged) or `fsdp` (FSDP2: weights,
     gradients, optimizer state and EMA teacher sharded; checkpoints with torch.distributed.checkpoint)."""
+    report_to: list = field(default_factory=lambda: ["jsonl"])
+    """Where metrics go: `jsonl` (metrics.jsonl, always written), `tensorboard` (RUN/tensorboard/), `wandb`
+    (RUN/wandb/, offline unless WANDB_MODE says otherwise)."""
     dist_timeout_s: float = 600.0
     """Seconds a process waits in a collective (for a rank that died or hangs) before it stops with an error."""
 
@@ -144,6 +147,12 @@ def _coerce(key: str, raw, current):
     kind = type(current)
     if kind is str:
         return "" if raw is None else str(raw)
+    if kind is list:  # a YAML list, or names separated by commas (`train.report_to=jsonl,tensorboard`)
+        value = raw
+        if isinstance(raw, str):
+            value = yaml.safe_load(raw) if raw.strip().startswith("[") else [p.strip() for p in raw.split(",") if p.strip()]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
     if kind is dict:  # a YAML mapping, or one written inline with --set (`model.lora={r: 8}`)
         value = yaml.safe_load(raw) if isinstance(raw, str) else raw
         if value is None or isinstance(value, dict):
@@ -236,6 +245,8 @@ def validate(cfg: Config) -> None:
         (cfg.train.checkpoint_every >= 0, "train.checkpoint_every must be >= 0"),
         (cfg.train.parallel in ("ddp", "fsdp"), f"train.parallel: {cfg.train.parallel!r} is not ddp or fsdp"),
         (cfg.train.dist_timeout_s > 0, "train.dist_timeout_s must be > 0"),
+        (set(cfg.train.report_to) <= {"jsonl", "tensorboard", "wandb"},
+         f"train.report_to: {cfg.train.report_to!r} may hold only jsonl, tensorboard and wandb"),
         (not (cfg.model.lora and cfg.train.parallel == "fsdp"),
          "model.lora with train.parallel=fsdp is not supported: use ddp (the adapters are small; only they are synced)"),
         (cfg.model.dtype in ("float32", "bfloat16"),

@@ -19,7 +19,7 @@ from rlpt.rollout import make_engine
 from rlpt.rollout.reference import last_token_logprobs
 from rlpt.trainer import RlpTrainer, least_squares_trend
 
-RUN_FILES = ("metrics.jsonl", "rollouts.jsonl", "summary.json", "checkpoints")
+RUN_FILES = ("metrics.jsonl", "rollouts.jsonl", "summary.json", "checkpoints", "tensorboard", "wandb", "report.html")
 PROBE_DOCUMENTS = 32
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from rlpt import checkpoint, distributed, lora, objective
+from rlpt import checkpoint, config as config_lib, distributed, loggers, lora, objective
 from rlpt.baselines.rpt import rpt_rewards
 from rlpt.data import Document, make_contexts
 from rlpt.distributed import World, gathered
@@ -234,6 +234,7 @@ class RlpTrainer:
         start = self.state["step"]
         history = []
         metrics_file = (self.run_dir / "metrics.jsonl").open("a") if main else None
+        reporters = loggers.open_all(cfg.report_to, self.run_dir, config_lib.to_dict(self.cfg)) if main else []
         rollouts_file = (self.run_dir / "rollouts.jsonl").open("a") if main and cfg.dump_rollouts else None
         bar = tqdm(range(start, cfg.max_steps), desc="rlp", initial=start, total=cfg.max_steps, dynamic_ncols=True,
                    disable=not main)
@@ -248,6 +249,8 @@ class RlpTrainer:
                 if main:
                     metrics_file.write(json.dumps(outcome.metrics) + "\n")
                     metrics_file.flush()
+                    for reporter in reporters:
+                        reporter.log(outcome.metrics, step + 1)
                     if rollouts_file:
                         rollouts_file.writelines(json.dumps(row) + "\n" for rank in rollouts for row in rank)
                         rollouts_file.flush()
@@ -257,7 +260,7 @@ class RlpTrainer:
                 if last or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0):
                     self.save_checkpoint(step + 1)
         finally:
-            for handle in (metrics_file, rollouts_file):
+            for handle in (metrics_file, rollouts_file, *reporters):
                 if handle:
                     handle.close()
         return history
