@@ -27,10 +27,10 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def build_folder(folder: Path, build) -> Path:
-    """A model folder written whole or not at all: `build(tmp)` writes into a temporary sibling, which is renamed to
-    `folder` when complete. A folder that already holds a model (config.json) is kept as it is."""
-    if (folder / "config.json").is_file():
+def build_folder(folder: Path, build, marker: str = "config.json") -> Path:
+    """A folder written whole or not at all: `build(tmp)` writes into a temporary sibling, which is renamed to
+    `folder` when complete. A folder that already holds `marker` (a model's config.json) is kept as it is."""
+    if (folder / marker).is_file():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
@@ -38,7 +38,7 @@ def build_folder(folder: Path, build) -> Path:
         build(tmp)
         os.replace(tmp, folder)  # also replaces an empty folder
     except OSError:
-        if not (folder / "config.json").is_file():  # a concurrent build may have won the rename
+        if not (folder / marker).is_file():  # a concurrent build may have won the rename
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

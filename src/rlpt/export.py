@@ -12,9 +12,14 @@ from rlpt.errors import UserError
 
 
 def source_folder(path: str) -> Path:
-    """A run folder resolves to its latest checkpoint; a checkpoint or model folder is taken as it is."""
+    """A run folder resolves to its latest checkpoint; a checkpoint or model folder is taken as it is; a built-in model
+    or a .gguf file to its cached folder."""
     from rlpt import checkpoint
 
+    if path.startswith("builtin:") or path.endswith(".gguf"):
+        from rlpt.models import resolve_model_path
+
+        return Path(resolve_model_path(path))
     folder = Path(path)
     latest = checkpoint.latest(folder)
     if latest is not None:

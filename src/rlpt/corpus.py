@@ -1,0 +1,145 @@
+"""Corpora larger than memory: Hugging Face `datasets` sources, tokenised once into an on-disk cache and read back on
+demand.
+
+`data.path` may be a `.parquet` or `.arrow` file (or a glob or folder of them), or a folder written by
+`Dataset.save_to_disk`. Its rows stream through the tokenizer once (`datasets` streaming, or the memory-mapped
+Arrow files of a saved dataset) into a cache per corpus file: the token ids of every window in one flat file, and an
+index of (start, length, first usable position, row). Training reads a window when it needs it, from a memory map,
+so the corpus never sits in memory, and a second run (or another rank) skips tokenising. The cache is keyed by the
+file (path, size, modification time), the tokenizer and the settings that change the windows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from rlpt.errors import UserError
+
+DATASET_SUFFIXES = {".parquet", ".arrow"}
+FORMATS = {".parquet": "parquet", ".arrow": "arrow"}
+
+
+def is_saved_dataset(path: Path) -> bool:
+    """A folder written by `Dataset.save_to_disk`."""
+    return path.is_dir() and (path / "state.json").is_file() and (path / "dataset_info.json").is_file()
+
+
+def is_dataset_file(path: Path) -> bool:
+    return path.is_file() and path.suffix in DATASET_SUFFIXES
+
+
+def datasets_module():
+    try:
+        import datasets
+    except ImportError as exc:
+        raise UserError("data.path: .parquet/.arrow files and saved datasets need `datasets`: pip install 'rlpt[data]'") from exc
+    return datasets
+
+
+def rows(source: Path, text_field: str) -> Iterator[tuple[int, str]]:
+    """(row number, text) of a dataset file or saved dataset, streamed."""
+    datasets = datasets_module()
+    if is_saved_dataset(source):
+        data = datasets.load_from_disk(str(source))  # memory-mapped Arrow: nothing is loaded up front
+        if isinstance(data, datasets.DatasetDict):
+            data = data["train"] if "train" in data else next(iter(data.values()))
+    else:
+        data = datasets.load_dataset(FORMATS[source.suffix], data_files=str(source), split="train", streaming=True)
+    for number, record in enumerate(data):
+        text = record.get(text_field)
+        if not isinstance(text, str):
+            raise UserError(f"{source}: row {number}: no string field {text_field!r} (set data.text_field)")
+        yield number, text
+
+
+def tokenizer_key(tokenizer) -> str:
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items())).encode()
+    return hashlib.sha256(vocab + type(tokenizer).__name__.encode()).hexdigest()[:16]
+
+
+def cache_folder(source: Path, tokenizer, max_length: int, text_field: str, after_text: str | None) -> Path:
+    from rlpt.tiny import cache_dir
+
+    stat = source.stat() if source.is_file() else (source / "state.json").stat()
+    key = json.dumps([str(source.resolve()), stat.st_size, stat.st_mtime_ns, tokenizer_key(tokenizer), max_length,
+                      text_field, after_text])
+    return cache_dir() / "tokens" / f"{source.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+class CachedDocuments(Sequence):
+    """The windows of one tokenised corpus file, read from their memory map on access."""
+
+    def __init__(self, folder: Path, name: str):
+        import numpy as np
+
+        self.name = name
+        self.index = np.load(folder / "index.npy")  # (windows, 4): start, length, first position, row
+        self.ids = np.memmap(folder / "ids.u32", dtype=np.uint32, mode="r") if self.index[:, 1].sum() else None
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i):
+        from rlpt.data import Document
+
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        start, length, first, row = (int(v) for v in self.index[i])
+        return Document(self.ids[start : start + length].tolist(), f"{self.name}:{row}", first)
+
+
+def tokenise_into(folder: Path, source: Path, tokenizer, data_cfg, after_text: str | None) -> None:
+    """Stream `source` through the tokenizer into `folder`: ids.u32 (all windows' ids) and index.npy."""
+    import numpy as np
+
+    from rlpt.data import windows
+
+    index = []
+    written = 0
+    with (folder / "ids.u32").open("wb") as out:
+        for row, text in rows(source, data_cfg.text_field):
+            for doc in windows(text, f"{source}:{row}", tokenizer, data_cfg.max_length, after_text):
+                out.write(np.asarray(doc.ids, dtype=np.uint32).tobytes())
+                index.append((written, len(doc.ids), doc.first_position, row))
+                written += len(doc.ids)
+    np.save(folder / "index.npy", np.asarray(index, dtype=np.int64).reshape(-1, 4))
+
+
+def load(source: Path, tokenizer, data_cfg, after_text: str | None) -> CachedDocuments:
+    """The cached windows of `source`, tokenised on first use."""
+    from rlpt.checkpoint import build_folder
+
+    folder = cache_folder(source, tokenizer, data_cfg.max_length, data_cfg.text_field, after_text)
+    if not (folder / "index.npy").is_file():
+        print(f"rlpt: tokenising {source} (once; cached in {folder})", flush=True)
+        build_folder(folder, lambda tmp: tokenise_into(Path(tmp), source, tokenizer, data_cfg, after_text),
+                     marker="index.npy")
+    return CachedDocuments(folder, str(source))
+
+
+class Concatenated(Sequence):
+    """Several corpora read as one sequence of documents."""
+
+    def __init__(self, parts: list[Sequence]):
+        self.parts = [p for p in parts if len(p)]
+        self.ends = []
+        total = 0
+        for part in self.parts:
+            total += len(part)
+            self.ends.append(total)
+
+    def __len__(self) -> int:
+        return self.ends[-1] if self.ends else 0
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        part = next(k for k, end in enumerate(self.ends) if i < end)
+        return self.parts[part][i - (self.ends[part - 1] if part else 0)]

