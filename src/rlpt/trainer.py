@@ -121,10 +121,10 @@ class RlpTrainer:
         loss, kl, clipped, tokens, rows = distributed.all_sum(sums, self.device)
         loss, kl = loss / max(rows, 1), kl / max(rows, 1)
         finite = math.isfinite(loss) and math.isfinite(grad_norm)  # the same on every rank: both are global
-        if finite:
+        if finite and rows:  # (no thought anywhere in the batch: nothing to learn from, no step)
             self.optimizer.step()
             self.ema.update(self.policy)  # after every optimizer step
-        else:
+        elif not finite:
             self.state["nonfinite_skipped"] += 1  # the step never reaches the weights
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -142,7 +142,7 @@ class RlpTrainer:
             advantage_abs_mean=every["advantages"].abs().mean().item(), thought_len_mean=every["lengths"].mean().item(),
             thought_tokens=int(every["lengths"].sum()), thought_truncated_frac=every["truncated"].mean().item(),
             clip_frac=clipped / max(tokens, 1), kl=kl, grad_norm=grad_norm, contexts=int(every["contexts"].sum()),
-            document_tokens=int(every["document_tokens"].sum()), skipped=not finite,
+            document_tokens=int(every["document_tokens"].sum()), skipped=not (finite and rows),
             nonfinite_skipped=self.state["nonfinite_skipped"],
         )
         return StepOutcome(metrics, docs, rollouts, rewards, advantages, idle)
