@@ -149,3 +149,15 @@ def test_a_killed_rank_stops_the_other_with_a_clear_error(tmp_path, llama_dir, c
     assert ranks[0].returncode == 2
     assert "rlpt: error: rank 0 of 2: a collective operation failed" in output
     assert "Traceback" not in output
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_bfloat16_compute_keeps_float32_master_weights_and_teacher(tmp_path, llama_dir, corpus, parallel):
+    run = tmp_path / "run"
+    train_one(run, *settings(corpus, llama_dir, parallel, per_rank_batch=2, max_steps=2), "--set", "model.dtype=bfloat16")
+    rows = metrics(run)
+    assert all(torch.isfinite(torch.tensor([r["loss"], r["grad_norm"], r["reward_mean"]])).all() for r in rows)
+    policy, ema = final_weights(run)
+    assert all(p.dtype == torch.float32 for p in policy + ema)
+    start = [p.detach() for p in load_model_and_tokenizer(llama_dir)[0].parameters()]
+    assert max((p - q).abs().max().item() for p, q in zip(policy, start)) > 1e-4  # it trained

@@ -35,12 +35,17 @@ def mix32(x):
     return x ^ (x >> 16)
 
 
-def hash_key(*parts: int) -> int:
-    """One 32-bit key from a tuple of non-negative integers (seed, step, document slot, position, ...)."""
-    key = 0x9E3779B9
+def hash_key(*parts):
+    """One 32-bit key from non-negative integers (seed, step, document slot, position, ...); any part may be an int64
+    tensor, and the key is then a tensor of keys, computed element-wise."""
+    return hash_more(0x9E3779B9, *parts)
+
+
+def hash_more(key, *parts):
+    """`hash_key(*earlier, *parts)` from `key = hash_key(*earlier)`: the hash goes through the parts in order."""
     for part in parts:
         for word in (part & MASK32, part >> 32):
-            key = mix32((key ^ mix32(word & MASK32)) + 0x632BE5AB & MASK32)
+            key = mix32(((key ^ mix32(word & MASK32)) + 0x632BE5AB) & MASK32)
     return key
 
 
@@ -50,12 +55,13 @@ def temperature_sampler(temperature: float, seed: int, row_keys: list[int] | Non
     a (document, position) group samples the same thoughts on 1 rank or on 8. Without `row_keys`, rows are keyed by
     their index and by how many batches this sampler has begun (a call at step 0 begins one)."""
     batches = [-1]
+    rows = [None if row_keys is None else hash_key(seed, torch.tensor(row_keys, dtype=torch.int64))]
 
     def choose(logits: torch.Tensor, step: int) -> torch.Tensor:
-        if step == 0:
+        if step == 0 and row_keys is None:  # a new batch of rows keyed by their index
             batches[0] += 1
-        keys = row_keys if row_keys is not None else [hash_key(batches[0], row) for row in range(logits.size(0))]
-        uniform = torch.tensor([(hash_key(seed, key, step) + 0.5) / 2**32 for key in keys], dtype=torch.float64)
+            rows[0] = hash_key(seed, hash_key(batches[0], torch.arange(logits.size(0), dtype=torch.int64)))
+        uniform = (hash_more(rows[0], step).double() + 0.5) / 2**32  # = hash_key(seed, row key, step)
         # float64: the CDF of a large vocabulary summed in float32 drifts by more than the smallest probabilities
         cdf = torch.softmax(logits.double() / temperature, -1).cumsum_(-1)
         drawn = torch.searchsorted(cdf, (uniform.to(cdf.device) * cdf[:, -1])[:, None], right=True)[:, 0]
