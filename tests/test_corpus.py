@@ -1,7 +1,6 @@
 """Dataset corpora (.parquet, .arrow, save_to_disk folders): tokenised once into an on-disk cache, read back on
 demand with the same windows as in-memory text; and builtin:shakespeare."""
 
-
 import pytest
 
 from rlpt import corpus
