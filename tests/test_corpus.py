@@ -73,3 +73,15 @@ def test_builtin_shakespeare(llama_dir):
     plays = {d.source for d in docs}
     assert len(plays) == 42 and "builtin:shakespeare/lear" in plays
     assert all(2 <= len(d.ids) <= 512 for d in docs[:100])
+
+
+def test_text_and_jsonl_files_are_cached_too(tmp_path, monkeypatch, llama_dir):
+    monkeypatch.setenv("RLPT_CACHE_DIR", str(tmp_path / "cache"))
+    tok = load_tokenizer(llama_dir)
+    (tmp_path / "c.jsonl").write_text("".join(f'{{"text": "{t}"}}\n' for t in TEXTS[:5]))
+    docs = load_documents(DataConfig(path=str(tmp_path / "c.jsonl"), max_length=16), tok)
+    expected = [w for i, t in enumerate(TEXTS[:5]) for w in windows(t, f"{tmp_path / 'c.jsonl'}:{i + 1}", tok, 16, None)]
+    assert list(docs) == expected  # sources name the JSONL line
+    monkeypatch.setattr(corpus, "tokenise_into", lambda *args: pytest.fail("tokenised again"))
+    assert list(load_documents(DataConfig(path=str(tmp_path / "c.jsonl"), max_length=16), tok)) == expected
+    assert len(list((tmp_path / "cache" / "tokens").iterdir())) == 1

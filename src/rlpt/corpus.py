@@ -1,12 +1,11 @@
-"""Corpora larger than memory: Hugging Face `datasets` sources, tokenised once into an on-disk cache and read back on
-demand.
+"""Corpus files, tokenised once into an on-disk cache and read back on demand: corpora larger than memory train.
 
-`data.path` may be a `.parquet` or `.arrow` file (or a glob or folder of them), or a folder written by
-`Dataset.save_to_disk`. Its rows stream through the tokenizer once (`datasets` streaming, or the memory-mapped
-Arrow files of a saved dataset) into a cache per corpus file: the token ids of every window in one flat file, and an
-index of (start, length, first usable position, row). Training reads a window when it needs it, from a memory map,
-so the corpus never sits in memory, and a second run (or another rank) skips tokenising. The cache is keyed by the
-file (path, size, modification time), the tokenizer and the settings that change the windows.
+Every file of `data.path` (text, JSONL, `.parquet`, `.arrow`, or a folder written by `Dataset.save_to_disk`) streams
+through the tokenizer once, record by record (JSONL line by line, `datasets` streaming, or the memory-mapped Arrow
+files of a saved dataset), into a cache per corpus file: the token ids of every window in one flat file, and an index
+of (start, length, first usable position, record label). Training reads a window when it needs it, from a memory
+map, so the corpus never sits in memory, and a second run (or another rank) skips tokenising. The cache is keyed by
+the file (path, size, modification time), the tokenizer and the settings that change the windows or the records.
 """
 
 from __future__ import annotations
@@ -39,7 +38,49 @@ def datasets_module():
     return datasets
 
 
-def rows(source: Path, text_field: str) -> Iterator[tuple[int, str]]:
+def records(source: Path, data_cfg) -> Iterator[tuple[int, str]]:
+    """(label, text) of every record of a corpus file, streamed. The label names the record in sources and errors:
+    the line of a JSONL record, the block of a text file split into paragraphs, the row of a dataset; -1 for a text
+    file that is one document."""
+    from rlpt.data import JSONL_SUFFIXES, read_nonempty
+
+    if is_saved_dataset(source) or is_dataset_file(source):
+        yield from dataset_rows(source, data_cfg.text_field)
+        return
+    fmt = data_cfg.format if data_cfg.format != "auto" else ("jsonl" if source.suffix in JSONL_SUFFIXES else "text")
+    if fmt == "text":
+        content = read_nonempty(source)
+        if not data_cfg.split_paragraphs:
+            yield -1, content
+            return
+        yield from ((i + 1, block.strip()) for i, block in enumerate(content.split("\n\n")) if block.strip())
+        return
+    yield from jsonl_texts(source, data_cfg.text_field)
+
+
+def jsonl_texts(source: Path, text_field: str) -> Iterator[tuple[int, str]]:
+    """(line number, text field) of a JSONL file, read line by line; a bad line is an error naming file and line."""
+    seen = False
+    try:
+        with source.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                seen = True
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise UserError(f"{source}:{number}: malformed JSON line ({exc.msg})") from exc
+                if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+                    raise UserError(f"{source}:{number}: no string field {text_field!r} (set data.text_field)")
+                yield number, record[text_field]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{source}: cannot read ({exc})") from exc
+    if not seen:
+        raise UserError(f"{source}: the file is empty")
+
+
+def dataset_rows(source: Path, text_field: str) -> Iterator[tuple[int, str]]:
     """(row number, text) of a dataset file or saved dataset, streamed."""
     datasets = datasets_module()
     if is_saved_dataset(source):
@@ -60,13 +101,17 @@ def tokenizer_key(tokenizer) -> str:
     return hashlib.sha256(vocab + type(tokenizer).__name__.encode()).hexdigest()[:16]
 
 
-def cache_folder(source: Path, tokenizer, max_length: int, text_field: str, after_text: str | None) -> Path:
+def cache_folder(source: Path, tokenizer, data_cfg, after_text: str | None) -> Path:
     from rlpt.tiny import cache_dir
 
     stat = source.stat() if source.is_file() else (source / "state.json").stat()
-    key = json.dumps([str(source.resolve()), stat.st_size, stat.st_mtime_ns, tokenizer_key(tokenizer), max_length,
-                      text_field, after_text])
+    key = json.dumps([str(source.resolve()), stat.st_size, stat.st_mtime_ns, tokenizer_key(tokenizer), data_cfg.max_length,
+                      data_cfg.text_field, data_cfg.format, data_cfg.split_paragraphs, after_text])
     return cache_dir() / "tokens" / f"{source.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def source_name(file: str, label: int) -> str:
+    return file if label < 0 else f"{file}:{label}"
 
 
 class CachedDocuments(Sequence):
@@ -76,7 +121,7 @@ class CachedDocuments(Sequence):
         import numpy as np
 
         self.name = name
-        self.index = np.load(folder / "index.npy")  # (windows, 4): start, length, first position, row
+        self.index = np.load(folder / "index.npy")  # (windows, 4): start, length, first position, record label
         self.ids = np.memmap(folder / "ids.u32", dtype=np.uint32, mode="r") if self.index[:, 1].sum() else None
 
     def __len__(self) -> int:
@@ -87,8 +132,8 @@ class CachedDocuments(Sequence):
 
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        start, length, first, row = (int(v) for v in self.index[i])
-        return Document(self.ids[start : start + length].tolist(), f"{self.name}:{row}", first)
+        start, length, first, label = (int(v) for v in self.index[i])
+        return Document(self.ids[start : start + length].tolist(), source_name(self.name, label), first)
 
 
 def tokenise_into(folder: Path, source: Path, tokenizer, data_cfg, after_text: str | None) -> None:
@@ -100,10 +145,10 @@ def tokenise_into(folder: Path, source: Path, tokenizer, data_cfg, after_text: s
     index = []
     written = 0
     with (folder / "ids.u32").open("wb") as out:
-        for row, text in rows(source, data_cfg.text_field):
-            for doc in windows(text, f"{source}:{row}", tokenizer, data_cfg.max_length, after_text):
+        for label, text in records(source, data_cfg):
+            for doc in windows(text, source_name(str(source), label), tokenizer, data_cfg.max_length, after_text):
                 out.write(np.asarray(doc.ids, dtype=np.uint32).tobytes())
-                index.append((written, len(doc.ids), doc.first_position, row))
+                index.append((written, len(doc.ids), doc.first_position, label))
                 written += len(doc.ids)
     np.save(folder / "index.npy", np.asarray(index, dtype=np.int64).reshape(-1, 4))
 
@@ -112,7 +157,7 @@ def load(source: Path, tokenizer, data_cfg, after_text: str | None) -> CachedDoc
     """The cached windows of `source`, tokenised on first use."""
     from rlpt.checkpoint import build_folder
 
-    folder = cache_folder(source, tokenizer, data_cfg.max_length, data_cfg.text_field, after_text)
+    folder = cache_folder(source, tokenizer, data_cfg, after_text)
     if not (folder / "index.npy").is_file():
         print(f"rlpt: tokenising {source} (once; cached in {folder})", flush=True)
         build_folder(folder, lambda tmp: tokenise_into(Path(tmp), source, tokenizer, data_cfg, after_text),

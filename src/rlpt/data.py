@@ -112,23 +112,6 @@ def jsonl_records(file: Path) -> list[tuple[int, object]]:
     return records
 
 
-def read_texts(file: Path, fmt: str, text_field: str, split_paragraphs: bool) -> list[tuple[str, str]]:
-    """(text, source) pairs of one file; every problem names the file and line."""
-    if fmt == "auto":
-        fmt = "jsonl" if file.suffix in JSONL_SUFFIXES else "text"
-    if fmt == "text":
-        content = read_nonempty(file)
-        if not split_paragraphs:
-            return [(content, str(file))]
-        return [(block.strip(), f"{file}:{i + 1}") for i, block in enumerate(content.split("\n\n")) if block.strip()]
-    out = []
-    for number, record in jsonl_records(file):
-        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-            raise UserError(f"{file}:{number}: no string field {text_field!r} (set data.text_field)")
-        out.append((record[text_field], f"{file}:{number}"))
-    return out
-
-
 def first_position_after(tokenizer, text: str, marker: str) -> int | None:
     """Index of the first token that starts after the first `marker` in `text`, or None without a marker."""
     at = text.find(marker)
@@ -161,9 +144,9 @@ def windows(text: str, source: str, tokenizer, max_length: int, after_text: str 
 
 
 def load_documents(data_cfg, tokenizer, after_text: str | None = None) -> Sequence[Document]:
-    """Tokenize the corpus of `data_cfg` into windows of at most `max_length` tokens. Text and JSONL files are read
-    into memory; dataset files (`.parquet`, `.arrow`, a `save_to_disk` folder) are tokenised once into an on-disk cache
-    and read from it on demand (`rlpt.corpus`)."""
+    """Tokenize the corpus of `data_cfg` into windows of at most `max_length` tokens. Built-in and generated corpora
+    are made in memory; files (text, JSONL, `.parquet`, `.arrow`, a `save_to_disk` folder) are tokenised once into an
+    on-disk cache and read from it on demand (`rlpt.corpus`)."""
     from rlpt import corpus
 
     texts, cached = [], []
@@ -177,11 +160,7 @@ def load_documents(data_cfg, tokenizer, after_text: str | None = None) -> Sequen
     elif corpus.is_saved_dataset(Path(path).expanduser()):
         cached = [corpus.load(Path(path).expanduser(), tokenizer, data_cfg, after_text)]
     else:
-        for file in resolve_files(path):
-            if corpus.is_dataset_file(file):
-                cached.append(corpus.load(file, tokenizer, data_cfg, after_text))
-            else:
-                texts.extend(read_texts(file, data_cfg.format, data_cfg.text_field, data_cfg.split_paragraphs))
+        cached = [corpus.load(file, tokenizer, data_cfg, after_text) for file in resolve_files(path)]
     docs = [doc for text, source in texts for doc in windows(text, source, tokenizer, data_cfg.max_length, after_text)]
     documents = corpus.Concatenated([docs, *cached]) if cached else docs
     if not len(documents):
