@@ -161,3 +161,14 @@ def test_bfloat16_compute_keeps_float32_master_weights_and_teacher(tmp_path, lla
     assert all(p.dtype == torch.float32 for p in policy + ema)
     start = [p.detach() for p in load_model_and_tokenizer(llama_dir)[0].parameters()]
     assert max((p - q).abs().max().item() for p, q in zip(policy, start)) > 1e-4  # it trained
+
+
+@pytest.mark.parametrize("first, then", [("ddp", "fsdp"), ("fsdp", "ddp")])
+def test_a_checkpoint_resumes_under_the_other_setting(tmp_path, llama_dir, corpus, first, then):
+    straight, switched = tmp_path / "straight", tmp_path / "switched"
+    train_one(straight, *settings(corpus, llama_dir, then, per_rank_batch=4))
+    train_one(switched, *settings(corpus, llama_dir, first, per_rank_batch=4, max_steps=2))
+    train_one(switched, *settings(corpus, llama_dir, then, per_rank_batch=4))  # resumes from step 2
+    assert_same_metrics(metrics(straight), metrics(switched))
+    start = [p.detach() for p in load_model_and_tokenizer(llama_dir)[0].parameters()]
+    assert_same_weights(straight, switched, start)
