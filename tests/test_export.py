@@ -28,3 +28,5 @@ def test_export_a_run_then_load_it_with_transformers(llama_dir, tmp_path, capsys
     capsys.readouterr()
     assert main(["export", str(run), "--out", str(tmp_path / "policy")]) == 2  # never overwrites
     assert "exists and is not empty" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
+    assert "neither a run folder with a checkpoint nor a model folder" in capsys.readouterr().err

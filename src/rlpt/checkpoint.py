@@ -4,7 +4,8 @@
 (keyed by parameter name), `rng.pt` and `trainer_state.json`, written by rank 0. Under FSDP, the model, optimizer
 and EMA teacher go instead into `dcp/`, written shard by shard by every rank with `torch.distributed.checkpoint`;
 it loads into any world size, or into one process without a process group (the folder keeps `config.json` and the
-tokenizer, so `rlpt eval`/`export` take it like any model folder). A checkpoint is written into a temporary folder and renamed when complete, then
+tokenizer, so `rlpt eval`/`export` take it like any model folder). A checkpoint is written into a temporary folder
+and renamed when complete, then
 `RUN/checkpoints/latest` (a one-line file naming the folder) is replaced atomically: a crash mid-write leaves the
 previous checkpoint usable. Loading uses safetensors and `torch.load(weights_only=True)`: no pickle.
 """
@@ -112,6 +113,13 @@ def load_sharded_weights(model, folder: Path, entry: str = "model") -> None:
     weights = get_model_state_dict(model)
     read_sharded(folder, {entry: weights})
     set_model_state_dict(model, weights)
+
+
+def source(path: str) -> str:
+    """What a command's model argument names: a run folder resolves to its latest checkpoint; a checkpoint folder,
+    model folder, `builtin:` name or .gguf file is taken as it is."""
+    latest_checkpoint = None if path.startswith("builtin:") else latest(Path(path))
+    return str(latest_checkpoint) if latest_checkpoint is not None else path
 
 
 def latest(run_dir: Path) -> Path | None:

@@ -10,17 +10,6 @@ from pathlib import Path
 from rlpt.errors import UserError
 
 
-def model_folder(path: str) -> str:
-    """A model folder, a checkpoint folder, or a run folder (its latest checkpoint)."""
-    from rlpt import checkpoint
-
-    if path.startswith("builtin:"):
-        return path
-    folder = Path(path)
-    latest = checkpoint.latest(folder)
-    return str(latest) if latest is not None else str(folder)
-
-
 def without_nproc(argv: list[str]) -> list[str]:
     out, skip = [], False
     for arg in argv:
@@ -56,10 +45,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from rlpt import evaluate
+    from rlpt import checkpoint, evaluate
     from rlpt.models import load_model_and_tokenizer
 
-    model, tokenizer, think = load_model_and_tokenizer(model_folder(args.model))
+    model, tokenizer, think = load_model_and_tokenizer(checkpoint.source(args.model))
     questions, documents = evaluate.load_eval_set(args.tasks, args.max_questions)
     result = {"model": args.model, "tasks": args.tasks, "think": args.think}
     if questions:
@@ -93,7 +82,7 @@ def cmd_sample(args) -> int:
     from rlpt.rollout import Context, RolloutSpec
     from rlpt.rollout.reference import ReferenceEngine
 
-    folder = model_folder(args.model)
+    folder = checkpoint.source(args.model)
     model, tokenizer, think = load_model_and_tokenizer(folder)
     teacher, teacher_name = model, "the model itself (the folder has no EMA teacher)"
     saved = None if folder.startswith("builtin:") else checkpoint.load_teacher(Path(folder), model)

@@ -59,25 +59,13 @@ def records(source: Path, data_cfg) -> Iterator[tuple[int, str]]:
 
 
 def jsonl_texts(source: Path, text_field: str) -> Iterator[tuple[int, str]]:
-    """(line number, text field) of a JSONL file, read line by line; a bad line is an error naming file and line."""
-    seen = False
-    try:
-        with source.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                seen = True
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise UserError(f"{source}:{number}: malformed JSON line ({exc.msg})") from exc
-                if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                    raise UserError(f"{source}:{number}: no string field {text_field!r} (set data.text_field)")
-                yield number, record[text_field]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{source}: cannot read ({exc})") from exc
-    if not seen:
-        raise UserError(f"{source}: the file is empty")
+    """(line number, text field) of a JSONL file, read line by line."""
+    from rlpt.data import jsonl_records
+
+    for number, record in jsonl_records(source):
+        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+            raise UserError(f"{source}:{number}: no string field {text_field!r} (set data.text_field)")
+        yield number, record[text_field]
 
 
 def dataset_rows(source: Path, text_field: str) -> Iterator[tuple[int, str]]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import glob
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,16 +100,23 @@ def read_nonempty(file: Path) -> str:
     return content
 
 
-def jsonl_records(file: Path) -> list[tuple[int, object]]:
-    """(line number, parsed JSON) of every non-blank line; a malformed line is an error naming file and line."""
-    records = []
-    for number, line in enumerate(read_nonempty(file).splitlines(), start=1):
-        if line.strip():
-            try:
-                records.append((number, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{file}:{number}: malformed JSON line ({exc.msg})") from exc
-    return records
+def jsonl_records(file: Path) -> Iterator[tuple[int, object]]:
+    """(line number, parsed JSON) of every non-blank line, read line by line; a malformed line is an error naming file
+    and line, and so is a file without any record."""
+    seen = False
+    try:
+        with file.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    seen = True
+                    try:
+                        yield number, json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise UserError(f"{file}:{number}: malformed JSON line ({exc.msg})") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{file}: cannot read ({exc})") from exc
+    if not seen:
+        raise UserError(f"{file}: the file is empty")
 
 
 def first_position_after(tokenizer, text: str, marker: str) -> int | None:

@@ -111,8 +111,8 @@ def load_eval_set(spec: str, limit: int | None = None, corpus: str | None = None
     if spec.startswith("reasoning_gym:"):
         from rlpt import rgym
 
-        tasks = rgym.questions(spec, limit, corpus)
-        return tasks, [rgym.document(entry) for entry in list(rgym.dataset(spec))[: len(tasks)]]
+        # the same problems as questions and as documents
+        return rgym.questions(spec, limit, corpus), [rgym.document(entry) for entry in rgym.heldout(spec, limit, corpus)]
     if spec.startswith("builtin:") and (name == "arith" or name in SUITES):
         questions = arith.heldout_questions(limit or 256) if name == "arith" else SUITES[name].heldout_questions(limit or 256)
         return questions, [q["question"] + q["answer"] + "." for q in questions]

@@ -11,33 +11,18 @@ from rlpt.checkpoint import build_folder
 from rlpt.errors import UserError
 
 
-def source_folder(path: str) -> Path:
-    """A run folder resolves to its latest checkpoint; a checkpoint or model folder is taken as it is; a built-in model
-    or a .gguf file to its cached folder."""
-    from rlpt import checkpoint
-
-    if path.startswith("builtin:") or path.endswith(".gguf"):
-        from rlpt.models import resolve_model_path
-
-        return Path(resolve_model_path(path))
-    folder = Path(path)
-    latest = checkpoint.latest(folder)
-    if latest is not None:
-        return latest
-    if (folder / "config.json").is_file():
-        return folder
-    raise UserError(f"rlpt export: {path} is neither a run folder with a checkpoint nor a model folder (no config.json)")
-
-
 def export(path: str, out: Path, ema: bool = False) -> Path:
     from transformers import GenerationConfig
 
     from rlpt import checkpoint
-    from rlpt.models import load_model_and_tokenizer
+    from rlpt.models import load_model_and_tokenizer, resolve_model_path
 
     if out.exists() and any(out.iterdir()):
         raise UserError(f"rlpt export: --out {out} exists and is not empty")
-    source = source_folder(path)
+    source = checkpoint.source(path)  # a run folder -> its latest checkpoint
+    if not source.startswith("builtin:") and not source.endswith(".gguf") and not (Path(source) / "config.json").is_file():
+        raise UserError(f"rlpt export: {path} is neither a run folder with a checkpoint nor a model folder (no config.json)")
+    source = Path(resolve_model_path(source))  # a built-in model or .gguf -> its cached folder
     model, tokenizer, _ = load_model_and_tokenizer(str(source))
     if ema:
         model = checkpoint.load_teacher(source, model)

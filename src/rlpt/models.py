@@ -104,8 +104,8 @@ def load_model_and_tokenizer(name_or_path: str, dtype: str = "float32", device: 
     except (OSError, ValueError) as exc:
         raise UserError(f"model.name_or_path: cannot load a causal LM from {folder}: {exc}") from exc
     think = ensure_think_tokens(model, tokenizer)
-    if (Path(folder) / "adapter").is_dir():
-        from rlpt import lora
+    from rlpt import lora
 
+    if (Path(folder) / lora.ADAPTER).is_dir():
         model = lora.attach(model, Path(folder), trainable=adapter == "train")
     return model.to(device).eval(), tokenizer, think

@@ -31,16 +31,10 @@ MAX_ROLLOUT_STEPS = 50  # the browser keeps the last steps: a long run's rollout
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
-    return rows
+    """The rows of a run's JSONL file; none when it is missing or empty."""
+    from rlpt.data import jsonl_records
+
+    return [row for _, row in jsonl_records(path)] if path.is_file() and path.stat().st_size else []
 
 
 def svg_plot(title: str, history: list[dict], keys: list[str], width: int = 420, height: int = 200) -> str:

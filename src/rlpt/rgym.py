@@ -63,13 +63,17 @@ def documents(spec: str) -> list[tuple[str, str]]:
     return [(document(entry), f"{spec}#{i}") for i, entry in enumerate(dataset(spec))]
 
 
-def questions(spec: str, limit: int | None = None, corpus: str | None = None) -> list[dict]:
-    """Evaluation tasks: the prompt, the reference answer, and `score(answer) -> bool` by the generator's checker.
-    Problems whose question also occurs in `corpus` (another reasoning_gym spec) are left out."""
-    data = dataset(spec)
+def heldout(spec: str, limit: int | None = None, corpus: str | None = None) -> list[dict]:
+    """The problems of `spec` (at most `limit`), without those whose question also occurs in `corpus` (another
+    reasoning_gym spec)."""
     seen = {entry["question"] for entry in dataset(corpus)} if corpus and corpus.startswith(PREFIX) else set()
-    tasks = []
-    for entry in [e for e in data if e["question"] not in seen][:limit]:
-        tasks.append(dict(question=prompt(entry["question"]), answer=str(entry["answer"]),
-                          score=lambda answer, entry=entry: data.score_answer(answer, entry) >= 1.0))
-    return tasks
+    return [entry for entry in dataset(spec) if entry["question"] not in seen][:limit]
+
+
+def questions(spec: str, limit: int | None = None, corpus: str | None = None) -> list[dict]:
+    """Evaluation tasks of `heldout`: the prompt, the reference answer, and `score(answer) -> bool` by the generator's
+    checker."""
+    data = dataset(spec)
+    return [dict(question=prompt(entry["question"]), answer=str(entry["answer"]),
+                 score=lambda answer, entry=entry: data.score_answer(answer, entry) >= 1.0)
+            for entry in heldout(spec, limit, corpus)]

@@ -244,8 +244,8 @@ class RlpTrainer:
                 outcome = self.rlp_step(step)
                 outcome.metrics["step_seconds"] = time.perf_counter() - began
                 self.state["step"] = step + 1
-                mine = [] if outcome.idle else self.rollout_rows(outcome)
-                rollouts = distributed.all_gather(mine) if cfg.dump_rollouts else []
+                if cfg.dump_rollouts:  # decoding every thought's text costs: only when it is kept
+                    rollouts = distributed.all_gather([] if outcome.idle else self.rollout_rows(outcome))
                 if main:
                     metrics_file.write(json.dumps(outcome.metrics) + "\n")
                     metrics_file.flush()
