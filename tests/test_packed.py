@@ -160,3 +160,19 @@ def test_models_that_ignore_custom_masks_fall_back_with_a_warning(llama_dir):
         warnings.simplefilter("always")
         engine = make_engine("packed", wrapped)
     assert isinstance(engine, ReferenceEngine) and "using the reference engine" in str(caught[0].message)
+
+
+def test_compiled_decoding_samples_the_same_thoughts(llama_dir):
+    # rlp.compile_decoding: a fixed-width own-token cache under torch.compile; two batches of different shapes (the
+    # second compiles a graph with dynamic shapes)
+    model, tok, think = load_model_and_tokenizer(llama_dir)
+    docs = [Document(tok(t)["input_ids"], f"d{i}") for i, t in enumerate(TEXTS)]
+    spec = RolloutSpec(group_size=3, max_thought_tokens=5, temperature=0.7, think=think, pad_id=tok.pad_token_id)
+    compiled = PackedEngine(compile_decoding=True)
+    for step, rule in ((0, "random:3"), (1, "random:2")):
+        contexts = make_contexts(docs[step:], rule, seed=0, step=step)
+        eager = PackedEngine().rollout(model, model, contexts, spec, early_ending_sampler(step, think.close_id))
+        fused = compiled.rollout(model, model, contexts, spec, early_ending_sampler(step, think.close_id))
+        assert fused.thoughts == eager.thoughts and len({len(t) for t in eager.thoughts}) >= 2
+        torch.testing.assert_close(fused.s_pred, eager.s_pred, atol=1e-5, rtol=0)
+        assert torch.equal(fused.predicted, eager.predicted)

@@ -1,6 +1,7 @@
 """Side-by-side benchmark of one full RLP step (sample, score, update, optimizer, EMA) in one process, on the same
-model and the same batch: the reference engine, the packed engine, and plain next-token training (forward, backward,
-AdamW) over as many tokens as the RLP step holds (documents + thoughts).
+model and the same batch: the reference engine, the packed engine (and, with `--engines packed,compiled`, the packed
+engine with `rlp.compile_decoding`), and plain next-token training (forward, backward, AdamW) over as many tokens as the
+RLP step holds (documents + thoughts).
 
 efficiency = packed thought tokens/s / next-token tokens/s. A thought token costs one forward to sample and one
 forward+backward to learn from, so ~0.75 is the ceiling; the context should cost almost nothing on top.
@@ -21,6 +22,7 @@ import torch
 
 from rlpt import config as config_lib
 from rlpt.data import Document
+from rlpt.errors import UserError
 from rlpt.models import load_model_and_tokenizer
 from rlpt.pretrain import next_token_loss
 from rlpt.rollout.packed import PackedEngine
@@ -29,6 +31,7 @@ from rlpt.trainer import RlpTrainer
 
 SHAPES = [(4, 16, 4, 32), (2, 64, 8, 16)]  # (documents, positions per document, G, L)
 MODELS = ["builtin:tiny", "builtin:llama-10m"]
+ENGINES = ("reference", "packed", "compiled")
 MICRO_BATCH = 256  # thoughts per forward/backward chunk, both engines (the reference engine needs it to fit in memory)
 
 
@@ -129,7 +132,7 @@ def time_next_token(model, tokenizer, total_tokens: int, row_tokens: int, steps:
     rows = max(1, round(total_tokens / row_tokens))
     ids = torch.randint(len(tokenizer), (rows, row_tokens), generator=gen).to(device)
     mask = torch.ones_like(ids)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=device.type in ("cpu", "cuda"))  # as the trainer's
     times = []
     for step in range(steps + 1):
         synchronize(device)
@@ -153,7 +156,7 @@ def compare(model_name: str, docs_n: int, positions: int, G: int, L: int, doc_to
     result = dict(model=model_name, documents=docs_n, positions=positions, group_size=G, thought_tokens_max=L,
                   doc_tokens=length, positions_rule=rule, params=sum(p.numel() for p in model.parameters()), device=str(device))
     for name in engines:  # packed first: on CPU the resident-set peak of a later engine includes the earlier one's
-        engine = ReferenceEngine() if name == "reference" else PackedEngine()
+        engine = ReferenceEngine() if name == "reference" else PackedEngine(compile_decoding=name == "compiled")
         timing = time_rlp(engine, model, tokenizer, think, docs, rule, G, L, steps, device)
         result.update({f"{name}_{k}": v for k, v in timing.items()})
     thoughts = docs_n * positions * G
@@ -173,14 +176,14 @@ def table(rows: list[dict]) -> str:
     ]
     for r in rows:
         shape = f"{r['documents']} x {r['positions']} x {r['group_size']} x {r['thought_tokens_max']}"
-        for engine in ("reference", "packed"):
+        for engine in ENGINES:
             if f"{engine}_step_s" not in r:
                 continue
-            ratio = r["reference_step_s"] / r[f"{engine}_step_s"] if "reference_step_s" in r else float("nan")
+            ratio = f"{r['reference_step_s'] / r[f'{engine}_step_s']:.2f}" if "reference_step_s" in r else "(not run)"
             efficiency = r[f"{engine}_thought_tokens_per_s"] / r["ntp_tokens_per_s"]
             lines.append(
                 f"| {r['model']} | {shape} | {engine} | {r[f'{engine}_step_s']:.3f} | {r[f'{engine}_thought_tokens_per_s']:.0f} "
-                f"| {ratio:.2f} | {efficiency:.2f} | {r[f'{engine}_peak_mem_mb']:.0f} |"
+                f"| {ratio} | {efficiency:.2f} | {r[f'{engine}_peak_mem_mb']:.0f} |"
             )
         lines.append(f"| {r['model']} | {shape} | next-token ({r['ntp_tokens']} tokens) | {r['ntp_step_s']:.3f} "
                      f"| {r['ntp_tokens_per_s']:.0f} (all tokens) | | 1 | |")
@@ -209,7 +212,9 @@ def build_parser(parser=None) -> argparse.ArgumentParser:
     parser.add_argument("--min-context", type=int, default=1, help="positions are spread over [this, doc-tokens - 1]")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per engine (after one warm-up)")
     parser.add_argument("--no-scaling", action="store_true", help="skip the positions-doubling table")
-    parser.add_argument("--engines", default="packed,reference", help="engines to time (the reference one can take minutes)")
+    parser.add_argument("--engines", default="packed,reference",
+                        help="engines to time, of " + ", ".join(ENGINES) + " (the reference one can take minutes; "
+                        "compiled = packed with rlp.compile_decoding)")
     parser.add_argument("--json", action="store_true", help="one JSON object for one configuration")
     parser.add_argument("--device", default="auto")
     return parser
@@ -220,6 +225,8 @@ def run(args) -> int:
 
     device = resolve_device(args.device)
     engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
+    if not engines or set(engines) - set(ENGINES):
+        raise UserError(f"--engines {args.engines!r}: name engines of " + ", ".join(ENGINES))
     torch.manual_seed(0)
     chosen = [args.docs, args.positions, args.group_size, args.thought_tokens]
     if args.json or any(v is not None for v in chosen):

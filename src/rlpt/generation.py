@@ -24,6 +24,7 @@ def cache_kwarg(model) -> str:
 
 
 MASK32 = 0xFFFFFFFF
+UNIFORM_BLOCK = 64  # decoding steps whose uniforms a sampler hashes at once
 
 
 def mix32(x):
@@ -56,12 +57,23 @@ def temperature_sampler(temperature: float, seed: int, row_keys: list[int] | Non
     their index and by how many batches this sampler has begun (a call at step 0 begins one)."""
     batches = [-1]
     rows = [None if row_keys is None else hash_key(seed, torch.tensor(row_keys, dtype=torch.int64))]
+    block = {}  # first step -> the uniforms (rows, UNIFORM_BLOCK) of that step and the next ones
+
+    def uniforms(step: int) -> torch.Tensor:
+        """= (hash_key(seed, row key, step) + 0.5) / 2**32, hashed for a block of steps at once (fewer small ops)."""
+        first = step - step % UNIFORM_BLOCK
+        if first not in block:
+            block.clear()
+            steps = torch.arange(first, first + UNIFORM_BLOCK, dtype=torch.int64)
+            block[first] = (hash_more(rows[0][:, None], steps[None, :]).double() + 0.5) / 2**32
+        return block[first][:, step - first]
 
     def choose(logits: torch.Tensor, step: int) -> torch.Tensor:
         if step == 0 and row_keys is None:  # a new batch of rows keyed by their index
             batches[0] += 1
             rows[0] = hash_key(seed, hash_key(batches[0], torch.arange(logits.size(0), dtype=torch.int64)))
-        uniform = (hash_more(rows[0], step).double() + 0.5) / 2**32  # = hash_key(seed, row key, step)
+            block.clear()
+        uniform = uniforms(step)
         # float64: the CDF of a large vocabulary summed in float32 drifts by more than the smallest probabilities
         cdf = torch.softmax(logits.double() / temperature, -1).cumsum_(-1)
         drawn = torch.searchsorted(cdf, (uniform.to(cdf.device) * cdf[:, -1])[:, None], right=True)[:, 0]

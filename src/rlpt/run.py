@@ -101,7 +101,7 @@ def train_in(world: distributed.World, cfg, run_dir: Path, device: torch.device,
         documents = load_documents(cfg.data, tokenizer, after_marker(cfg.rlp.positions))
     probe = make_contexts(documents[:PROBE_DOCUMENTS], cfg.rlp.positions, cfg.train.seed, step=-1)
 
-    engine = make_engine(cfg.rlp.engine, policy)  # probes the unwrapped model
+    engine = make_engine(cfg.rlp.engine, policy, cfg.rlp.compile_decoding)  # probes the unwrapped model
     distributed.parallelize(policy, world)
     trainer = RlpTrainer(cfg, policy, tokenizer, think, documents, engine, run_dir, device, world)
     if resume_from is not None:

@@ -13,15 +13,15 @@ from rlpt.rollout.base import Context, RolloutSpec, Rollouts
 __all__ = ["Context", "RolloutSpec", "Rollouts", "make_engine"]
 
 
-def make_engine(name: str, model):
-    """The engine called `name` for `model`; `packed` falls back to `reference`, with a warning, for a model whose
+def make_engine(name: str, model, compile_decoding: bool = False):
+    """The engine called `name` for `model` (`compile_decoding`: see `PackedEngine`); `packed` falls back to `reference`, with a warning, for a model whose
     attention cannot take the shared document prefix (never silently to wrong results)."""
     from rlpt.rollout.packed import PackedEngine, supports_shared_prefix
     from rlpt.rollout.reference import ReferenceEngine
 
     if name == "packed":
         if supports_shared_prefix(model):
-            return PackedEngine()
+            return PackedEngine(compile_decoding)
         warnings.warn(
             f"rlp.engine=packed: {type(model).__name__} failed the shared-prefix attention probe "
             f"(attn_implementation={model.config._attn_implementation!r}); using the reference engine",

@@ -78,10 +78,30 @@ class OwnTokensLayer(DynamicLayer):
         return self.keys, self.values
 
 
-def own_tokens_cache(prefix: SharedPrefix, rows: int, capacity: int) -> DynamicCache:
-    """An empty cache for `rows` thought rows of up to `capacity` tokens, shaped like the documents' cache."""
+class FixedWidthLayer(OwnTokensLayer):
+    """An own-token cache layer whose keys and values are always the whole buffer, written at the slot `write_at`
+    holds (a tensor the decoding loop advances), so that a decoding step has the same shapes at every step, as
+    `torch.compile` needs; the attention mask hides the slots not written yet."""
+
+    def __init__(self, rows: int, heads: int, head_dim: int, capacity: int, like: torch.Tensor, write_at: torch.Tensor):
+        super().__init__(rows, heads, head_dim, capacity, like)
+        self.key_buffer.zero_(), self.value_buffer.zero_()  # masked, but never garbage (0 * NaN would be NaN)
+        self.keys, self.values, self.write_at = self.key_buffer, self.value_buffer, write_at
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        self.key_buffer.index_copy_(2, self.write_at, key_states)
+        self.value_buffer.index_copy_(2, self.write_at, value_states)
+        return self.keys, self.values
+
+
+def own_tokens_cache(prefix: SharedPrefix, rows: int, capacity: int, write_at: torch.Tensor | None = None) -> DynamicCache:
+    """An empty cache for `rows` thought rows of up to `capacity` tokens, shaped like the documents' cache; of fixed
+    width (`FixedWidthLayer`) when `write_at` is given."""
     cache = DynamicCache()
-    cache.layers = [OwnTokensLayer(rows, k.shape[1], k.shape[3], capacity, k) for k in prefix.keys]
+    if write_at is None:
+        cache.layers = [OwnTokensLayer(rows, k.shape[1], k.shape[3], capacity, k) for k in prefix.keys]
+    else:
+        cache.layers = [FixedWidthLayer(rows, k.shape[1], k.shape[3], capacity, k, write_at) for k in prefix.keys]
     return cache
 
 
@@ -99,9 +119,10 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
     doc_values = repeat_heads(shared_prefix.values[layer], groups)
     own_keys, own_values = repeat_heads(key, groups), repeat_heads(value, groups)
     q = query.shape[2]
-    doc_scores = shared_prefix.from_grid(shared_prefix.to_grid(query) @ doc_keys.transpose(-1, -2), q) * scaling
+    query = query * scaling  # scaled once here, not in both score tensors (T + own keys wide, not head_dim)
+    doc_scores = shared_prefix.from_grid(shared_prefix.to_grid(query) @ doc_keys.transpose(-1, -2), q)
     doc_scores = doc_scores + shared_prefix.doc_mask
-    own_scores = (query @ own_keys.transpose(-1, -2)) * scaling
+    own_scores = query @ own_keys.transpose(-1, -2)
     if attention_mask is not None:
         own_scores = own_scores + attention_mask
     weights = torch.softmax(torch.cat([doc_scores, own_scores], dim=-1).float(), dim=-1).to(query.dtype)
