@@ -7,6 +7,7 @@ import torch
 
 from rlpt import objective
 from rlpt.data import Document, make_contexts
+from rlpt.errors import UserError
 from rlpt.generation import temperature_sampler
 from rlpt.models import load_model_and_tokenizer
 from rlpt.rollout import RolloutSpec, make_engine
@@ -176,3 +177,12 @@ def test_compiled_decoding_samples_the_same_thoughts(llama_dir):
         assert fused.thoughts == eager.thoughts and len({len(t) for t in eager.thoughts}) >= 2
         torch.testing.assert_close(fused.s_pred, eager.s_pred, atol=1e-5, rtol=0)
         assert torch.equal(fused.predicted, eager.predicted)
+
+
+def test_compiled_decoding_without_a_compiler_is_a_clear_error(llama_dir, monkeypatch):
+    model, _, _ = load_model_and_tokenizer(llama_dir)
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(UserError, match="rlp.compile_decoding: .*install g\\+\\+"):
+        make_engine("packed", model, compile_decoding=True)
+    assert isinstance(make_engine("packed", model), PackedEngine)  # uncompiled, no compiler needed

@@ -6,21 +6,29 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import warnings
 
+from rlpt.errors import UserError
 from rlpt.rollout.base import Context, RolloutSpec, Rollouts
 
 __all__ = ["Context", "RolloutSpec", "Rollouts", "make_engine"]
 
 
 def make_engine(name: str, model, compile_decoding: bool = False):
-    """The engine called `name` for `model` (`compile_decoding`: see `PackedEngine`); `packed` falls back to `reference`, with a warning, for a model whose
-    attention cannot take the shared document prefix (never silently to wrong results)."""
+    """The engine called `name` for `model` (`compile_decoding`: see `PackedEngine`); `packed` falls back to
+    `reference`, with a warning, for a model whose attention cannot take the shared document prefix (never silently
+    to wrong results)."""
     from rlpt.rollout.packed import PackedEngine, supports_shared_prefix
     from rlpt.rollout.reference import ReferenceEngine
 
     if name == "packed":
         if supports_shared_prefix(model):
+            if compile_decoding and next(model.parameters()).device.type == "cpu" and not has_cxx_compiler():
+                raise UserError("rlp.compile_decoding: torch.compile builds CPU kernels with a C++ compiler, and there "
+                                "is none ($CXX unset; no g++, c++ or clang++ on PATH): install g++ or set "
+                                "rlp.compile_decoding=false")
             return PackedEngine(compile_decoding)
         warnings.warn(
             f"rlp.engine=packed: {type(model).__name__} failed the shared-prefix attention probe "
@@ -28,3 +36,7 @@ def make_engine(name: str, model, compile_decoding: bool = False):
             stacklevel=2,
         )
     return ReferenceEngine()
+
+
+def has_cxx_compiler() -> bool:
+    return bool(os.environ.get("CXX")) or any(shutil.which(c) for c in ("g++", "c++", "clang++"))
