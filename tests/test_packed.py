@@ -122,8 +122,10 @@ def test_shared_prefix_grid_hand_worked():
     grid = prefix.to_grid(rows)  # (documents, heads, R * q, 1)
     assert grid.flatten().tolist() == [0.0, 2.0, 1.0, 0.0]
     assert prefix.from_grid(grid, 1).flatten().tolist() == [0.0, 1.0, 2.0]
-    # document keys before t only: row 0 (t=1) sees key 0, row 1 (t=4) keys 0-3, row 2 (t=2) keys 0-1
-    assert (prefix.doc_mask[:, 0, 0] == 0).int().tolist() == [[1, 0, 0, 0, 0], [1, 1, 1, 1, 0], [1, 1, 0, 0, 0]]
+    # document keys before t only, per grid slot: document 0's slots hold row 0 (t=1: key 0) and row 2 (t=2: keys
+    # 0-1), document 1's row 1 (t=4: keys 0-3) and the empty slot (every key: computed, then dropped)
+    assert (prefix.doc_mask[:, 0, :, 0] == 0).int().tolist() == [[[1, 0, 0, 0, 0], [1, 1, 0, 0, 0]],
+                                                                  [[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]]
 
 
 @pytest.mark.parametrize("row_doc, row_t", [([0, 0, 1, 1], [2, 5, 1, 3]), ([1, 0, 1], [4, 2, 2])])

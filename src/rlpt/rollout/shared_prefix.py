@@ -41,8 +41,9 @@ class SharedPrefix:
             row_doc.numel() == docs * self.rows_per_doc)
         length = self.keys[0].shape[2]
         allowed = torch.arange(length, device=row_t.device)[None, :] < row_t[:, None]  # (N, T): keys before t
-        self.doc_mask = torch.zeros(allowed.shape, dtype=self.keys[0].dtype, device=row_t.device).masked_fill_(
-            ~allowed, float("-inf"))[:, None, None, :]  # (N, 1, 1, T), additive
+        mask = torch.zeros(allowed.shape, dtype=self.keys[0].dtype, device=row_t.device).masked_fill_(~allowed, float("-inf"))
+        # additive, per grid slot (an empty slot sees every key: its scores are computed, then dropped)
+        self.doc_mask = self.to_grid(mask[:, None, None, :]).view(docs, 1, self.rows_per_doc, 1, length)  # (B, 1, R, 1, T)
 
     def to_grid(self, rows: torch.Tensor) -> torch.Tensor:
         """(N, H, q, X) -> (B, H, R * q, X), zeros in empty slots."""
@@ -115,19 +116,25 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
     groups = query.shape[1] // key.shape[1]
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     layer = module.layer_idx
-    doc_keys = repeat_heads(shared_prefix.keys[layer], groups)
+    doc_keys = repeat_heads(shared_prefix.keys[layer], groups)  # (B, H, T, D)
     doc_values = repeat_heads(shared_prefix.values[layer], groups)
-    own_keys, own_values = repeat_heads(key, groups), repeat_heads(value, groups)
-    q = query.shape[2]
-    query = query * scaling  # scaled once here, not in both score tensors (T + own keys wide, not head_dim)
-    doc_scores = shared_prefix.from_grid(shared_prefix.to_grid(query) @ doc_keys.transpose(-1, -2), q)
-    doc_scores = doc_scores + shared_prefix.doc_mask
-    own_scores = query @ own_keys.transpose(-1, -2)
+    own_keys, own_values = repeat_heads(key, groups), repeat_heads(value, groups)  # (N, H, W, D)
+    (docs, heads, length, _), q, width = doc_keys.shape, query.shape[2], own_keys.shape[2]
+    rows_per_doc = shared_prefix.rows_per_doc
+    query = query * scaling  # scaled once here, not in both score tensors (T + W wide, not head_dim)
+    # The softmax runs in the grid layout (B, H, R, q, T + W): the document scores come out of their matmul in it,
+    # and only the narrow own-token scores (W <= T) move into it, and only the narrow outputs (D) out of it.
+    doc_scores = (shared_prefix.to_grid(query) @ doc_keys.transpose(-1, -2)).view(docs, heads, rows_per_doc, q, length)
+    own_scores = query @ own_keys.transpose(-1, -2)  # (N, H, q, W)
     if attention_mask is not None:
         own_scores = own_scores + attention_mask
-    weights = torch.softmax(torch.cat([doc_scores, own_scores], dim=-1).float(), dim=-1).to(query.dtype)
-    doc_weights, own_weights = weights.split([doc_scores.shape[-1], own_scores.shape[-1]], dim=-1)
-    output = shared_prefix.from_grid(shared_prefix.to_grid(doc_weights) @ doc_values, q) + own_weights @ own_values
+    own_scores = shared_prefix.to_grid(own_scores).view(docs, heads, rows_per_doc, q, width)
+    scores = torch.cat([doc_scores + shared_prefix.doc_mask, own_scores], dim=-1)
+    weights = torch.softmax(scores.float(), dim=-1).to(query.dtype)
+    doc_weights, own_weights = weights.split([length, width], dim=-1)
+    doc_part = doc_weights.reshape(docs, heads, rows_per_doc * q, length) @ doc_values  # (B, H, R * q, D)
+    own_weights = shared_prefix.from_grid(own_weights.reshape(docs, heads, rows_per_doc * q, width), q)
+    output = shared_prefix.from_grid(doc_part, q) + own_weights @ own_values
     return output.transpose(1, 2).contiguous(), None
 
 
