@@ -68,7 +68,7 @@ class RlpConfig:
     """Thought engine: `packed` (one forward per document; fast) or `reference` (one row per thought; the oracle)."""
     compile_decoding: bool = False
     """Compile the packed engine's decoding step with `torch.compile`. It pays where decoding is bound by per-step
-    overhead (few rows a step: 1.3x faster steps in `bench/vs_trl.py`), not where it is bound by arithmetic; compiling
+    overhead (few rows a step: ~1.25x faster steps in `bench/vs_trl.py`), not where it is bound by arithmetic; compiling
     takes 10-60 s at the first batch and at the first batch of another shape."""
     reward: str = "information_gain"
     """`information_gain` (RLP) or `rpt`: RPT's sparse reward, 1 when the token predicted after the thought is the

@@ -102,7 +102,7 @@ class PackedEngine:
     name = "packed"
 
     def __init__(self, compile_decoding: bool = False):
-        # compiled, a decoding step is one fused graph instead of hundreds of small eager operators (1.3x faster
+        # compiled, a decoding step is one fused graph instead of hundreds of small eager operators (~1.25x faster
         # steps in bench/vs_trl.py's dense setting), after 10-60 s of compiling at the first batch and at the first
         # batch of another shape (that one compiles with dynamic shapes, so there is no third). On CPU the graph's
         # wrapper is C++ (`cpp_wrapper`): the Python one adds a fixed cost to every step.
