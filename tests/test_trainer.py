@@ -96,3 +96,14 @@ def test_least_squares_trend_hand_worked():
     # t = 0.2 / 0.282843 = 0.707107
     slope, t = least_squares_trend([0.0, 1.0, 0.0, 1.0])
     assert abs(slope - 0.2) < 1e-9 and abs(t - 0.707107) < 1e-6
+
+
+def test_summary_gives_no_trend_from_two_steps(tmp_path):
+    from rlpt.run import format_summary, summarize
+
+    def history(n):
+        return [dict(reward_mean=0.1 * k, loss=0.0, thought_len_mean=3.0, thought_truncated_frac=0.0, s_ema_mean=-2.0,
+                     nonfinite_skipped=0, step_seconds=1.0, thought_tokens=12) for k in range(n)]
+
+    assert "no trend from fewer than 3 steps" in format_summary(summarize(history(2), None, None), tmp_path)
+    assert "trend +0.1000/step" in format_summary(summarize(history(4), None, None), tmp_path)

@@ -161,9 +161,11 @@ def summarize(history: list[dict], accuracy_before, accuracy_after) -> dict:
 
 def format_summary(summary: dict, run_dir: Path) -> str:
     lines = [f"rlpt: finished {summary['steps']} steps -> {run_dir}"]
+    trend = (f"trend {summary['reward_slope']:+.4f}/step (t = {summary['reward_slope_t']:+.2f})" if summary["steps"] >= 3
+             else "no trend from fewer than 3 steps")
     lines.append(
         f"  reward (information gain, nats): first 10 steps {summary['reward_mean_first10']:+.3f}, last 10 "
-        f"{summary['reward_mean_last10']:+.3f}; trend {summary['reward_slope']:+.4f}/step (t = {summary['reward_slope_t']:+.2f})"
+        f"{summary['reward_mean_last10']:+.3f}; {trend}"
     )
     lines.append(
         f"  thoughts: {summary['thought_len_mean']:.1f} tokens on average, {100 * summary['thought_truncated_frac']:.0f}% cut at "
