@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The checks that need a GPU, in one go (README "Scaling up"): bfloat16 training on CUDA in one process, FSDP2 and
-# DDP under torchrun with NCCL, a sharded checkpoint resumed and exported, and the engine benchmark on the GPU.
+# DDP under torchrun with NCCL, a sharded checkpoint resumed and exported, and the engine benchmark on the GPU
+# (compiled decoding included: it has not run on a GPU before).
 # Usage: bench/gpu_check.sh OUT_DIR   (with the builtin:tiny cache in $RLPT_CACHE_DIR, or built on first use)
 set -euo pipefail
 out=${1:?OUT_DIR}
@@ -22,6 +23,6 @@ import sys; from transformers import AutoModelForCausalLM
 m = AutoModelForCausalLM.from_pretrained(sys.argv[1]); print('export loads:', type(m).__name__, sum(p.numel() for p in m.parameters()))" "$out/fsdp-export"
 for run_dir in bf16 fp32 fsdp ddp; do echo "== $run_dir summary"; cat "$out/$run_dir/summary.json"; done
 echo "== rlpt bench (GPU)"
-python3 -m rlpt bench --steps 3 2>&1 | grep -v "it/s\]"
+python3 -m rlpt bench --steps 3 --engines packed,compiled,reference 2>&1 | grep -v "it/s\]"
 python3 -m rlpt bench --json 2>&1 | tail -1 > "$out/bench.json"
 cat "$out/bench.json"
