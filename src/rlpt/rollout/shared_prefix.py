@@ -122,8 +122,9 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
     (docs, heads, length, _), q, width = doc_keys.shape, query.shape[2], own_keys.shape[2]
     rows_per_doc = shared_prefix.rows_per_doc
     query = query * scaling  # scaled once here, not in both score tensors (T + W wide, not head_dim)
-    # The softmax runs in the grid layout (B, H, R, q, T + W): the document scores come out of their matmul in it,
-    # and only the narrow own-token scores (W <= T) move into it, and only the narrow outputs (D) out of it.
+    # The softmax runs in the grid layout (B, H, R, q, T + W): the document scores come out of their matmul in it;
+    # only the own-token scores (W: the thought so far, usually narrower than T) move into it, and only the outputs
+    # (head_dim wide) out of it.
     doc_scores = (shared_prefix.to_grid(query) @ doc_keys.transpose(-1, -2)).view(docs, heads, rows_per_doc, q, length)
     own_scores = query @ own_keys.transpose(-1, -2)  # (N, H, q, W)
     if attention_mask is not None:
