@@ -95,3 +95,11 @@ def test_text_and_jsonl_files_are_cached_too(tmp_path, monkeypatch, llama_dir):
     monkeypatch.setattr(corpus, "tokenise_into", lambda *args: pytest.fail("tokenised again"))
     assert list(load_documents(DataConfig(path=str(tmp_path / "c.jsonl"), max_length=16), tok)) == expected
     assert len(list((tmp_path / "cache" / "tokens").iterdir())) == 1
+
+
+def test_concatenated_corpora_index_across_parts():
+    joined = corpus.Concatenated([["a", "b"], [], ["c"], ["d", "e"]])
+    assert len(joined) == 5 and [joined[i] for i in range(5)] == ["a", "b", "c", "d", "e"]
+    assert joined[-1] == "e" and joined[1:4] == ["b", "c", "d"]
+    with pytest.raises(IndexError):
+        joined[5]

@@ -30,9 +30,11 @@ def test_wandb_writes_an_offline_run(tmp_path, llama_dir, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_MODE", raising=False)  # offline by default
-    short_run(tmp_path / "run", llama_dir, "[jsonl, wandb]")
+    rows = short_run(tmp_path / "run", llama_dir, "[jsonl, wandb]")
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-rlpt-*.wandb"))
-    assert len(runs) == 1 and runs[0].stat().st_size > 0
+    assert len(runs) == 1
+    logged = runs[0].read_bytes()  # its history records hold each value as JSON text
+    assert all(repr(r["reward_mean"]).encode() in logged for r in rows) and logged.count(b"reward_mean") >= len(rows)
 
 
 def test_unknown_reporter_is_refused(tmp_path, llama_dir, capsys):

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from bisect import bisect_right
 from collections.abc import Iterator, Sequence
+from itertools import accumulate
 from pathlib import Path
 
 from rlpt.errors import UserError
@@ -158,11 +160,7 @@ class Concatenated(Sequence):
 
     def __init__(self, parts: list[Sequence]):
         self.parts = [p for p in parts if len(p)]
-        self.ends = []
-        total = 0
-        for part in self.parts:
-            total += len(part)
-            self.ends.append(total)
+        self.ends = list(accumulate(len(p) for p in self.parts))  # one past each part's last document
 
     def __len__(self) -> int:
         return self.ends[-1] if self.ends else 0
@@ -174,5 +172,5 @@ class Concatenated(Sequence):
             i += len(self)
         if not 0 <= i < len(self):
             raise IndexError(i)
-        part = next(k for k, end in enumerate(self.ends) if i < end)
+        part = bisect_right(self.ends, i)
         return self.parts[part][i - (self.ends[part - 1] if part else 0)]

@@ -198,3 +198,13 @@ def all_gather(obj) -> list:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+@contextmanager
+def main_first(world: World):
+    """Rank 0 runs the block before the other ranks do (it fills a cache that they then read)."""
+    if not world.main:
+        barrier()
+    yield
+    if world.main:
+        barrier()

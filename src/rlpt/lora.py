@@ -113,9 +113,8 @@ class AdapterEmaTeacher:
 
     @torch.no_grad()
     def update(self, policy) -> None:
-        for name, p in policy.named_parameters():
-            if p.requires_grad:
-                self.tensors[name].lerp_(p.detach().float(), 1.0 - self.decay)
+        trained = [(self.tensors[name], p.detach().float()) for name, p in policy.named_parameters() if p.requires_grad]
+        torch._foreach_lerp_([e for e, _ in trained], [p for _, p in trained], 1.0 - self.decay)
 
     def save(self, path: Path) -> None:
         save_file({name: t.contiguous() for name, t in self.tensors.items()}, str(path))

@@ -88,6 +88,7 @@ def load_model_and_tokenizer(name_or_path: str, dtype: str = "float32", device: 
     A LoRA checkpoint's adapter is merged into the weights, or with `adapter="train"` kept apart and trainable."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from rlpt import lora
     from rlpt.checkpoint import SHARDED, load_sharded_weights
 
     if dtype not in DTYPES:
@@ -104,8 +105,6 @@ def load_model_and_tokenizer(name_or_path: str, dtype: str = "float32", device: 
     except (OSError, ValueError) as exc:
         raise UserError(f"model.name_or_path: cannot load a causal LM from {folder}: {exc}") from exc
     think = ensure_think_tokens(model, tokenizer)
-    from rlpt import lora
-
     if (Path(folder) / lora.ADAPTER).is_dir():
         model = lora.attach(model, Path(folder), trainable=adapter == "train")
     return model.to(device).eval(), tokenizer, think

@@ -94,10 +94,7 @@ def train_in(world: distributed.World, cfg, run_dir: Path, device: torch.device,
     policy, tokenizer, think = load_model_and_tokenizer(model_source, "float32", device, adapter="train")
     if cfg.model.lora and not lora.is_lora(policy):
         policy = lora.wrap(policy, cfg.model.lora)
-    if world.main:  # rank 0 tokenises the corpus files into the cache first; the others then read it
-        documents = load_documents(cfg.data, tokenizer, after_marker(cfg.rlp.positions))
-    distributed.barrier()
-    if not world.main:
+    with distributed.main_first(world):  # rank 0 tokenises the corpus files into the cache; the others then read it
         documents = load_documents(cfg.data, tokenizer, after_marker(cfg.rlp.positions))
     probe = make_contexts(documents[:PROBE_DOCUMENTS], cfg.rlp.positions, cfg.train.seed, step=-1)
 
