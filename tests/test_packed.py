@@ -50,13 +50,15 @@ def run_engine(engine, model, contexts, spec, seed):
     return rollouts, rewards, logp.detach(), mask, loss.item(), grads
 
 
-@pytest.mark.parametrize("excludes_think", [False, True])
-def test_packed_equals_reference(arch_dir, excludes_think):
+@pytest.mark.parametrize("excludes_think, reward_tokens, discount", [(False, 1, 1.0), (True, 1, 1.0), (True, 3, 0.8)])
+def test_packed_equals_reference(arch_dir, excludes_think, reward_tokens, discount):
     model, tok, think = load_model_and_tokenizer(arch_dir)
     docs = [Document(tok(t)["input_ids"], f"d{i}") for i, t in enumerate(TEXTS)]
-    contexts = make_contexts(docs, "random:3", seed=0, step=0)  # several documents and positions
+    # several documents and positions; with K = 3 some are cut at the document's end
+    contexts = make_contexts(docs, "random:3", seed=0, step=0, reward_tokens=reward_tokens)
+    assert reward_tokens == 1 or {len(c.scored) for c in contexts} >= {1, 3}
     spec = RolloutSpec(group_size=4, max_thought_tokens=6, temperature=0.7, think=think, pad_id=tok.pad_token_id,
-                       baseline_excludes_think=excludes_think)
+                       baseline_excludes_think=excludes_think, reward_discount=discount)
     ref = run_engine(ReferenceEngine(), model, contexts, spec, seed=3)
     packed = run_engine(PackedEngine(), model, contexts, spec, seed=3)
 
@@ -173,7 +175,7 @@ def test_compiled_decoding_samples_the_same_thoughts(llama_dir):
     spec = RolloutSpec(group_size=3, max_thought_tokens=5, temperature=0.7, think=think, pad_id=tok.pad_token_id)
     compiled = PackedEngine(compile_decoding=True)
     for step, rule in ((0, "random:3"), (1, "random:2")):
-        contexts = make_contexts(docs[step:], rule, seed=0, step=step)
+        contexts = make_contexts(docs[step:], rule, seed=0, step=step, reward_tokens=1 + step)  # K = 2 the second time
         eager = PackedEngine().rollout(model, model, contexts, spec, early_ending_sampler(step, think.close_id))
         fused = compiled.rollout(model, model, contexts, spec, early_ending_sampler(step, think.close_id))
         assert fused.thoughts == eager.thoughts and len({len(t) for t in eager.thoughts}) >= 2

@@ -1,5 +1,6 @@
 """Decoding and the reference engine against row-by-row computations written out here."""
 
+import pytest
 import torch
 
 from rlpt.generation import decode, greedy, temperature_sampler
@@ -115,3 +116,44 @@ def test_update_logprobs_are_tempered_and_masked(llama_dir):
         torch.testing.assert_close(logp[row, : len(thought)], expected, atol=1e-5, rtol=0)
         assert mask[row].tolist() == [1.0] * len(thought) + [0.0] * (mask.size(1) - len(thought))
     assert logp.requires_grad
+
+
+def test_discounted_scores_hand_worked():
+    from rlpt.rollout.reference import discounted_scores
+
+    # row 0 scores tokens (1, 2) with gamma = 0.5: log 0.5 + 0.5 * log 0.25 = -0.693147 - 0.693147 = -1.386294
+    # row 1 scores (3,) only (cut at its document's end): its second slot is ignored: log 0.125 = -2.079442
+    probs = torch.tensor([[[0.1, 0.5, 0.2, 0.2], [0.25, 0.25, 0.25, 0.25]],
+                          [[0.5, 0.25, 0.125, 0.125], [0.9, 0.05, 0.03, 0.02]]])
+    scores = discounted_scores(probs.log(), [(1, 2), (2,)], discount=0.5)
+    torch.testing.assert_close(scores, torch.tensor([-1.386294, -2.079442]), atol=1e-6, rtol=0)
+    # without token 0 in the normaliser: row 1's term is log(0.125 / 0.5) = -1.386294
+    renormalised = discounted_scores(probs.log(), [(1, 2), (2,)], discount=0.5, excluded=[0])
+    assert abs(renormalised[1].item() + 1.386294) < 1e-6
+
+
+@pytest.mark.parametrize("K, gamma", [(3, 1.0), (4, 0.5)])
+def test_multi_token_reward_is_the_discounted_sum_of_teacher_forced_logprobs(llama_dir, K, gamma):
+    from dataclasses import replace
+
+    from rlpt.data import Document, make_contexts
+
+    model, tok, think, spec = setup(llama_dir, G=2, L=4)
+    spec = replace(spec, reward_discount=gamma)
+    ids = tok("123+456=579.")["input_ids"]
+    contexts = make_contexts([Document(ids, "d")], f"list:8,{len(ids) - 2}", seed=0, step=0, reward_tokens=K)
+    assert [len(c.scored) for c in contexts] == [K, 2]  # the second is cut at the document's end
+    rollouts = ReferenceEngine().rollout(model, model, contexts, spec, temperature_sampler(0.7, 5))
+
+    def discounted(sequence, scored):
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([sequence + list(scored)])).logits[0], -1)
+        start = len(sequence) - 1
+        return sum(gamma**k * logp[start + k, token].item() for k, token in enumerate(scored))
+
+    for row, thought in enumerate(rollouts.thoughts):
+        c = contexts[row // 2]
+        closed = list(c.prefix) + [think.open_id] + thought + ([] if thought[-1] == think.close_id else [think.close_id])
+        assert abs(rollouts.s_pred[row // 2, row % 2].item() - discounted(closed, c.scored)) < 1e-5
+    for b, c in enumerate(contexts):
+        assert abs(rollouts.s_ema[b].item() - discounted(list(c.prefix), c.scored)) < 1e-5

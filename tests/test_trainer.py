@@ -107,3 +107,61 @@ def test_summary_gives_no_trend_from_two_steps(tmp_path):
 
     assert "no trend from fewer than 3 steps" in format_summary(summarize(history(2), None, None), tmp_path)
     assert "trend +0.1000/step" in format_summary(summarize(history(4), None, None), tmp_path)
+
+
+def test_signal_metrics_hand_worked():
+    from rlpt.trainer import distinct_thoughts, group_has_signal
+
+    rewards = torch.tensor([[0.5, 0.5, 0.5], [0.5, 0.5, 0.7], [-1.0, -1.0 + 1e-7, -1.0]])
+    assert group_has_signal(rewards).tolist() == [False, True, False]  # 1e-7 is float noise, not signal
+    thoughts = [[1, 2], [1, 2], [1, 2], [1, 2], [3], [1, 2, 0]]
+    assert distinct_thoughts(thoughts, 3) == [1, 3]
+
+
+def test_signal_metrics_are_logged(llama_dir, tmp_path):
+    metrics = make_trainer(llama_dir, tmp_path).rlp_step(0).metrics
+    assert 0 <= metrics["groups_with_signal"] <= 1 and 1 <= metrics["distinct_thoughts_mean"] <= 4
+    assert metrics["updates"] == 1 and metrics["clip_frac"] == 0  # mu = 1: the ratio is 1, nothing is clipped
+
+
+def test_several_updates_per_batch_hold_the_ratio_to_theta_old(llama_dir, tmp_path, monkeypatch):
+    # mu = 2: two optimizer steps and two EMA updates on one batch; the second update's logp_old is the first's
+    # (theta_old, the sampler), not a recomputation, so its ratio differs from 1 and at lr 1e-2 with eps 0.01 clips
+    trainer = make_trainer(llama_dir, tmp_path, "rlp.updates_per_batch=2", "train.lr=1e-2", "rlp.eps_low=0.01",
+                           "rlp.eps_high=0.01", "rlp.ema_decay=0.5", "train.micro_batch_thoughts=8")
+    calls, real = [], objective.clipped_surrogate_loss
+
+    def spy(logp, logp_old, *args, **kwargs):
+        calls.append((logp.detach().clone(), logp_old.clone()))
+        return real(logp, logp_old, *args, **kwargs)
+
+    monkeypatch.setattr(objective, "clipped_surrogate_loss", spy)
+    thetas = [params(trainer.policy)]
+    steps = []
+    step = trainer.optimizer.step
+    monkeypatch.setattr(trainer.optimizer, "step", lambda: (step(), thetas.append(params(trainer.policy)), steps.append(1)))
+    metrics = trainer.rlp_step(0).metrics
+    assert metrics["updates"] == 2 and len(steps) == 2 and metrics["clip_frac"] > 0
+    chunks = len(calls) // 2  # micro-batches per update
+    for k in range(chunks):
+        first, second = calls[k], calls[chunks + k]
+        assert torch.equal(first[0], first[1])  # the first update: theta = theta_old
+        assert torch.equal(second[1], first[1])  # the second: the same theta_old
+        assert not torch.allclose(second[0], second[1])  # ...while theta has moved
+    # the EMA moved after each optimizer step: phi = 0.5 (0.5 theta_0 + 0.5 theta_1) + 0.5 theta_2
+    for phi, t0, t1, t2 in zip(trainer.ema.model.parameters(), *thetas):
+        torch.testing.assert_close(phi, 0.25 * t0 + 0.25 * t1 + 0.5 * t2, atol=1e-6, rtol=1e-6)
+
+
+def test_summary_warns_when_most_groups_carry_no_signal(tmp_path):
+    from rlpt.report import NO_SIGNAL
+    from rlpt.run import format_summary, summarize
+
+    def history(signal):
+        return [dict(reward_mean=0.1, loss=0.0, thought_len_mean=3.0, thought_truncated_frac=0.0, s_ema_mean=-2.0,
+                     nonfinite_skipped=0, step_seconds=1.0, thought_tokens=12, groups_with_signal=signal,
+                     distinct_thoughts_mean=1.5) for _ in range(4)]
+
+    quiet = format_summary(summarize(history(0.04), None, None), tmp_path)
+    assert "4% of groups had rewards that differ" in quiet and NO_SIGNAL in quiet
+    assert NO_SIGNAL not in format_summary(summarize(history(0.6), None, None), tmp_path)

@@ -75,6 +75,14 @@ class RlpConfig:
     document's next token(s), else 0 (the baseline of `rlpt experiment`)."""
     normalize_advantages: bool = False
     """Divide each group's advantages by the group's reward std (off: the paper's advantage)."""
+    reward_tokens: int = 1
+    """K: the information gain scores x_t .. x_{t+K-1} after the thought (teacher-forced, cut at the document's end)
+    against the EMA teacher's no-think log-likelihood of the same tokens; 1 = the paper (the next token alone)."""
+    reward_discount: float = 1.0
+    """gamma: term k of a K-token reward is weighted gamma^k."""
+    updates_per_batch: int = 1
+    """mu: optimizer steps on each batch of rollouts, the ratio against the policy that sampled them (theta_old);
+    the EMA teacher moves after each. 1 = the paper (the ratio is 1)."""
 
 
 @dataclass
@@ -235,6 +243,9 @@ def validate(cfg: Config) -> None:
         (cfg.rlp.eps_low >= 0 and cfg.rlp.eps_high >= 0, "rlp.eps_low and rlp.eps_high must be >= 0"),
         (0 <= cfg.rlp.ema_decay < 1, "rlp.ema_decay must be in [0, 1)"),
         (cfg.rlp.kl_coef >= 0, "rlp.kl_coef must be >= 0"),
+        (cfg.rlp.reward_tokens >= 1, "rlp.reward_tokens must be >= 1"),
+        (0 < cfg.rlp.reward_discount <= 1, "rlp.reward_discount must be in (0, 1]"),
+        (cfg.rlp.updates_per_batch >= 1, "rlp.updates_per_batch must be >= 1"),
         (bool(POSITION_RULE.match(cfg.rlp.positions)),
          f"rlp.positions: {cfg.rlp.positions!r} is not all, every:K, random:N, list:T1,T2,..., after:TEXT or first:TEXT"),
         (cfg.rlp.engine in ("reference", "packed"), f"rlp.engine: {cfg.rlp.engine!r} is not reference or packed"),

@@ -31,12 +31,19 @@ BUILTIN_ARITH_DOCUMENTS = 20_000
 
 @dataclass(frozen=True)
 class Context:
-    """One RLP context: the document prefix x_<t and the observed next token x_t."""
+    """One RLP context: the document prefix x_<t and the observed next token x_t (and the ones after it that a
+    multi-token reward scores)."""
 
     doc: int  # index of the document in its batch
     position: int  # t
     prefix: tuple[int, ...]  # x_<t
     target: int  # x_t
+    continuation: tuple[int, ...] = ()  # x_t .. x_{t+K-1}, cut at the document's end (K = rlp.reward_tokens); () = (x_t,)
+
+    @property
+    def scored(self) -> tuple[int, ...]:
+        """The tokens the reward scores after the thought: x_t and, for K > 1, the K - 1 after it."""
+        return self.continuation or (self.target,)
 
 
 @dataclass
@@ -222,12 +229,15 @@ def after_marker(rule: str) -> str | None:
     return rule.partition(":")[2] if rule.startswith(("after:", "first:")) else None
 
 
-def make_contexts(docs: list[Document], rule: str, seed: int, step: int, first_slot: int = 0) -> list[Context]:
-    """Every (document, t) of a batch under `rule`. `random:N` draws depend only on (seed, step, slot), the slot of a
-    document being its index in the step's global batch (`first_slot` + its index in `docs`)."""
+def make_contexts(docs: list[Document], rule: str, seed: int, step: int, first_slot: int = 0,
+                  reward_tokens: int = 1) -> list[Context]:
+    """Every (document, t) of a batch under `rule`, each with the `reward_tokens` tokens from x_t on that its reward
+    scores. `random:N` draws depend only on (seed, step, slot), the slot of a document being its index in the step's
+    global batch (`first_slot` + its index in `docs`)."""
     contexts = []
     for b, doc in enumerate(docs):
         rng = random.Random(f"{seed}/{step}/{first_slot + b}")
         for t in positions(doc, rule, rng):
-            contexts.append(Context(doc=b, position=t, prefix=tuple(doc.ids[:t]), target=doc.ids[t]))
+            contexts.append(Context(doc=b, position=t, prefix=tuple(doc.ids[:t]), target=doc.ids[t],
+                                    continuation=tuple(doc.ids[t : t + reward_tokens])))
     return contexts

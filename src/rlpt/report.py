@@ -18,6 +18,7 @@ from rlpt.errors import UserError
 
 PLOTS = [  # (title, metrics drawn together)
     ("reward (information gain, nats)", ["reward_mean"]),
+    ("groups whose rewards differ (the rest teach nothing)", ["groups_with_signal"]),
     ("S_pred and S_ema (log p of the next token)", ["s_pred_mean", "s_ema_mean"]),
     ("loss", ["loss"]),
     ("thought length (tokens)", ["thought_len_mean"]),
@@ -26,6 +27,9 @@ PLOTS = [  # (title, metrics drawn together)
     ("clipped token fraction", ["clip_frac"]),
     ("seconds per step", ["step_seconds"]),
 ]
+SIGNAL_WARNING = 0.5  # below this mean share of groups with signal, most of a run learns nothing
+NO_SIGNAL = ("WARNING: the thoughts of a group agree in most groups: nothing to learn from there (all advantages 0). "
+             "Sample more diverse thoughts (rlp.temperature), or start from a model that is less sure of them.")
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
 MAX_ROLLOUT_STEPS = 50  # the browser keeps the last steps: a long run's rollouts would make the page huge
 
@@ -183,6 +187,11 @@ def build(run_dir: Path) -> str:
     facts = [f"{len(history)} steps", f"{sum(r.get('thought_tokens', 0) for r in history)} thought tokens"]
     if "reward_slope_t" in summary:
         facts.append(f"reward trend {summary['reward_slope']:+.4f}/step (t = {summary['reward_slope_t']:+.2f})")
+    signal = [r["groups_with_signal"] for r in history if "groups_with_signal" in r]
+    if signal:
+        facts.append(f"{100 * sum(signal) / len(signal):.0f}% of groups with signal")
+        if sum(signal) / len(signal) < SIGNAL_WARNING:
+            facts.append(NO_SIGNAL)
     if "accuracy_think_before" in summary:
         facts.append(f"accuracy with thinking {100 * summary['accuracy_think_before']:.1f}% -> "
                      f"{100 * summary['accuracy_think_after']:.1f}%")

@@ -15,6 +15,7 @@ from rlpt import checkpoint, config as config_lib, distributed, lora
 from rlpt.data import after_marker, load_documents, make_contexts
 from rlpt.evaluate import exact_match_accuracy, load_eval_set
 from rlpt.models import load_model_and_tokenizer
+from rlpt.report import NO_SIGNAL, SIGNAL_WARNING
 from rlpt.rollout import make_engine
 from rlpt.rollout.reference import last_token_logprobs
 from rlpt.trainer import RlpTrainer, least_squares_trend
@@ -151,6 +152,9 @@ def summarize(history: list[dict], accuracy_before, accuracy_after) -> dict:
         s_ema_mean_last10=mean("s_ema_mean", last), nonfinite_skipped=history[-1]["nonfinite_skipped"] if history else 0,
         step_seconds_mean=mean("step_seconds", history), thought_tokens=sum(r["thought_tokens"] for r in history),
     )
+    if history and "groups_with_signal" in history[0]:
+        summary.update(groups_with_signal=mean("groups_with_signal", history),
+                       distinct_thoughts_mean=mean("distinct_thoughts_mean", history))
     if accuracy_before is not None:
         summary.update(accuracy_think_before=accuracy_before, accuracy_think_after=accuracy_after)
     return summary
@@ -168,6 +172,11 @@ def format_summary(summary: dict, run_dir: Path) -> str:
         f"  thoughts: {summary['thought_len_mean']:.1f} tokens on average, {100 * summary['thought_truncated_frac']:.0f}% cut at "
         f"the limit; {summary['thought_tokens']} thought tokens in all"
     )
+    if "groups_with_signal" in summary:
+        lines.append(f"  signal: {100 * summary['groups_with_signal']:.0f}% of groups had rewards that differ "
+                     f"({summary['distinct_thoughts_mean']:.1f} distinct thoughts per group on average)")
+        if summary["groups_with_signal"] < SIGNAL_WARNING:
+            lines.append(f"  {NO_SIGNAL}")
     if "s_ema_drift" in summary:
         lines.append(f"  EMA teacher drift on probe contexts: {summary['s_ema_drift']:+.4f} nats (mean |change| {summary['s_ema_drift_abs']:.4f})")
     if "accuracy_think_before" in summary:

@@ -1,9 +1,10 @@
 """The RLP loop (Algorithm 1 of arXiv 2510.01265): sample -> score -> advantages -> update -> EMA -> log/checkpoint.
 
-Per optimizer step: take `train.batch_documents` documents, choose positions t by `rlp.positions`, sample G thoughts
-per (document, t) from the current policy (theta_old = theta: one update per batch, so the PPO ratio is 1 and its
-gradient is the policy gradient), score them against the EMA teacher, and take one AdamW step on the clipped
-surrogate, accumulated over micro-batches of thoughts. Then phi <- tau phi + (1 - tau) theta.
+Per step: take `train.batch_documents` documents, choose positions t by `rlp.positions`, sample G thoughts per
+(document, t) from the current policy theta_old, score them against the EMA teacher, and take `rlp.updates_per_batch`
+(mu) AdamW steps on the clipped surrogate, each accumulated over micro-batches of thoughts, each followed by
+phi <- tau phi + (1 - tau) theta. With mu = 1 (the paper) the ratio is 1 and its gradient is the policy gradient;
+later updates hold the ratio against the log-probs of theta_old, kept from the first.
 
 Everything random is derived from (train.seed, step) and, for a thought, from its document's slot in the global batch,
 its position and its index g: a resumed run continues exactly like an uninterrupted one, and N ranks with batch b
@@ -54,6 +55,20 @@ def batch_indices(num_docs: int, batch: int, seed: int, step: int) -> list[int]:
     return [epoch_order(num_docs, seed, k // num_docs)[k % num_docs] for k in range(step * batch, (step + 1) * batch)]
 
 
+# rewards of one group closer than this are equal: identical thoughts score the same up to float32 noise
+SIGNAL_TOLERANCE = 1e-5
+
+
+def group_has_signal(rewards: torch.Tensor) -> torch.Tensor:
+    """(B,) True where a group's rewards (B, G) are not all equal: only such a group has non-zero advantages."""
+    return (rewards.max(dim=-1).values - rewards.min(dim=-1).values) > SIGNAL_TOLERANCE
+
+
+def distinct_thoughts(thoughts: list[list[int]], group_size: int) -> list[int]:
+    """How many different thoughts each group of `group_size` consecutive thoughts holds."""
+    return [len({tuple(t) for t in thoughts[i : i + group_size]}) for i in range(0, len(thoughts), group_size)]
+
+
 def least_squares_trend(values: list[float]) -> tuple[float, float]:
     """Slope of values against their index, and its t-statistic (0 when undefined)."""
     n = len(values)
@@ -79,7 +94,7 @@ class RlpTrainer:
         self.spec = RolloutSpec(
             group_size=cfg.rlp.group_size, max_thought_tokens=cfg.rlp.max_thought_tokens,
             temperature=cfg.rlp.temperature, think=think, pad_id=tokenizer.pad_token_id,
-            baseline_excludes_think=cfg.rlp.baseline_excludes_think,
+            baseline_excludes_think=cfg.rlp.baseline_excludes_think, reward_discount=cfg.rlp.reward_discount,
         )
         if lora.is_lora(policy):  # frozen base + EMA of the adapters
             self.ema = lora.AdapterEmaTeacher(cfg.rlp.ema_decay)
@@ -102,7 +117,8 @@ class RlpTrainer:
     def rlp_step(self, step: int) -> StepOutcome:
         cfg, G = self.cfg, self.spec.group_size
         docs, first = self.step_documents(step)
-        contexts = make_contexts(docs, cfg.rlp.positions, cfg.train.seed, step, first_slot=first)
+        contexts = make_contexts(docs, cfg.rlp.positions, cfg.train.seed, step, first_slot=first,
+                                 reward_tokens=cfg.rlp.reward_tokens)
         idle = not contexts  # no position in this rank's documents: it still runs the step's collectives, on a stand-in
         if idle:
             contexts = [self.stand_in_context(docs)]
@@ -115,24 +131,32 @@ class RlpTrainer:
             rollouts = self.engine.rollout(self.policy, self.ema.model, contexts, self.spec, sampler)
         rewards = self.rewards(rollouts, docs)  # (B, G)
         advantages = objective.group_advantages(rewards, normalize_std=cfg.rlp.normalize_advantages)
-        with self.autocast(), gathered(self.policy):
-            sums = self.accumulate_gradients(rollouts, advantages.flatten(), idle)
-
-        grad_norm = self.clip_gradients()
-        loss, kl, clipped, tokens, rows = distributed.all_sum(sums, self.device)
-        loss, kl = loss / max(rows, 1), kl / max(rows, 1)
-        finite = math.isfinite(loss) and math.isfinite(grad_norm)  # the same on every rank: both are global
-        if finite and rows:  # (no thought anywhere in the batch: nothing to learn from, no step)
-            self.optimizer.step()
-            self.ema.update(self.policy)  # after every optimizer step
-        elif not finite:
-            self.state["nonfinite_skipped"] += 1  # the step never reaches the weights
-        self.optimizer.zero_grad(set_to_none=True)
+        logp_old = []  # theta_old's log-probs per micro-batch, kept from the first update for the later ones
+        attempts, applied = [], 0  # [loss, kl, clipped tokens, tokens, grad norm] of each update tried
+        for _ in range(cfg.rlp.updates_per_batch):
+            with self.autocast(), gathered(self.policy):
+                sums = self.accumulate_gradients(rollouts, advantages.flatten(), idle, logp_old)
+            grad_norm = self.clip_gradients()
+            loss, kl, clipped, tokens, rows = distributed.all_sum(sums, self.device)
+            attempts.append([loss / max(rows, 1), kl / max(rows, 1), clipped, tokens, grad_norm])
+            finite = math.isfinite(loss) and math.isfinite(grad_norm)  # the same on every rank: both are global
+            if finite and rows:  # (no thought anywhere in the batch: nothing to learn from, no step)
+                self.optimizer.step()
+                self.ema.update(self.policy)  # after every optimizer step
+                applied += 1
+            elif not finite:
+                self.state["nonfinite_skipped"] += 1  # the step never reaches the weights
+            self.optimizer.zero_grad(set_to_none=True)
+            if not (finite and rows):
+                break
+        loss, kl, clipped, tokens, grad_norm = (sum(column) for column in zip(*attempts))
+        loss, kl, grad_norm = loss / len(attempts), kl / len(attempts), grad_norm / len(attempts)
 
         mine = dict(  # per-thought values of every rank: metrics over the global batch
             rewards=rewards.flatten().tolist(), s_pred=rollouts.s_pred.flatten().tolist(), s_ema=rollouts.s_ema.tolist(),
             advantages=advantages.flatten().tolist(), lengths=[len(t) for t in rollouts.thoughts],
-            truncated=rollouts.truncated(self.spec.think.close_id).tolist(), contexts=[len(contexts)])
+            truncated=rollouts.truncated(self.spec.think.close_id).tolist(), contexts=[len(contexts)],
+            signal=group_has_signal(rewards).tolist(), distinct=distinct_thoughts(rollouts.thoughts, G))
         if idle:
             mine = {key: [] for key in mine}
         ranks = distributed.all_gather({**mine, "document_tokens": [sum(len(d.ids) for d in docs)]})
@@ -143,8 +167,9 @@ class RlpTrainer:
             advantage_abs_mean=every["advantages"].abs().mean().item(), thought_len_mean=every["lengths"].mean().item(),
             thought_tokens=int(every["lengths"].sum()), thought_truncated_frac=every["truncated"].mean().item(),
             clip_frac=clipped / max(tokens, 1), kl=kl, grad_norm=grad_norm, contexts=int(every["contexts"].sum()),
-            document_tokens=int(every["document_tokens"].sum()), skipped=not (finite and rows),
-            nonfinite_skipped=self.state["nonfinite_skipped"],
+            document_tokens=int(every["document_tokens"].sum()), skipped=not applied, updates=applied,
+            nonfinite_skipped=self.state["nonfinite_skipped"], groups_with_signal=every["signal"].mean().item(),
+            distinct_thoughts_mean=every["distinct"].mean().item(),
         )
         return StepOutcome(metrics, docs, rollouts, rewards, advantages, idle)
 
@@ -168,10 +193,15 @@ class RlpTrainer:
             return rpt_rewards(rollouts, docs, self.tokenizer, self.spec.think.close_id)
         return objective.information_gain(rollouts.s_pred, rollouts.s_ema)
 
-    def accumulate_gradients(self, rollouts: Rollouts, advantages: torch.Tensor, idle: bool = False) -> list[float]:
+    def accumulate_gradients(self, rollouts: Rollouts, advantages: torch.Tensor, idle: bool = False,
+                             logp_old: list | None = None) -> list[float]:
         """Backward this rank's share of the global loss mean_i L_i (the mean over the thoughts of all ranks), in
         micro-batches of thoughts. Returns this rank's sums [loss, kl, clipped tokens, tokens, thoughts] for
-        `distributed.all_sum` (loss and kl summed over thoughts). `idle`: the rollouts are a stand-in, weighted 0."""
+        `distributed.all_sum` (loss and kl summed over thoughts). `idle`: the rollouts are a stand-in, weighted 0.
+        `logp_old`: theta_old's log-probs per micro-batch; an empty list is filled (this is the first update, whose
+        weights are theta_old's), a filled one is read (a later update)."""
+        logp_old = [] if logp_old is None else logp_old
+        first_update = not logp_old
         rlp, size = self.cfg.rlp, self.cfg.train.micro_batch_thoughts
         rows = [] if idle else list(range(len(rollouts.thoughts)))
         counts = distributed.all_gather(len(rows))
@@ -187,8 +217,10 @@ class RlpTrainer:
             real = k < len(chunks)
             self.sync_gradients(k == len(micro_batches) - 1)  # reduce once, in the last micro-batch's backward
             logp, mask = self.engine.thought_logprobs(self.policy, rollouts, chunk, self.spec)
-            logp_old = logp.detach()  # theta_old = theta: the batch was sampled by the current weights
-            loss = objective.clipped_surrogate_loss(logp, logp_old, advantages[chunk], mask, rlp.eps_low, rlp.eps_high)
+            if first_update:  # theta_old = theta: the batch was sampled by the current weights
+                logp_old.append(logp.detach())
+            old = logp_old[k]
+            loss = objective.clipped_surrogate_loss(logp, old, advantages[chunk], mask, rlp.eps_low, rlp.eps_high)
             if rlp.kl_coef > 0:
                 with torch.no_grad():
                     logp_ref, _ = self.engine.thought_logprobs(self.ema.model, rollouts, chunk, self.spec)
@@ -199,7 +231,7 @@ class RlpTrainer:
             if real:
                 loss_sum += loss.item() * len(chunk)
                 n_tokens = mask.sum().item()
-                clipped += objective.clip_fraction(logp, logp_old, advantages[chunk], mask, rlp.eps_low, rlp.eps_high).item() * n_tokens
+                clipped += objective.clip_fraction(logp, old, advantages[chunk], mask, rlp.eps_low, rlp.eps_high).item() * n_tokens
                 tokens += n_tokens
         return [loss_sum, kl_sum, clipped, tokens, len(rows)]
 

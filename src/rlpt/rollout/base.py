@@ -18,6 +18,7 @@ class RolloutSpec:
     think: ThinkTokens
     pad_id: int
     baseline_excludes_think: bool = False
+    reward_discount: float = 1.0  # gamma: term k of a multi-token S_pred / S_ema is weighted gamma^k
 
 
 @dataclass
@@ -26,8 +27,8 @@ class Rollouts:
 
     contexts: list[Context]
     thoughts: list[list[int]]  # sampled tokens, with a sampled </think> (part of the action), without a forced one
-    s_pred: torch.Tensor  # (B, G) log p_theta(x_t | x_<t <think> c </think>), untempered
-    s_ema: torch.Tensor  # (B,) log p_phi(x_t | x_<t), untempered
+    s_pred: torch.Tensor  # (B, G) log p_theta(x_t | x_<t <think> c </think>), untempered; summed over K tokens
+    s_ema: torch.Tensor  # (B,) log p_phi(x_t | x_<t), untempered; summed over K tokens
     predicted: torch.Tensor  # (B, G) argmax_v p_theta(v | x_<t <think> c </think>): the answer RPT's reward checks
 
     def truncated(self, close_id: int) -> torch.Tensor:

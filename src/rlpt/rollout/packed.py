@@ -2,13 +2,15 @@
 
 Causal attention makes the keys and values of x_<t computed over the whole document identical to those of the prefix
 alone. So, per batch:
-- one teacher forward over each document gives S_ema at every chosen position;
+- one teacher forward over each document gives S_ema at every chosen position (and, for a reward of K tokens, the
+  K terms after it);
 - one policy forward over each document gives the keys and values of every context. The G thoughts at all P
   positions of a document then decode together: row (t, g) starts from `<think>` at position t and attends to the
   document's keys before t and to its own earlier thought tokens (`shared_prefix.py`: the document's keys are kept
   once, not copied into every row);
 - S_pred is read from the logits right after `</think>` while decoding (a sampled `</think>` is fed back as usual;
-  a thought cut at the limit is fed a forced one), untempered;
+  a thought cut at the limit is fed a forced one), untempered; for K > 1 the row is then fed x_t .. x_{t+K-2}, one a
+  step, and each step's logits give the next term;
 - the update runs one forward over the documents (with grad) and one over all thought rows `<think> c[:-1]` on top
   of it, so the gradient reaches each document once through its keys and values. (Packing `[document; thought_1;
   ...]` into one sequence with a block mask computes the same thing, but its attention is dense over the whole
@@ -29,7 +31,7 @@ import torch
 
 from rlpt.generation import Chooser, cache_kwarg, right_pad
 from rlpt.rollout.base import Rollouts, RolloutSpec
-from rlpt.rollout.reference import baseline_logprob
+from rlpt.rollout.reference import discounted_scores
 from rlpt.rollout.shared_prefix import SharedPrefix, own_tokens_cache, shared_prefix_attention
 
 
@@ -39,13 +41,15 @@ def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 
 
-def documents_of(contexts) -> tuple[list[list[int]], list[int]]:
+def documents_of(contexts, scored: bool = False) -> tuple[list[list[int]], list[int]]:
     """The shortest document pieces that hold every context (the longest prefix of each document, in order of first
-    appearance) and, per context, the index of its piece. Tokens at or after the last chosen t are never needed."""
+    appearance; with `scored`, followed by the tokens the reward teacher-forces, x_t .. x_{t+K-2}) and, per context,
+    the index of its piece. Later tokens are never needed."""
     longest: dict[int, tuple[int, ...]] = {}
     for c in contexts:
-        if len(c.prefix) > len(longest.get(c.doc, ())):
-            longest[c.doc] = c.prefix
+        piece = c.prefix + c.scored[:-1] if scored else c.prefix
+        if len(piece) > len(longest.get(c.doc, ())):
+            longest[c.doc] = piece
     order = list(longest)
     index = {doc: i for i, doc in enumerate(order)}
     return [list(longest[doc]) for doc in order], [index[c.doc] for c in contexts]
@@ -119,47 +123,65 @@ class PackedEngine:
     def rollout(self, policy, teacher, contexts, spec: RolloutSpec, choose: Chooser) -> Rollouts:
         device = next(policy.parameters()).device
         think, G = spec.think, spec.group_size
-        docs, doc_of_context = documents_of(contexts)
+        docs, doc_of_context = documents_of(contexts, scored=True)
         ids, pad_mask = (x.to(device) for x in right_pad(docs, spec.pad_id))
         positions = torch.tensor([c.position for c in contexts], device=device)
-        targets = torch.tensor([c.target for c in contexts], device=device)
         context_doc = torch.tensor(doc_of_context, device=device)
+        scored = [c.scored for c in contexts]
+        width = max(len(s) for s in scored)
+        answers = torch.tensor([list(s) + [spec.pad_id] * (width - len(s)) for s in scored], device=device)  # (B, K)
 
-        # S_ema: one teacher forward per document; the logits at t - 1 predict x_t
+        # S_ema: one teacher forward per document; the logits at t - 1 + k predict x_{t+k}
         teacher_logits = teacher(input_ids=ids, attention_mask=pad_mask).logits
+        at = (positions[:, None] - 1 + torch.arange(width, device=device)[None, :]).clamp(max=ids.size(1) - 1)  # (B, K)
         excluded = [think.open_id, think.close_id] if spec.baseline_excludes_think else []
-        s_ema = baseline_logprob(torch.log_softmax(teacher_logits[context_doc, positions - 1].float(), -1), targets, excluded)
+        teacher_logprobs = torch.log_softmax(teacher_logits[context_doc[:, None], at].float(), -1)  # (B, K, V)
+        s_ema = discounted_scores(teacher_logprobs, scored, spec.reward_discount, excluded)
 
         row_context = torch.arange(len(contexts), device=device).repeat_interleave(G)  # (N,) rows in context order
         row_t = positions[row_context]
         prefix = document_prefix(policy, ids, pad_mask, context_doc[row_context], row_t)
-        thoughts, s_pred, predicted = self.decode_thoughts(policy, prefix, row_t, targets[row_context], spec, choose)
+        answer_lengths = torch.tensor([len(s) for s in scored], device=device)
+        thoughts, s_pred, predicted = self.decode_thoughts(
+            policy, prefix, row_t, answers[row_context], answer_lengths[row_context], spec, choose)
         shape = (len(contexts), G)
         return Rollouts(contexts, thoughts, s_pred.view(shape), s_ema, predicted.view(shape))
 
-    def decode_thoughts(self, policy, prefix, row_t, row_target, spec, choose):
+    def decode_thoughts(self, policy, prefix, row_t, row_answer, row_answer_length, spec, choose):
         """Lockstep decoding of N thought rows over their documents' shared prefix; returns the thoughts, S_pred (N,)
-        and the most likely token after `</think>` (N,)."""
+        over each row's answer tokens `row_answer` (N, K) (the first `row_answer_length` of them), and the most likely
+        token after `</think>` (N,)."""
         think, N, device = spec.think, row_t.numel(), row_t.device
+        rows = torch.arange(N, device=device)
         feed = torch.full((N,), think.open_id, device=device)
         sampling = torch.ones(N, dtype=torch.bool, device=device)  # still drawing thought tokens
-        pending = torch.ones(N, dtype=torch.bool, device=device)  # S_pred not read yet
+        pending = torch.ones(N, dtype=torch.bool, device=device)  # S_pred not complete yet
+        scoring = torch.zeros(N, dtype=torch.bool, device=device)  # past </think>: reading the answer's terms
+        read = torch.zeros(N, dtype=torch.long, device=device)  # answer terms read so far
         s_pred = torch.zeros(N, device=device)
         predicted = torch.zeros(N, dtype=torch.long, device=device)
         forced = torch.zeros(N, dtype=torch.bool, device=device)  # cut at the limit: </think> goes in next
         tokens = torch.full((N, spec.max_thought_tokens), spec.pad_id, dtype=torch.long, device=device)
         lengths = torch.zeros(N, dtype=torch.long, device=device)
-        next_logits = self.decoder(policy, prefix, row_t, spec.max_thought_tokens + 2)
-        for step in range(spec.max_thought_tokens + 2):  # <think>, up to L thought tokens, a forced </think>
+        steps = spec.max_thought_tokens + 1 + row_answer.size(1)  # <think>, up to L thought tokens, </think>, x_t..
+        next_logits = self.decoder(policy, prefix, row_t, steps)
+        for step in range(steps):
             logits = next_logits(feed, step).float()
-            closing = pending & (feed == think.close_id)  # the logits after </think>: S_pred, untempered
-            if closing.any():
-                s_pred[closing] = torch.log_softmax(logits[closing], -1).gather(1, row_target[closing][:, None]).squeeze(1)
-                predicted[closing] = logits[closing].argmax(-1)
-                pending &= ~closing
+            scoring |= pending & (feed == think.close_id)  # the logits after </think> predict x_t: S_pred, untempered
+            if scoring.any():
+                term = torch.log_softmax(logits[scoring], -1).gather(1, row_answer[scoring, read[scoring]][:, None])
+                s_pred[scoring] += spec.reward_discount ** read[scoring].float() * term.squeeze(1)
+                first = scoring & (read == 0)
+                predicted[first] = logits[first].argmax(-1)
+                read += scoring.long()
+                finished = scoring & (read == row_answer_length)
+                pending &= ~finished
+                scoring &= ~finished
                 if not pending.any():
                     break
             feed = torch.where(forced, torch.full_like(feed, think.close_id), torch.full_like(feed, spec.pad_id))
+            # a row reading its answer is fed the token it just scored (teacher forcing): the next logits give the next
+            feed = torch.where(scoring, row_answer[rows, (read - 1).clamp(min=0)], feed)
             forced = torch.zeros_like(forced)
             if sampling.any():  # the same rows and steps as the reference engine: the same draws
                 if step == 0:  # a thought has at least one token

@@ -1,9 +1,9 @@
 """The reference thought engine: simple enough to be obviously right, the oracle the fast engine is tested against.
 
 Every (context, thought) is its own row: the prompt `x_<t <think>` is re-encoded for each of the G thoughts, S_pred
-comes from one more full forward over `x_<t <think> c </think>`, S_ema from a forward over `x_<t` alone, and the
-update's log-probs from a full forward over `x_<t <think> c`. Rows never share attention, so no thought can see
-x_>=t.
+comes from one more full forward over `x_<t <think> c </think>` (followed by `x_t .. x_{t+K-2}` for a reward of K
+tokens), S_ema from a forward over `x_<t` (and the same K - 1 tokens), and the update's log-probs from a full forward
+over `x_<t <think> c`. Rows never share attention, so no thought can see x_>=t.
 """
 
 from __future__ import annotations
@@ -33,6 +33,34 @@ def baseline_logprob(logprobs: torch.Tensor, targets: torch.Tensor, excluded: li
     return chosen - torch.logsumexp(kept, dim=-1)
 
 
+def discounted_scores(logprobs: torch.Tensor, continuations: list[tuple[int, ...]], discount: float = 1.0,
+                      excluded: list[int] = ()) -> torch.Tensor:
+    """sum_k discount^k logprobs[i, k, c_k] per row (N,) from log-probs (N, K, V) whose slot k predicts token k of
+    row i's continuation (slots past a shorter continuation are ignored); each term optionally renormalised without
+    the `excluded` ids."""
+    n, width, _ = logprobs.shape
+    device = logprobs.device
+    targets = torch.tensor([list(c) + [c[0]] * (width - len(c)) for c in continuations], device=device)
+    terms = baseline_logprob(logprobs.flatten(0, 1), targets.flatten(), excluded).view(n, width)
+    weights = torch.tensor([[discount**k if k < len(c) else 0.0 for k in range(width)] for c in continuations],
+                           device=device, dtype=terms.dtype)
+    return (terms * weights).sum(-1)
+
+
+def continuation_logprobs(model, prompts: list[list[int]], continuations: list[tuple[int, ...]], pad_id: int,
+                          discount: float = 1.0, excluded: list[int] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    """S = sum_k discount^k log p(c_k | prompt c_<k) per row (N,), teacher-forced and untempered (see
+    `discounted_scores`); and the log-probs (N, V) right after the prompt."""
+    ids, mask = right_pad([p + list(c[:-1]) for p, c in zip(prompts, continuations)], pad_id)
+    device = next(model.parameters()).device
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+    width = max(len(c) for c in continuations)
+    # term k of row i is predicted by the logits at len(prompt_i) - 1 + k
+    index = torch.tensor([[len(p) - 1 + k for k in range(width)] for p in prompts], device=device).clamp(max=ids.size(1) - 1)
+    logprobs = torch.log_softmax(logits.gather(1, index[:, :, None].expand(-1, -1, logits.size(-1))).float(), -1)
+    return discounted_scores(logprobs, continuations, discount, excluded), logprobs[:, 0]
+
+
 class ReferenceEngine:
     name = "reference"
 
@@ -46,12 +74,12 @@ class ReferenceEngine:
             pad_id=spec.pad_id, banned_first_ids=[think.close_id],
         )
         closed = [p + t + ([] if t and t[-1] == think.close_id else [think.close_id]) for p, t in zip(prompts, thoughts)]
-        device = next(policy.parameters()).device
-        targets = torch.tensor([c.target for c in contexts], device=device)
-        after_thought = last_token_logprobs(policy, closed, spec.pad_id)
-        s_pred = after_thought.gather(1, targets.repeat_interleave(G)[:, None])
+        scored = [c.scored for c in contexts]
+        s_pred, after_thought = continuation_logprobs(
+            policy, closed, [s for s in scored for _ in range(G)], spec.pad_id, spec.reward_discount)
         excluded = [think.open_id, think.close_id] if spec.baseline_excludes_think else []
-        s_ema = baseline_logprob(last_token_logprobs(teacher, [list(c.prefix) for c in contexts], spec.pad_id), targets, excluded)
+        s_ema, _ = continuation_logprobs(
+            teacher, [list(c.prefix) for c in contexts], scored, spec.pad_id, spec.reward_discount, excluded)
         shape = (len(contexts), G)
         return Rollouts(contexts, thoughts, s_pred.view(shape), s_ema, after_thought.argmax(-1).view(shape))
 
