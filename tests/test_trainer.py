@@ -165,3 +165,13 @@ def test_summary_warns_when_most_groups_carry_no_signal(tmp_path):
     quiet = format_summary(summarize(history(0.04), None, None), tmp_path)
     assert "4% of groups had rewards that differ" in quiet and NO_SIGNAL in quiet
     assert NO_SIGNAL not in format_summary(summarize(history(0.6), None, None), tmp_path)
+
+
+def test_paired_interval_hand_worked():
+    from rlpt.run import paired_interval
+
+    # changes [+1, 0, 0, -1, +1, 0, 0, 0]: mean 0.125, sample variance (0.875^2 * 2 + 0.125^2 * 5 + 1.125^2) / 7
+    # = (1.53125 + 0.078125 + 1.265625) / 7 = 2.875 / 7; half-width 1.96 * sqrt(2.875 / 56) = 1.96 * 0.226582 = 0.444100
+    before = [0, 1, 1, 1, 0, 0, 1, 0]
+    after = [1, 1, 1, 0, 1, 0, 1, 0]
+    assert abs(paired_interval(before, after) - 0.444100) < 1e-6

@@ -71,5 +71,7 @@ def warm_start_documents(n: int, seed: int, think_fraction: float) -> list[str]:
 
 
 def heldout_questions(n: int, seed: int = 0) -> list[dict]:
-    """The built-in evaluation set `builtin:arith`: question/answer pairs from the held-out side."""
-    return [{"question": f"{a}+{b}=", "answer": str(a + b)} for a, b in problems(n, seed, heldout=True)]
+    """The built-in evaluation set `builtin:arith`: question/answer pairs from the held-out side, each with its worked
+    thought (to count how often the model's thought is the right one)."""
+    return [{"question": f"{a}+{b}=", "answer": str(a + b), "thought": worked_thought(a, b)}
+            for a, b in problems(n, seed, heldout=True)]

@@ -143,7 +143,7 @@ BUILTIN_DEFAULT = {
     "model": {"name_or_path": "builtin:tiny"},
     "data": {"path": "builtin:arith"},
     "rlp": {"group_size": 8, "max_thought_tokens": 32, "positions": "list:9"},
-    "train": {"lr": 1e-5, "batch_documents": 16, "max_steps": 100, "checkpoint_every": 25},
+    "train": {"lr": 1e-5, "batch_documents": 16, "max_steps": 100, "checkpoint_every": 25, "dump_rollouts": True},
     "eval": {"tasks": "builtin:arith", "max_questions": 256, "max_thought_tokens": 32},
 }
 

@@ -61,7 +61,10 @@ def exact_match_accuracy(model, tokenizer, think: ThinkTokens, tasks: list[dict]
     )
     correct = [t["score"](o["answer"]) if "score" in t else o["answer"] == normalise_answer(str(t["answer"]))
                for o, t in zip(outputs, tasks)]  # a task may bring its own checker (reasoning-gym's)
-    return dict(accuracy=sum(correct) / max(1, len(correct)), n=len(correct), outputs=outputs, correct=correct)
+    result = dict(accuracy=sum(correct) / max(1, len(correct)), n=len(correct), outputs=outputs, correct=correct)
+    if use_thought and tasks and all("thought" in t for t in tasks):  # the built-in sets know the worked thought
+        result["thought_correct"] = sum(o["thought"].strip() == t["thought"] for o, t in zip(outputs, tasks)) / len(tasks)
+    return result
 
 
 @torch.no_grad()

@@ -4,6 +4,7 @@ after, and the closing summary. `rlpt train` is a thin shell around `train()`.""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -53,15 +54,16 @@ def probe_baseline(teacher, probe, pad_id: int) -> list[float]:
     return logprobs.gather(1, torch.tensor([[c.target] for c in probe])).squeeze(1).tolist()
 
 
-def evaluate_tasks(cfg, model, tokenizer, think) -> float | None:
+def evaluate_tasks(cfg, model, tokenizer, think) -> dict | None:
+    """Greedy accuracy with thinking on `eval.tasks` and, for the built-in sets, the share of right worked thoughts."""
     if not cfg.eval.tasks:
         return None
     questions, _ = load_eval_set(cfg.eval.tasks, cfg.eval.max_questions, corpus=cfg.data.path)
     if not questions:
         return None
-    return exact_match_accuracy(
-        model, tokenizer, think, questions, use_thought=True, max_thought_tokens=cfg.eval.max_thought_tokens
-    )["accuracy"]
+    result = exact_match_accuracy(
+        model, tokenizer, think, questions, use_thought=True, max_thought_tokens=cfg.eval.max_thought_tokens)
+    return {key: result[key] for key in ("accuracy", "thought_correct", "correct") if key in result}
 
 
 def train(cfg, run_dir: Path, fresh: bool = False) -> dict:
@@ -111,7 +113,7 @@ def train_in(world: distributed.World, cfg, run_dir: Path, device: torch.device,
     else:
         with trainer.autocast(), distributed.gathered(policy):
             trainer.state["before"] = {
-                "accuracy_think": evaluate_tasks(cfg, policy, tokenizer, think),
+                "eval": evaluate_tasks(cfg, policy, tokenizer, think),
                 "probe_s_ema": probe_baseline(policy, probe, tokenizer.pad_token_id),  # phi_0 = theta_0
             }
     began = time.perf_counter()
@@ -119,13 +121,13 @@ def train_in(world: distributed.World, cfg, run_dir: Path, device: torch.device,
     train_seconds = time.perf_counter() - began
 
     with trainer.autocast(), distributed.gathered(policy):  # every rank evaluates (sharded forwards are collective)
-        accuracy_after = evaluate_tasks(cfg, policy, tokenizer, think)
+        eval_after = evaluate_tasks(cfg, policy, tokenizer, think)
         after = probe_baseline(trainer.ema.model, probe, tokenizer.pad_token_id) if trainer.ema.initialized else None
     if not world.main:
         return {}
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     before = trainer.state["before"]
-    summary = summarize(history, before["accuracy_think"], accuracy_after)
+    summary = summarize(history, before.get("eval"), eval_after)
     if after is not None:
         drift = [a - b for a, b in zip(after, before["probe_s_ema"])]
         summary["s_ema_drift"] = sum(drift) / len(drift)
@@ -136,7 +138,7 @@ def train_in(world: distributed.World, cfg, run_dir: Path, device: torch.device,
     return summary
 
 
-def summarize(history: list[dict], accuracy_before, accuracy_after) -> dict:
+def summarize(history: list[dict], eval_before: dict | None, eval_after: dict | None) -> dict:
     rewards = [row["reward_mean"] for row in history]
     slope, slope_t = least_squares_trend(rewards)
     last = history[-10:]
@@ -155,9 +157,33 @@ def summarize(history: list[dict], accuracy_before, accuracy_after) -> dict:
     if history and "groups_with_signal" in history[0]:
         summary.update(groups_with_signal=mean("groups_with_signal", history),
                        distinct_thoughts_mean=mean("distinct_thoughts_mean", history))
-    if accuracy_before is not None:
-        summary.update(accuracy_think_before=accuracy_before, accuracy_think_after=accuracy_after)
+    if eval_before is not None and eval_after is not None:
+        summary.update(accuracy_think_before=eval_before["accuracy"], accuracy_think_after=eval_after["accuracy"],
+                       accuracy_change_ci95=paired_interval(eval_before["correct"], eval_after["correct"]))
+        if "thought_correct" in eval_before:
+            summary.update(thought_correct_before=eval_before["thought_correct"],
+                           thought_correct_after=eval_after["thought_correct"])
     return summary
+
+
+def paired_interval(before: list[bool], after: list[bool]) -> float:
+    """Half-width of the 95% interval of the mean per-question change in correctness (normal approximation)."""
+    changes = [float(a) - float(b) for a, b in zip(after, before)]
+    n = len(changes)
+    if n < 2:
+        return float("inf")
+    mean = sum(changes) / n
+    variance = sum((c - mean) ** 2 for c in changes) / (n - 1)
+    return 1.96 * math.sqrt(variance / n)
+
+
+def change_reading(summary: dict) -> str:
+    """' (+8.2 points, 95% interval +-3.1: a real change)', or '...: within the noise', for the accuracy line."""
+    if "accuracy_change_ci95" not in summary:
+        return ""
+    change, half = 100 * (summary["accuracy_think_after"] - summary["accuracy_think_before"]), 100 * summary["accuracy_change_ci95"]
+    verdict = "a real change" if abs(change) > half else "within the noise"
+    return f" ({change:+.1f} points, 95% interval +-{half:.1f}: {verdict})"
 
 
 def format_summary(summary: dict, run_dir: Path) -> str:
@@ -182,7 +208,12 @@ def format_summary(summary: dict, run_dir: Path) -> str:
     if "accuracy_think_before" in summary:
         lines.append(
             f"  exact-match accuracy with thinking: {100 * summary['accuracy_think_before']:.1f}% before -> "
-            f"{100 * summary['accuracy_think_after']:.1f}% after"
+            f"{100 * summary['accuracy_think_after']:.1f}% after{change_reading(summary)}"
+        )
+    if "thought_correct_before" in summary:
+        lines.append(
+            f"  greedy thought exactly the worked one: {100 * summary['thought_correct_before']:.1f}% before -> "
+            f"{100 * summary['thought_correct_after']:.1f}% after"
         )
     if summary["nonfinite_skipped"]:
         lines.append(f"  WARNING: {summary['nonfinite_skipped']} steps skipped for a non-finite loss or gradient")

@@ -126,7 +126,8 @@ class Suite:
         return self.problems(n, seed, heldout=True)
 
     def heldout_questions(self, n: int, seed: int = 0) -> list[dict]:
-        return [p.task() for p in self.heldout_problems(n, seed)]
+        """The held-out question/answer pairs, each with its worked thought."""
+        return [{**p.task(), "thought": p.thought} for p in self.heldout_problems(n, seed)]
 
 
 SUITES = {
