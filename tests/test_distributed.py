@@ -73,8 +73,11 @@ def assert_same_weights(run_a, run_b, start):
     (policy_a, ema_a), (policy_b, ema_b) = final_weights(run_a), final_weights(run_b)
     moved = max((p - q).abs().max().item() for p, q in zip(policy_a, start))
     assert moved > 1e-4  # training changed the weights, so equal weights mean something
+    # 5e-5: the two runs sum gradients in another order, and Adam divides by sqrt(v), which turns that float noise
+    # into up to ~1.5e-5 on a weight whose gradient is near 0 (measured on an AMD EPYC; far below the ~1e-3 the
+    # weights move, and the metrics above agree to 1e-5)
     for a, b in zip(policy_a + ema_a, policy_b + ema_b):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+        torch.testing.assert_close(a, b, atol=5e-5, rtol=0)
 
 
 def resume_from_step_2(source, target):
