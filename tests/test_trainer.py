@@ -119,8 +119,12 @@ def test_signal_metrics_hand_worked():
 
 
 def test_signal_metrics_are_logged(llama_dir, tmp_path):
-    metrics = make_trainer(llama_dir, tmp_path).rlp_step(0).metrics
-    assert 0 <= metrics["groups_with_signal"] <= 1 and 1 <= metrics["distinct_thoughts_mean"] <= 4
+    outcome = make_trainer(llama_dir, tmp_path).rlp_step(0)
+    metrics, G = outcome.metrics, 4
+    groups = [outcome.rollouts.thoughts[i : i + G] for i in range(0, len(outcome.rollouts.thoughts), G)]
+    signal = [float(r.max() - r.min() > 1e-5) for r in outcome.rewards]
+    assert metrics["groups_with_signal"] == sum(signal) / len(signal)
+    assert metrics["distinct_thoughts_mean"] == sum(len({tuple(t) for t in g}) for g in groups) / len(groups)
     assert metrics["updates"] == 1 and metrics["clip_frac"] == 0  # mu = 1: the ratio is 1, nothing is clipped
 
 

@@ -38,12 +38,12 @@ class Context:
     position: int  # t
     prefix: tuple[int, ...]  # x_<t
     target: int  # x_t
-    continuation: tuple[int, ...] = ()  # x_t .. x_{t+K-1}, cut at the document's end (K = rlp.reward_tokens); () = (x_t,)
+    continuation: tuple[int, ...] = ()  # x_{t+1} .. x_{t+K-1}, cut at the document's end (K = rlp.reward_tokens)
 
     @property
     def scored(self) -> tuple[int, ...]:
         """The tokens the reward scores after the thought: x_t and, for K > 1, the K - 1 after it."""
-        return self.continuation or (self.target,)
+        return (self.target, *self.continuation)
 
 
 @dataclass
@@ -239,5 +239,5 @@ def make_contexts(docs: list[Document], rule: str, seed: int, step: int, first_s
         rng = random.Random(f"{seed}/{step}/{first_slot + b}")
         for t in positions(doc, rule, rng):
             contexts.append(Context(doc=b, position=t, prefix=tuple(doc.ids[:t]), target=doc.ids[t],
-                                    continuation=tuple(doc.ids[t : t + reward_tokens])))
+                                    continuation=tuple(doc.ids[t + 1 : t + reward_tokens])))
     return contexts

@@ -13,7 +13,7 @@ from rlpt.errors import UserError
 from rlpt.generation import Chooser, decode, greedy
 from rlpt.models import ThinkTokens
 from rlpt.rollout.reference import last_token_logprobs
-from rlpt.suites import SUITES
+from rlpt.suites import SUITES, thought_matches
 
 MAX_ANSWER_TOKENS = 24
 
@@ -63,7 +63,7 @@ def exact_match_accuracy(model, tokenizer, think: ThinkTokens, tasks: list[dict]
                for o, t in zip(outputs, tasks)]  # a task may bring its own checker (reasoning-gym's)
     result = dict(accuracy=sum(correct) / max(1, len(correct)), n=len(correct), outputs=outputs, correct=correct)
     if use_thought and tasks and all("thought" in t for t in tasks):  # the built-in sets know the worked thought
-        result["thought_correct"] = sum(o["thought"].strip() == t["thought"] for o, t in zip(outputs, tasks)) / len(tasks)
+        result["thought_correct"] = sum(thought_matches(o["thought"], t["thought"]) for o, t in zip(outputs, tasks)) / len(tasks)
     return result
 
 

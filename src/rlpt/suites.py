@@ -33,6 +33,11 @@ def hashed_heldout(question: str) -> bool:
     return h % 1000 < HELDOUT_PER_MILLE
 
 
+def thought_matches(thought: str, worked: str) -> bool:
+    """A model's thought is right when it is the worked thought, up to surrounding spaces."""
+    return thought.strip() == worked
+
+
 @dataclass(frozen=True)
 class Problem:
     question: str  # ends with "=": the answer follows
@@ -40,11 +45,9 @@ class Problem:
     answer: str
 
     def task(self) -> dict:
-        """The question/answer pair, as `rlpt eval` and `exact_match_accuracy` take it."""
-        return {"question": self.question, "answer": self.answer}
-
-    def thought_correct(self, thought: str) -> bool:
-        return thought.strip() == self.thought
+        """The question/answer pair, as `rlpt eval` and `exact_match_accuracy` take it, with the worked thought when
+        there is one (to count right thoughts)."""
+        return {"question": self.question, "answer": self.answer, **({"thought": self.thought} if self.thought else {})}
 
     def plain(self) -> str:
         return f"{self.question}{self.answer}."
@@ -126,8 +129,7 @@ class Suite:
         return self.problems(n, seed, heldout=True)
 
     def heldout_questions(self, n: int, seed: int = 0) -> list[dict]:
-        """The held-out question/answer pairs, each with its worked thought."""
-        return [{**p.task(), "thought": p.thought} for p in self.heldout_problems(n, seed)]
+        return [p.task() for p in self.heldout_problems(n, seed)]
 
 
 SUITES = {

@@ -63,8 +63,7 @@ def evaluate_model(folder: Path, eval_sets: list[EvalSet], budget: Budget, seed:
         out[eval_set.name] = dict(
             accuracy_think=greedy["accuracy"], pass_at_1=sum(samples) / len(samples),
             accuracy_nothink=accuracy(False)["accuracy"],
-            thought_correct=(sum(p.thought_correct(o["thought"]) for p, o in zip(problems, greedy["outputs"])) / len(problems)
-                             if all(p.thought for p in problems) else None),
+            thought_correct=greedy.get("thought_correct"),  # None without worked thoughts (a user's question set)
             **intrinsic(model, tokenizer, think, contexts, max_thought_tokens=budget.thought_tokens),
             example=dict(question=tasks[0]["question"], thought=first["thought"], answer=first["answer"],
                          expected=tasks[0]["answer"]),
