@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The checks that need a GPU, in one go (README "Scaling up"): bfloat16 training on CUDA in one process, FSDP2 and
+# The checks that need a GPU, in one go (docs/scaling.md): bfloat16 training on CUDA in one process, FSDP2 and
 # DDP under torchrun with NCCL, a sharded checkpoint resumed and exported, and the engine benchmark on the GPU
 # (compiled decoding included: it has not run on a GPU before).
 # Usage: bench/gpu_check.sh OUT_DIR   (with the builtin:tiny cache in $RLPT_CACHE_DIR, or built on first use)

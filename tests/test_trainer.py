@@ -12,7 +12,7 @@ from rlpt import objective
 from rlpt.data import Document
 from rlpt.models import load_model_and_tokenizer
 from rlpt.rollout.reference import ReferenceEngine
-from rlpt.trainer import RlpTrainer, least_squares_trend
+from rlpt.trainer import SIGNAL_TOLERANCE, RlpTrainer, least_squares_trend
 
 
 def make_trainer(folder, tmp_path, *overrides, texts=("123+456=579.", "98+76=174.", "5+5=10.")):
@@ -112,8 +112,9 @@ def test_summary_gives_no_trend_from_two_steps(tmp_path):
 def test_signal_metrics_hand_worked():
     from rlpt.trainer import distinct_thoughts, group_has_signal
 
-    rewards = torch.tensor([[0.5, 0.5, 0.5], [0.5, 0.5, 0.7], [-1.0, -1.0 + 1e-7, -1.0]])
-    assert group_has_signal(rewards).tolist() == [False, True, False]  # 1e-7 is float noise, not signal
+    rewards = torch.tensor([[0.5, 0.5, 0.5], [0.5, 0.5, 0.7], [-1.0, -1.0 + 1e-7, -1.0], [2.0, 2.003, 2.0]])
+    # 1e-7 is float noise; 0.003 nats is a thought that barely changes the scored tokens: neither is signal
+    assert group_has_signal(rewards).tolist() == [False, True, False, False]
     thoughts = [[1, 2], [1, 2], [1, 2], [1, 2], [3], [1, 2, 0]]
     assert distinct_thoughts(thoughts, 3) == [1, 3]
 
@@ -122,7 +123,7 @@ def test_signal_metrics_are_logged(llama_dir, tmp_path):
     outcome = make_trainer(llama_dir, tmp_path).rlp_step(0)
     metrics, G = outcome.metrics, 4
     groups = [outcome.rollouts.thoughts[i : i + G] for i in range(0, len(outcome.rollouts.thoughts), G)]
-    signal = [float(r.max() - r.min() > 1e-5) for r in outcome.rewards]
+    signal = [float(r.max() - r.min() > SIGNAL_TOLERANCE) for r in outcome.rewards]
     assert metrics["groups_with_signal"] == sum(signal) / len(signal)
     assert metrics["distinct_thoughts_mean"] == sum(len({tuple(t) for t in g}) for g in groups) / len(groups)
     assert metrics["updates"] == 1 and metrics["clip_frac"] == 0  # mu = 1: the ratio is 1, nothing is clipped

@@ -28,8 +28,10 @@ PLOTS = [  # (title, metrics drawn together)
     ("seconds per step", ["step_seconds"]),
 ]
 SIGNAL_WARNING = 0.5  # below this mean share of groups with signal, most of a run learns nothing
-NO_SIGNAL = ("WARNING: the thoughts of a group agree in most groups: nothing to learn from there (all advantages 0). "
-             "Sample more diverse thoughts (rlp.temperature), or start from a model that is less sure of them.")
+NO_SIGNAL = ("WARNING: in most groups the rewards are (nearly) equal: the thoughts agree, or differ only where the "
+             "scored tokens do not depend on them, so there is nothing to learn from (advantages about 0). Score more "
+             "of what a thought decides (rlp.reward_tokens, rlp.positions), sample more diverse thoughts "
+             "(rlp.temperature), or start from a model less sure of its thoughts.")
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
 MAX_ROLLOUT_STEPS = 50  # the browser keeps the last steps: a long run's rollouts would make the page huge
 
