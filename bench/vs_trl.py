@@ -1,12 +1,13 @@
-"""rlpt against the peer a user would pick today: RLP on TRL's GRPOTrainer (../shared/anchors/trl_rlp_baseline.py),
-same model folder, same shape (8 contexts of 128 tokens, G=4, L=32), measured in one run.
+"""rlpt against the peer a user would pick today: RLP on TRL's GRPOTrainer (`bench/trl_rlp.py`), the same model
+folder, the same shape (8 contexts of 128 tokens, G=4, L=32), measured one after the other in one run.
 
-    python bench/vs_trl.py [--anchors ../shared/anchors] [--anchor-python /tmp/anchor/venv/bin/python]
+    pip install -e '.[bench]'
+    python bench/vs_trl.py [--model-dir DIR] [--steps 5]
 
-The anchor needs its own venv (TRL); RESULTS.md beside it says how to build the venv and the model folder.
-Two rlpt settings: the same 8 contexts taken from 8 documents (one position each, as the anchor draws them), and the
-dense RLP setting, 8 positions of one document (contexts of 128-135 tokens); each with the packed engine as it is by
-default and with `rlp.compile_decoding` (its compilation falls in the untimed warm-up step).
+The model (made in DIR when it is missing) is a random Llama of 3.2M parameters (4 layers, hidden 256) with rlpt's
+character tokenizer. Two rlpt settings: the same 8 contexts taken from 8 documents (one position each, as TRL gets
+them), and the dense RLP setting, 8 positions of one document (contexts of 128-135 tokens); each with the packed
+engine as it is by default and with `rlp.compile_decoding` (its compilation falls in the untimed warm-up step).
 
 The last column is the ratio that arithmetic alone predicts: token-passes per step (a forward over one token is 1, a
 forward+backward 3) of TRL divided by those of rlpt, for the thought lengths measured, as if a token-pass cost the
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -26,21 +28,36 @@ from rlpt.bench import compare
 
 here = Path(__file__).resolve().parent
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-parser.add_argument("--anchors", default=str(here.parent.parent / "shared" / "anchors"))
-parser.add_argument("--anchor-python", default="/tmp/anchor/venv/bin/python")
-parser.add_argument("--model-dir", default="/tmp/anchor/tiny-llama")
+parser.add_argument("--model-dir", default="/tmp/rlpt-vs-trl-model")
 parser.add_argument("--steps", type=int, default=5)
 args = parser.parse_args()
 
-env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
+
+def make_model_folder(folder: str) -> None:
+    """A random 3.2M-parameter Llama with the character tokenizer (think tags included), saved with save_pretrained."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rlpt.tiny import char_tokenizer
+
+    tokenizer = char_tokenizer()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=1024, tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
 if not (Path(args.model_dir) / "config.json").is_file():
-    subprocess.run([args.anchor_python, "rlp_anchor_common.py", "--model-dir", args.model_dir], cwd=args.anchors, env=env, check=True)
+    make_model_folder(args.model_dir)
+env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
 out = subprocess.run(
-    [args.anchor_python, "trl_rlp_baseline.py", "--B", "8", "--G", "4", "--L", "32", "--steps", str(args.steps),
-     "--model-dir", args.model_dir], cwd=args.anchors, env=env, check=True, capture_output=True, text=True,
+    [sys.executable, str(here / "trl_rlp.py"), "--contexts", "8", "--group-size", "4", "--thought-tokens", "32",
+     "--context-tokens", "128", "--steps", str(args.steps), "--model-dir", args.model_dir],
+    env=env, check=True, capture_output=True, text=True,
 ).stdout
 trl = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT_JSON ")).split(" ", 1)[1])
-
 
 
 def trl_token_passes(contexts: int, context_tokens: int, G: int, thought: float) -> float:
@@ -62,8 +79,8 @@ separate = compare(args.model_dir, 8, 1, 4, 32, 129, args.steps, device, engines
 dense = compare(args.model_dir, 1, 8, 4, 32, 136, args.steps, device, engines=engines, min_context=128)
 print("| implementation | contexts | s/step | thought tok/s | x TRL | x TRL in token-passes |")
 print("|---|---|---|---|---|---|")
-base = trl["thought_tok_per_s_end_to_end"]
-print(f"| TRL GRPOTrainer anchor | 8 documents x 1 position | {trl['sec_per_step_median']:.3f} | {base:.0f} | 1.00 | |")
+base = trl["thought_tokens_per_s"]
+print(f"| RLP on TRL GRPOTrainer | 8 documents x 1 position | {trl['s_per_step']:.3f} | {base:.0f} | 1.00 | |")
 for name, r in (("8 documents x 1 position", separate), ("1 document x 8 positions", dense)):
     for engine, label in (("packed", "rlpt packed"), ("compiled", "rlpt packed, compiled decoding")):
         rate, rows = r[f"{engine}_thought_tokens_per_s"], r["documents"] * r["positions"] * 4
