@@ -2,6 +2,7 @@
 reaches the weights, and an update makes the higher-reward thoughts likelier."""
 
 import copy
+import random
 
 import pytest
 
@@ -180,3 +181,34 @@ def test_paired_interval_hand_worked():
     before = [0, 1, 1, 1, 0, 0, 1, 0]
     after = [1, 1, 1, 0, 1, 0, 1, 0]
     assert abs(paired_interval(before, after) - 0.444100) < 1e-6
+
+
+def test_next_token_term_adds_its_weighted_gradient_to_rlps(llama_dir, tmp_path):
+    # gradient(RLP + 0.5 x next-token) = gradient(RLP alone) + gradient(next-token alone, rlp.loss_coef = 0), the
+    # next-token batch drawn the same way each time; and the term alone is 0.5 x the gradient of next_token_loss
+    from rlpt.generation import right_pad
+    from rlpt.pretrain import next_token_loss
+
+    _, tok, _ = load_model_and_tokenizer(llama_dir)
+    extra = [Document(tok(t)["input_ids"], f"worked{i}") for i, t in enumerate(("1+2=<think>1+2=3</think>3.", "4+4=8."))]
+
+    def first_step_gradients(*overrides, next_token=True):
+        trainer = make_trainer(llama_dir, tmp_path, "train.grad_clip=0", "train.next_token_coef=0.5",
+                               "train.next_token_documents=3", *overrides)
+        trainer.next_token_documents = extra if next_token else []
+        grads = []
+        trainer.optimizer.step = lambda: grads.append([p.grad.clone() for p in trainer.policy.parameters()])
+        trainer.rlp_step(0)
+        return grads[0]
+
+    mixed, rlp_alone = first_step_gradients(), first_step_gradients(next_token=False)
+    term_alone = first_step_gradients("rlp.loss_coef=0")
+    for m, r, t in zip(mixed, rlp_alone, term_alone):
+        torch.testing.assert_close(m, r + t, atol=1e-6, rtol=1e-5)
+    model, _, _ = load_model_and_tokenizer(llama_dir)
+    rng = random.Random("0/next-token/0/0/0")
+    ids, mask = right_pad([extra[rng.randrange(2)].ids for _ in range(3)], tok.pad_token_id)
+    (0.5 * next_token_loss(model, ids, mask)).backward()
+    for t, p in zip(term_alone, model.parameters()):
+        torch.testing.assert_close(t, p.grad, atol=1e-6, rtol=1e-5)
+    assert any(r.abs().max() > 0 for r in rlp_alone) and any(t.abs().max() > 0 for t in term_alone)

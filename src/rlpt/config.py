@@ -83,6 +83,9 @@ class RlpConfig:
     updates_per_batch: int = 1
     """mu: optimizer steps on each batch of rollouts, the ratio against the policy that sampled them (theta_old);
     the EMA teacher moves after each. 1 = the paper (the ratio is 1)."""
+    loss_coef: float = 1.0
+    """Weight of the RLP surrogate in the loss. 0 with `train.next_token_data` trains the next-token term alone: the
+    control that a mixed objective must be compared with."""
 
 
 @dataclass
@@ -106,6 +109,14 @@ class TrainConfig:
     """Save a checkpoint every N steps (and at the end); 0 = only at the end."""
     dump_rollouts: bool = False
     """Write every thought with its reward to rollouts.jsonl."""
+    next_token_data: str = ""
+    """A corpus (any `data.path`) for a next-token loss added to RLP's at every optimizer step (as PPO-ptx mixes
+    pretraining into RL), e.g. documents that show worked thoughts, to hold the step from thought to answer, which RLP
+    does not train; empty = off (the paper)."""
+    next_token_coef: float = 1.0
+    """Weight of that next-token loss."""
+    next_token_documents: int = 16
+    """Documents of `train.next_token_data` per optimizer step, per process (drawn with replacement, seeded)."""
     device: str = "auto"
     """`auto` (CUDA when available), `cpu`, `cuda`, `cuda:N`; under torchrun each process takes the GPU of its rank."""
     parallel: str = "ddp"
@@ -246,6 +257,9 @@ def validate(cfg: Config) -> None:
         (cfg.rlp.reward_tokens >= 1, "rlp.reward_tokens must be >= 1"),
         (0 < cfg.rlp.reward_discount <= 1, "rlp.reward_discount must be in (0, 1]"),
         (cfg.rlp.updates_per_batch >= 1, "rlp.updates_per_batch must be >= 1"),
+        (cfg.rlp.loss_coef >= 0, "rlp.loss_coef must be >= 0"),
+        (cfg.train.next_token_coef >= 0, "train.next_token_coef must be >= 0"),
+        (cfg.train.next_token_documents >= 1, "train.next_token_documents must be >= 1"),
         (bool(POSITION_RULE.match(cfg.rlp.positions)),
          f"rlp.positions: {cfg.rlp.positions!r} is not all, every:K, random:N, list:T1,T2,..., after:TEXT or first:TEXT"),
         (cfg.rlp.engine in ("reference", "packed"), f"rlp.engine: {cfg.rlp.engine!r} is not reference or packed"),

@@ -3,6 +3,7 @@ after, and the closing summary. `rlpt train` is a thin shell around `train()`.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -99,11 +100,13 @@ def train_in(world: distributed.World, cfg, run_dir: Path, device: torch.device,
         policy = lora.wrap(policy, cfg.model.lora)
     with distributed.main_first(world):  # rank 0 tokenises the corpus files into the cache; the others then read it
         documents = load_documents(cfg.data, tokenizer, after_marker(cfg.rlp.positions))
+        next_token_documents = (load_documents(dataclasses.replace(cfg.data, path=cfg.train.next_token_data), tokenizer)
+                                if cfg.train.next_token_data else [])
     probe = make_contexts(documents[:PROBE_DOCUMENTS], cfg.rlp.positions, cfg.train.seed, step=-1)
 
     engine = make_engine(cfg.rlp.engine, policy, cfg.rlp.compile_decoding)  # probes the unwrapped model
     distributed.parallelize(policy, world)
-    trainer = RlpTrainer(cfg, policy, tokenizer, think, documents, engine, run_dir, device, world)
+    trainer = RlpTrainer(cfg, policy, tokenizer, think, documents, engine, run_dir, device, world, next_token_documents)
     if resume_from is not None:
         trainer.restore(resume_from)
         if world.main:

@@ -29,7 +29,8 @@ from rlpt.baselines.rpt import rpt_rewards
 from rlpt.data import Document, make_contexts
 from rlpt.distributed import World, gathered
 from rlpt.ema import EmaTeacher
-from rlpt.generation import hash_key, temperature_sampler
+from rlpt.generation import hash_key, right_pad, temperature_sampler
+from rlpt.pretrain import next_token_loss
 from rlpt.rollout import Context, Rollouts, RolloutSpec
 
 
@@ -89,10 +90,12 @@ class RlpTrainer:
     """Receives its parts; `run()` trains from `start_step` to `train.max_steps`."""
 
     def __init__(self, cfg, policy, tokenizer, think, documents: list[Document], engine, run_dir: Path, device,
-                 world: World = World()):
-        """`policy` comes already wrapped for `world` (`distributed.parallelize`)."""
+                 world: World = World(), next_token_documents: list[Document] = ()):
+        """`policy` comes already wrapped for `world` (`distributed.parallelize`); `next_token_documents` are those of
+        `train.next_token_data`."""
         self.cfg, self.policy, self.tokenizer, self.engine = cfg, policy, tokenizer, engine
         self.documents, self.run_dir, self.device, self.world = documents, run_dir, device, world
+        self.next_token_documents = next_token_documents
         self.spec = RolloutSpec(
             group_size=cfg.rlp.group_size, max_thought_tokens=cfg.rlp.max_thought_tokens,
             temperature=cfg.rlp.temperature, think=think, pad_id=tokenizer.pad_token_id,
@@ -135,8 +138,11 @@ class RlpTrainer:
         advantages = objective.group_advantages(rewards, normalize_std=cfg.rlp.normalize_advantages)
         logp_old = []  # theta_old's log-probs per micro-batch, kept from the first update for the later ones
         attempts, applied = [], 0  # [loss, kl, clipped tokens, tokens, grad norm] of each update tried
-        for _ in range(cfg.rlp.updates_per_batch):
+        next_token = []  # the next-token term's loss of each update, when there is one
+        for update in range(cfg.rlp.updates_per_batch):
             with self.autocast(), gathered(self.policy):
+                if self.next_token_documents:
+                    next_token.append(self.next_token_gradients(step, update))
                 sums = self.accumulate_gradients(rollouts, advantages.flatten(), idle, logp_old)
             grad_norm = self.clip_gradients()
             loss, kl, clipped, tokens, rows = distributed.all_sum(sums, self.device)
@@ -173,6 +179,8 @@ class RlpTrainer:
             nonfinite_skipped=self.state["nonfinite_skipped"], groups_with_signal=every["signal"].mean().item(),
             distinct_thoughts_mean=every["distinct"].mean().item(),
         )
+        if next_token:
+            metrics["next_token_loss"] = distributed.all_sum([sum(next_token) / len(next_token)], self.device)[0] / self.world.size
         return StepOutcome(metrics, docs, rollouts, rewards, advantages, idle)
 
     def stand_in_context(self, docs: list[Document]) -> Context:
@@ -229,13 +237,27 @@ class RlpTrainer:
                 kl = objective.kl_penalty(logp, logp_ref, mask)
                 loss = loss + rlp.kl_coef * kl
                 kl_sum += kl.item() * len(chunk) if real else 0.0
-            (loss * (len(chunk) * scale if real else 0.0)).backward()
+            (loss * (rlp.loss_coef * len(chunk) * scale if real else 0.0)).backward()
             if real:
                 loss_sum += loss.item() * len(chunk)
                 n_tokens = mask.sum().item()
                 clipped += objective.clip_fraction(logp, old, advantages[chunk], mask, rlp.eps_low, rlp.eps_high).item() * n_tokens
                 tokens += n_tokens
         return [loss_sum, kl_sum, clipped, tokens, len(rows)]
+
+    def next_token_gradients(self, step: int, update: int) -> float:
+        """Backward `train.next_token_coef` x the mean next-token loss of `train.next_token_documents` documents of
+        `train.next_token_data`, drawn by (seed, step, update, rank); the gradients are reduced over ranks with the
+        RLP micro-batches' last backward. Returns the loss."""
+        cfg = self.cfg.train
+        rng = random.Random(f"{cfg.seed}/next-token/{step}/{update}/{self.world.rank}")
+        batch = [self.next_token_documents[rng.randrange(len(self.next_token_documents))].ids
+                 for _ in range(cfg.next_token_documents)]
+        ids, mask = right_pad(batch, self.tokenizer.pad_token_id)
+        self.sync_gradients(False)
+        loss = next_token_loss(self.policy, ids.to(self.device), mask.to(self.device))
+        (cfg.next_token_coef * loss).backward()
+        return loss.item()
 
     def sync_gradients(self, sync: bool) -> None:
         if distributed.is_wrapped(self.policy):
