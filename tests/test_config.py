@@ -46,3 +46,13 @@ def test_bad_yaml_file(tmp_path):
     (tmp_path / "bad.yaml").write_text("rlp: [1, 2\n")
     with pytest.raises(UserError, match="not valid YAML"):
         config.load(str(tmp_path / "bad.yaml"))
+
+
+def test_the_builtin_demos_settings_apply_to_the_builtin_demo_only():
+    demo = config.load()
+    assert demo.eval.tasks == "builtin:arith" and demo.train.next_token_data == "builtin:arith-warm"
+    assert config.load(None, ["model.name_or_path=elsewhere"]).train.lr == demo.train.lr  # still the demo's corpus
+    own = config.load(None, ["model.name_or_path=my-model", "data.path=my.txt"])
+    paper = config.Config()
+    assert own.eval.tasks == "" and own.train.next_token_data == "" and own.rlp == paper.rlp
+    assert (own.train.lr, own.train.batch_documents, own.train.max_steps) == (1e-6, 8, 100)

@@ -2,8 +2,10 @@
 
 Three views of the same problems:
 - plain documents `347+185=532.`: the RLP training corpus (`builtin:arith`), no thoughts;
-- worked documents `347+185=<think>7+5=12,4+8+1=13,3+1+1=5</think>532.`: shown in part of the warm-start corpus
-  of `builtin:tiny`, so that the model knows what a useful thought looks like;
+- worked documents `347+185=<think>7+5+0=12,4+8+1=13,3+1+1=05</think>532.`: column sums from the units up, each
+  `digit+digit+carry=two-digit sum` (a fixed width, so that a tiny model finds each column's digits at fixed
+  offsets). In the warm-start corpus of `builtin:tiny` the writer often forgets a carry (`4+8+0=12`) and answers what
+  the wrong sums spell, so the model writes right and wrong thoughts and copies its thought's answer;
 - questions `{"question": "347+185=", "answer": "532"}`: the held-out evaluation set.
 
 Problems are split by a hash of the operands, so the held-out questions never appear in either corpus.
@@ -37,23 +39,35 @@ def problems(n: int, seed: int, heldout: bool) -> list[tuple[int, int]]:
     return out
 
 
-def worked_thought(a: int, b: int) -> str:
-    """Column sums from the units up, with the carry written as '+1': '7+5=12,4+8+1=13,3+1+1=5'."""
-    steps, carry = [], 0
+def written_sum(a: int, b: int, forgets=lambda: False) -> tuple[str, str]:
+    """The thought and the answer of someone adding column by column from the units up, '7+5+0=12,4+8+1=13,3+1+1=05'
+    and '532'. `forgets()` is asked at every carry due: True writes '+0' instead of '+1', and the answer is then what
+    the wrong sums spell (each column's last digit, the last column's whole sum)."""
+    steps, totals, carry = [], [], 0
     while a or b:
         da, db = a % 10, b % 10
+        if carry and forgets():
+            carry = 0
         total = da + db + carry
-        steps.append(f"{da}+{db}" + ("+1" if carry else "") + f"={total}")
+        steps.append(f"{da}+{db}+{carry}={total:02d}")
+        totals.append(total)
         carry, a, b = total // 10, a // 10, b // 10
-    return ",".join(steps)
+    answer = str(totals[-1]) + "".join(str(t % 10) for t in reversed(totals[:-1]))
+    return ",".join(steps), answer
+
+
+def worked_thought(a: int, b: int) -> str:
+    """The right thought: every carry written."""
+    return written_sum(a, b)[0]
 
 
 def plain_document(a: int, b: int) -> str:
     return f"{a}+{b}={a + b}."
 
 
-def worked_document(a: int, b: int) -> str:
-    return f"{a}+{b}={THINK_OPEN}{worked_thought(a, b)}{THINK_CLOSE}{a + b}."
+def worked_document(a: int, b: int, forgets=lambda: False) -> str:
+    thought, answer = written_sum(a, b, forgets)
+    return f"{a}+{b}={THINK_OPEN}{thought}{THINK_CLOSE}{answer}."
 
 
 def rlp_documents(n: int, seed: int = 0) -> list[str]:
@@ -61,11 +75,13 @@ def rlp_documents(n: int, seed: int = 0) -> list[str]:
     return [plain_document(a, b) for a, b in problems(n, seed, heldout=False)]
 
 
-def warm_start_documents(n: int, seed: int, think_fraction: float) -> list[str]:
-    """Training-side documents, a `think_fraction` of them with the worked thought."""
+def warm_start_documents(n: int, seed: int, think_fraction: float, carry_forgotten: float = 0.0) -> list[str]:
+    """Training-side documents, a `think_fraction` of them with a worked thought whose writer forgets each carry due
+    with probability `carry_forgotten`."""
     rng = random.Random(seed + 1)
+    forgets = lambda: rng.random() < carry_forgotten  # noqa: E731
     return [
-        worked_document(a, b) if rng.random() < think_fraction else plain_document(a, b)
+        worked_document(a, b, forgets) if rng.random() < think_fraction else plain_document(a, b)
         for a, b in problems(n, seed, heldout=False)
     ]
 

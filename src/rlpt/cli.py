@@ -28,6 +28,11 @@ def cmd_train(args) -> int:
     from rlpt import config, run
 
     cfg = config.load(args.config, args.set or [])  # errors show here, before any process starts
+    if args.config is None:
+        print("rlpt: no --config: " + ("the built-in demo's settings (docs/default-run.md)"
+                                       if config.is_builtin_demo(None, args.set or [])
+                                       else "the paper's defaults (docs/configuration.md)")
+              + (", with your --set" if args.set else ""), flush=True)
     if args.nproc is not None:  # hand over to torchrun: one process per rank, this command line in each
         if args.nproc < 1:
             raise UserError("--nproc must be >= 1")

@@ -89,7 +89,8 @@ def verne_texts() -> list[tuple[str, str]]:
 
 def builtin_texts(name: str) -> list[tuple[str, str]]:
     """`builtin:arith` (3-digit addition), `builtin:arith-worked` (the same problems, every one with its worked
-    thought: a next-token corpus beside RLP, `train.next_token_data`), the training corpus of a suite of `rlpt experiment` (`builtin:math`,
+    thought), `builtin:arith-warm` (the warm-start corpus of `builtin:tiny`, whose worked thoughts forget most carries;
+    these two are next-token corpora for beside RLP, `train.next_token_data`), the training corpus of a suite of `rlpt experiment` (`builtin:math`,
     `builtin:science`), `builtin:shakespeare` (42 plays) or `builtin:verne` (one story)."""
     if name == "shakespeare":
         return shakespeare_texts()
@@ -99,10 +100,14 @@ def builtin_texts(name: str) -> list[tuple[str, str]]:
         texts = arith.rlp_documents(BUILTIN_ARITH_DOCUMENTS)
     elif name == "arith-worked":
         texts = arith.warm_start_documents(BUILTIN_ARITH_DOCUMENTS, seed=1, think_fraction=1.0)
+    elif name == "arith-warm":
+        from rlpt.tiny import warm_start_texts
+
+        texts = warm_start_texts()
     elif name in SUITES:
         texts = SUITES[name].training_documents(BUILTIN_ARITH_DOCUMENTS)
     else:
-        raise UserError(f"data.path: unknown built-in corpus 'builtin:{name}' (known: builtin:arith, builtin:arith-worked, "
+        raise UserError(f"data.path: unknown built-in corpus 'builtin:{name}' (known: builtin:arith, builtin:arith-worked, builtin:arith-warm, "
                         "builtin:shakespeare, builtin:verne, "
                         + ", ".join(f"builtin:{s}" for s in SUITES) + ")")
     return [(text, f"builtin:{name}#{i}") for i, text in enumerate(texts)]
