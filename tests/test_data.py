@@ -5,7 +5,7 @@ import random
 import pytest
 
 from rlpt.config import DataConfig
-from rlpt.data import Document, load_documents, positions
+from rlpt.data import Document, after_marker, load_documents, make_contexts, positions, windows
 from rlpt.errors import UserError
 from rlpt.tiny import char_tokenizer
 
@@ -82,3 +82,22 @@ def test_after_rule_starts_after_the_marker(tok):
     doc = Document(ids, "d", first)
     assert [tok.decode([ids[t]]) for t in positions(doc, "after:=", random.Random(0))] == ["4", "6", "."]
     assert [tok.decode([ids[t]]) for t in positions(doc, "first:=", random.Random(0))] == ["4"]
+
+
+def test_first_marker_takes_one_position_per_text_however_it_is_windowed(tmp_path, monkeypatch, tok):
+    """A 16-token window limit cut this text into 5 windows, and every window after the marker's got a context at
+    t = 1: positions [13], [1], [1], [1], [1]. `first:=` is the token after the first '=' of the text, once."""
+    monkeypatch.setenv("RLPT_CACHE_DIR", str(tmp_path / "cache"))
+    text = "123456+654321=777777. " + "and then a long tail of text " * 2  # <bos> + 14 characters: t = 15
+    (tmp_path / "long.txt").write_text(text)
+    docs = load_documents(cfg(tmp_path / "long.txt", max_length=16), tok, after_marker("first:="))  # via the cache
+    assert len(docs) == 5
+    contexts = make_contexts(list(docs), "first:=", seed=0, step=0)
+    assert [(c.doc, c.position, tok.decode([c.target])) for c in contexts] == [(0, 15, "7")]
+    after = make_contexts(list(docs), "after:=", seed=0, step=0)  # after: still takes every token after it
+    assert [c.position for c in after if c.doc == 0] == [15] and {c.doc for c in after} == {0, 1, 2, 3, 4}
+    in_memory = windows(text, "t", tok, 16, "=")  # the in-memory path of built-in corpora
+    assert [d.holds_marker for d in in_memory] == [True, False, False, False, False]
+    # a window that starts at the marker's first token has no prefix for it: no first: position there
+    edge = windows("12345678901234=" + "9" * 20, "t", tok, 16, "=")
+    assert make_contexts(edge, "first:=", 0, 0) == []

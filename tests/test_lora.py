@@ -16,8 +16,10 @@ pytest.importorskip("peft")
 
 
 def lora_run(run, model_dir, steps=4):
+    """A LoRA run with dropout on its adapters: RLP runs them without (one deterministic policy samples, scores and
+    is updated), so the run is reproducible and resumes exactly."""
     assert main(["train", "--output", str(run), "--set", f"model.name_or_path={model_dir}",
-                 "--set", "model.lora={r: 4, alpha: 8, target_modules: [q_proj, v_proj, up_proj]}",
+                 "--set", "model.lora={r: 4, alpha: 8, dropout: 0.3, target_modules: [q_proj, v_proj, up_proj]}",
                  "--set", f"train.max_steps={steps}", "--set", "train.checkpoint_every=2", "--set", "train.lr=1e-2",
                  "--set", "rlp.group_size=3", "--set", "rlp.max_thought_tokens=4", "--set", "train.batch_documents=2",
                  "--set", "rlp.ema_decay=0.5", "--set", "eval.tasks="]) == 0
@@ -68,6 +70,19 @@ def test_export_merges_the_adapters_of_the_policy_and_of_the_teacher(trained, tm
             torch.testing.assert_close(merged(input_ids=ids).logits, reference(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
     with torch.no_grad():  # the teacher is not the policy: the EMA lags it
         assert (policy(input_ids=ids).logits - teacher.model(input_ids=ids).logits).abs().max() > 1e-4
+
+
+def test_adapters_with_dropout_compute_one_function(llama_dir):
+    from rlpt import lora
+
+    policy = lora.wrap(load_model_and_tokenizer(llama_dir)[0], {"r": 2, "dropout": 0.5})
+    with torch.no_grad():  # B = 0 would hide the dropout on the adapter's input
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21]])
+    first, second = (policy(input_ids=ids).logits for _ in range(2))
+    assert not policy.training and torch.equal(first, second)
 
 
 def test_adapter_ema_update_hand_worked(llama_dir):

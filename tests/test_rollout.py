@@ -101,19 +101,29 @@ def test_forced_end_tag_and_truncation_flag(llama_dir):
     assert not rollouts.truncated(think.close_id).any()
 
 
-def test_update_logprobs_are_tempered_and_masked(llama_dir):
+@pytest.mark.parametrize("engine", ["reference", "packed"])
+def test_update_logprobs_are_tempered_masked_and_of_the_policy_that_sampled(llama_dir, engine):
+    """The sampler renormalises the first thought token without `</think>`; the update must score it so too."""
+    from rlpt.rollout.packed import PackedEngine
+
     model, tok, think, spec = setup(llama_dir, G=2, L=4, T=0.5)
+    with torch.no_grad():  # make `</think>` likely enough as a first token that leaving the ban out shows
+        model.get_output_embeddings().weight[think.close_id] += 0.3 * model.get_input_embeddings().weight[think.open_id]
     contexts = contexts_of(tok, [("5+5=10.", 4), ("9+9=18.", 5)])
     rollouts = ReferenceEngine().rollout(model, model, contexts, spec, temperature_sampler(0.5, 3))
     rows = [0, 1, 2, 3]
-    logp, mask = ReferenceEngine().thought_logprobs(model, rollouts, rows, spec)
+    logp, mask = (ReferenceEngine() if engine == "reference" else PackedEngine()).thought_logprobs(model, rollouts, rows, spec)
     for row in rows:
         c, thought = contexts[row // 2], rollouts.thoughts[row]
         seq = list(c.prefix) + [think.open_id] + thought
         logits = model(input_ids=torch.tensor([seq])).logits[0] / 0.5
         start = len(c.prefix) + 1
-        expected = torch.log_softmax(logits[start - 1 : start - 1 + len(thought)], -1).gather(1, torch.tensor(thought)[:, None])[:, 0]
+        logits = logits[start - 1 : start - 1 + len(thought)].clone()
+        unbanned = torch.log_softmax(logits[0], -1)[thought[0]]
+        logits[0, think.close_id] = float("-inf")  # as the sampler drew it
+        expected = torch.log_softmax(logits, -1).gather(1, torch.tensor(thought)[:, None])[:, 0]
         torch.testing.assert_close(logp[row, : len(thought)], expected, atol=1e-5, rtol=0)
+        assert expected[0] - unbanned > 1e-3  # the ban matters here
         assert mask[row].tolist() == [1.0] * len(thought) + [0.0] * (mask.size(1) - len(thought))
     assert logp.requires_grad
 

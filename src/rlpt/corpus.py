@@ -91,12 +91,16 @@ def tokenizer_key(tokenizer) -> str:
     return hashlib.sha256(vocab + type(tokenizer).__name__.encode()).hexdigest()[:16]
 
 
+INDEX_COLUMNS = 5  # per window: start in ids.u32, length, first position, holds the marker, record label (in the key:
+# a cache written with another layout is another folder)
+
+
 def cache_folder(source: Path, tokenizer, data_cfg, after_text: str | None) -> Path:
     from rlpt.tiny import cache_dir
 
     stat = source.stat() if source.is_file() else (source / "state.json").stat()
     key = json.dumps([str(source.resolve()), stat.st_size, stat.st_mtime_ns, tokenizer_key(tokenizer), data_cfg.max_length,
-                      data_cfg.text_field, data_cfg.format, data_cfg.split_paragraphs, after_text])
+                      data_cfg.text_field, data_cfg.format, data_cfg.split_paragraphs, after_text, INDEX_COLUMNS])
     return cache_dir() / "tokens" / f"{source.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
@@ -111,7 +115,7 @@ class CachedDocuments(Sequence):
         import numpy as np
 
         self.name = name
-        self.index = np.load(folder / "index.npy")  # (windows, 4): start, length, first position, record label
+        self.index = np.load(folder / "index.npy")  # (windows, INDEX_COLUMNS)
         self.ids = np.memmap(folder / "ids.u32", dtype=np.uint32, mode="r") if self.index[:, 1].sum() else None
 
     def __len__(self) -> int:
@@ -122,8 +126,8 @@ class CachedDocuments(Sequence):
 
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        start, length, first, label = (int(v) for v in self.index[i])
-        return Document(self.ids[start : start + length].tolist(), source_name(self.name, label), first)
+        start, length, first, holds_marker, label = (int(v) for v in self.index[i])
+        return Document(self.ids[start : start + length].tolist(), source_name(self.name, label), first, bool(holds_marker))
 
 
 def tokenise_into(folder: Path, source: Path, tokenizer, data_cfg, after_text: str | None) -> None:
@@ -138,9 +142,9 @@ def tokenise_into(folder: Path, source: Path, tokenizer, data_cfg, after_text: s
         for label, text in records(source, data_cfg):
             for doc in windows(text, source_name(str(source), label), tokenizer, data_cfg.max_length, after_text):
                 out.write(np.asarray(doc.ids, dtype=np.uint32).tobytes())
-                index.append((written, len(doc.ids), doc.first_position, label))
+                index.append((written, len(doc.ids), doc.first_position, doc.holds_marker, label))
                 written += len(doc.ids)
-    np.save(folder / "index.npy", np.asarray(index, dtype=np.int64).reshape(-1, 4))
+    np.save(folder / "index.npy", np.asarray(index, dtype=np.int64).reshape(-1, INDEX_COLUMNS))
 
 
 def load(source: Path, tokenizer, data_cfg, after_text: str | None) -> CachedDocuments:

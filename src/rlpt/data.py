@@ -51,6 +51,8 @@ class Document:
     ids: list[int]
     source: str  # file:line (or builtin name) for error messages and rollout dumps
     first_position: int = 1  # smallest usable t (after:TEXT moves it)
+    holds_marker: bool = True  # False for the windows of a long text after the one whose first_position follows
+    # the marker: `first:TEXT` takes a position only in the window that holds the first token after TEXT
 
 
 def package_folder(package: str) -> Path | None:
@@ -186,7 +188,7 @@ def windows(text: str, source: str, tokenizer, max_length: int, after_text: str 
     for start in range(0, len(ids), max_length):
         window = ids[start : start + max_length]
         if len(window) >= 2 and start + len(window) > first:
-            out.append(Document(window, source, max(1, first - start)))
+            out.append(Document(window, source, max(1, first - start), holds_marker=first - start >= 1))
     return out
 
 
@@ -223,7 +225,7 @@ def positions(doc: Document, rule: str, rng: random.Random) -> list[int]:
     if kind in ("all", "after"):
         return list(usable)
     if kind == "first":
-        return list(usable)[:1]
+        return list(usable)[:1] if doc.holds_marker else []
     if kind == "every":
         return [t for t in usable if t % int(arg) == 0]
     if kind == "random":

@@ -50,14 +50,17 @@ def quiet():
 
 
 def wrap(model, spec: dict):
-    """The model with fresh trainable adapters (B = 0: at the start it computes exactly what the base does)."""
+    """The model with fresh trainable adapters (B = 0: at the start it computes exactly what the base does), in eval
+    mode: `get_peft_model` leaves it in train mode, and RLP wants no dropout. The policy that samples a thought, the
+    one that scores it and the one the update differentiates must be one function, or the ratio and the rewards are
+    noise; so `dropout` is accepted (a config shared with supervised training) and inert here."""
     targets = spec.get("target_modules", "all-linear")
     config = peft().LoraConfig(
         r=spec["r"], lora_alpha=spec.get("alpha", 2 * spec["r"]), lora_dropout=spec.get("dropout", 0.0),
         target_modules=targets if isinstance(targets, (str, list)) else list(targets), task_type="CAUSAL_LM")
     try:
         with quiet():
-            return peft().get_peft_model(model, config)
+            return peft().get_peft_model(model, config).eval()
     except ValueError as exc:
         raise UserError(f"model.lora.target_modules: {exc}") from exc
 
@@ -70,7 +73,7 @@ def attach(model, folder: Path, trainable: bool):
     """The model with the adapter saved in `folder/adapter`: kept apart (to train on) or merged into the weights."""
     with quiet():
         adapted = peft().PeftModel.from_pretrained(model, folder / ADAPTER, is_trainable=trainable)
-    return adapted if trainable else adapted.merge_and_unload()
+    return (adapted if trainable else adapted.merge_and_unload()).eval()
 
 
 def save(model, folder: Path) -> None:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 
 from rlpt.generation import Chooser, cache_kwarg, right_pad
-from rlpt.rollout.base import Rollouts, RolloutSpec
+from rlpt.rollout.base import Rollouts, RolloutSpec, ban_close_as_first
 from rlpt.rollout.reference import discounted_scores
 from rlpt.rollout.shared_prefix import SharedPrefix, own_tokens_cache, shared_prefix_attention
 
@@ -234,6 +234,7 @@ class PackedEngine:
         inputs, lengths = inputs.to(device), lengths.sum(1).to(device)
         width = inputs.size(1)
         logits = rows_over_documents(model, inputs, row_t, prefix).logits.float() / spec.temperature
+        logits = ban_close_as_first(logits, spec.think.close_id)
         targets, _ = right_pad(thoughts, spec.pad_id)
         logp = torch.log_softmax(logits, -1).gather(2, targets.to(device)[:, :, None]).squeeze(2)
         mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).float()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from rlpt.generation import Chooser, decode, right_pad
-from rlpt.rollout.base import Context, Rollouts, RolloutSpec
+from rlpt.rollout.base import Context, Rollouts, RolloutSpec, ban_close_as_first
 
 
 def last_token_logprobs(model, sequences: list[list[int]], pad_id: int) -> torch.Tensor:
@@ -96,6 +96,7 @@ class ReferenceEngine:
         index = torch.tensor([[len(p) - 1 + u for u in range(width)] for p in prompts], device=device)
         index = index.clamp(max=logits.size(1) - 1)
         picked = logits.gather(1, index[:, :, None].expand(-1, -1, logits.size(-1))).float() / spec.temperature
+        picked = ban_close_as_first(picked, spec.think.close_id)
         tokens = torch.tensor([t + [spec.pad_id] * (width - len(t)) for t in thoughts], device=device)
         logp = torch.log_softmax(picked, dim=-1).gather(2, tokens[:, :, None]).squeeze(2)
         thought_mask = torch.tensor([[1.0] * len(t) + [0.0] * (width - len(t)) for t in thoughts], device=device)
