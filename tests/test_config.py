@@ -43,9 +43,11 @@ def test_bad_keys_and_values(override, message):
 def test_bad_yaml_file(tmp_path):
     with pytest.raises(UserError, match="cannot read"):
         config.load(str(tmp_path / "missing.yaml"))
-    (tmp_path / "bad.yaml").write_text("rlp: [1, 2\n")
-    with pytest.raises(UserError, match="not valid YAML"):
+    (tmp_path / "bad.yaml").write_text("rlp:\n  group_size: 4\n  positions: [1, 2\ntrain: {}\n")
+    with pytest.raises(UserError) as error:
         config.load(str(tmp_path / "bad.yaml"))
+    message = str(error.value)  # one line naming the file, line and column; no caret drawing
+    assert "\n" not in message and message.startswith(f"--config {tmp_path / 'bad.yaml'}:4:6: not valid YAML (")
 
 
 def test_the_builtin_demos_settings_apply_to_the_builtin_demo_only():

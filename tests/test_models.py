@@ -72,3 +72,30 @@ def test_builtin_tiny_is_built_once_and_cached(tmp_path, monkeypatch):
     model, tokenizer, think = load_model_and_tokenizer("builtin:tiny")
     assert model.config.model_type == "llama" and think.open_id == tokenizer.convert_tokens_to_ids("<think>")
     assert list(tmp_path.iterdir()) == [first]  # no temporary folder left behind
+
+
+def test_a_build_killed_midway_leaves_no_temporary_folder_for_ever(tmp_path):
+    """kill -9 during a build skips its clean-up; the next build removes the temporary folders of dead processes
+    (and leaves a live build's alone)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from rlpt.checkpoint import build_folder
+
+    target = tmp_path / "builtin-tiny-abc"
+    script = ("import sys, time; from pathlib import Path; from rlpt.checkpoint import build_folder\n"
+              "build_folder(Path(sys.argv[1]), lambda tmp: ((tmp / 'part').write_text('x'), time.sleep(60)))")
+    child = subprocess.Popen([sys.executable, "-c", script, str(target)])
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".builtin-tiny-abc-*/part")) and time.time() < deadline:
+        time.sleep(0.1)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert len(list(tmp_path.glob(".builtin-tiny-abc-*"))) == 1  # what kill -9 leaves behind
+    live = tmp_path / f".builtin-tiny-abc-pid{os.getpid()}-other"  # a build in progress in a live process
+    live.mkdir()
+    build_folder(target, lambda tmp: (tmp / "config.json").write_text("{}"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "builtin-tiny-abc"]

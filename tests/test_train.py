@@ -130,3 +130,18 @@ def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "rlpt", "train", "--output", str(tmp_path / "r"), "--set", "rlp.group_size=1"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "rlp.group_size must be >= 2" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("data.path=missing.txt", "data.path: missing.txt is not a file, a folder or a glob"),
+    ("train.next_token_data=gone.jsonl", "train.next_token_data: gone.jsonl is not a file, a folder or a glob"),
+    ("eval.tasks=absent.jsonl", "eval.tasks: absent.jsonl is not a file"),
+    ("model.name_or_path=no/such/folder", "model.name_or_path: 'no/such/folder' is not a local Hugging Face model"),
+    ("data.path=builtin:arithm", "data.path: unknown built-in corpus 'builtin:arithm'"),
+])
+def test_bad_inputs_fail_before_any_model_is_built(tmp_path, monkeypatch, capsys, setting, message):
+    """On a fresh machine `rlpt train --set data.path=missing.txt` spent minutes warming up builtin:tiny first."""
+    monkeypatch.setenv("RLPT_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["train", "--output", str(tmp_path / "run"), "--set", setting]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()  # nothing built, nothing written

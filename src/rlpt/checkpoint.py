@@ -12,6 +12,7 @@ previous checkpoint usable. Loading uses safetensors and `torch.load(weights_onl
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import random
@@ -28,13 +29,32 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_abandoned_builds(folder: Path) -> None:
+    """The temporary folders of builds of `folder` whose process is gone (killed mid-build: `finally` never ran)."""
+    for tmp in folder.parent.glob(f".{glob.escape(folder.name)}-pid*-*"):
+        pid = tmp.name.removeprefix(f".{folder.name}-pid").split("-", 1)[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def build_folder(folder: Path, build, marker: str = "config.json") -> Path:
     """A folder written whole or not at all: `build(tmp)` writes into a temporary sibling, which is renamed to
     `folder` when complete. A folder that already holds `marker` (a model's config.json) is kept as it is."""
     if (folder / marker).is_file():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    remove_abandoned_builds(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-pid{os.getpid()}-", dir=folder.parent))
     try:
         build(tmp)
         os.replace(tmp, folder)  # also replaces an empty folder

@@ -28,6 +28,8 @@ def cmd_train(args) -> int:
     from rlpt import config, run
 
     cfg = config.load(args.config, args.set or [])  # errors show here, before any process starts
+    output = Path(args.output or Path("runs") / (Path(args.config).stem if args.config else "default"))
+    run.check_inputs(cfg, output, args.fresh)
     if args.config is None:
         print("rlpt: no --config: " + ("the built-in demo's settings (docs/default-run.md)"
                                        if config.is_builtin_demo(None, args.set or [])
@@ -42,7 +44,6 @@ def cmd_train(args) -> int:
         # torchrun would give each process 1 thread; share the cores instead (an explicit setting is kept)
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc)))
         os.execv(sys.executable, command)
-    output = Path(args.output or Path("runs") / (Path(args.config).stem if args.config else "default"))
     summary = run.train(cfg, output, fresh=args.fresh)
     if summary:  # rank 0 (every other rank returns nothing)
         print(run.format_summary(summary, output))

@@ -250,8 +250,11 @@ def load(path: str | None = None, overrides: list[str] = ()) -> Config:
             values = yaml.safe_load(file.read_text())
         except OSError as exc:
             raise UserError(f"--config {path}: cannot read ({exc.strerror})") from exc
-        except yaml.YAMLError as exc:
-            raise UserError(f"--config {path}: not valid YAML ({exc})") from exc
+        except yaml.YAMLError as exc:  # one line: file, line and column, and what is wrong there
+            mark = getattr(exc, "problem_mark", None)
+            where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise UserError(f"--config {path}{where}: not valid YAML ({problem})") from exc
         apply(cfg, values or {}, str(path))
     for text in overrides:
         apply(cfg, parse_override(text), f"--set {text}")

@@ -89,6 +89,21 @@ def verne_texts() -> list[tuple[str, str]]:
     return [(story, "builtin:verne/in_the_year_2889")]
 
 
+BUILTIN_CORPORA = ["arith", "arith-worked", "arith-warm", "shakespeare", "verne", *SUITES]
+
+
+def check_corpus(path: str, key: str = "data.path") -> None:
+    """What `load_documents` would refuse for want of a file or a name, found before any model is built."""
+    from rlpt.corpus import is_saved_dataset
+
+    if path.startswith("builtin:"):
+        if path.removeprefix("builtin:") not in BUILTIN_CORPORA:
+            raise UserError(f"{key}: unknown built-in corpus {path!r} (known: "
+                            + ", ".join(f"builtin:{n}" for n in BUILTIN_CORPORA) + ")")
+    elif not path.startswith("reasoning_gym:") and not is_saved_dataset(Path(path).expanduser()):
+        resolve_files(path, key)
+
+
 def builtin_texts(name: str) -> list[tuple[str, str]]:
     """`builtin:arith` (3-digit addition), `builtin:arith-worked` (the same problems, every one with its worked
     thought), `builtin:arith-warm` (the warm-start corpus of `builtin:tiny`, whose worked thoughts forget most carries;
@@ -109,13 +124,12 @@ def builtin_texts(name: str) -> list[tuple[str, str]]:
     elif name in SUITES:
         texts = SUITES[name].training_documents(BUILTIN_ARITH_DOCUMENTS)
     else:
-        raise UserError(f"data.path: unknown built-in corpus 'builtin:{name}' (known: builtin:arith, builtin:arith-worked, builtin:arith-warm, "
-                        "builtin:shakespeare, builtin:verne, "
-                        + ", ".join(f"builtin:{s}" for s in SUITES) + ")")
+        raise UserError(f"data.path: unknown built-in corpus 'builtin:{name}' (known: "
+                        + ", ".join(f"builtin:{n}" for n in BUILTIN_CORPORA) + ")")
     return [(text, f"builtin:{name}#{i}") for i, text in enumerate(texts)]
 
 
-def resolve_files(path: str) -> list[Path]:
+def resolve_files(path: str, key: str = "data.path") -> list[Path]:
     p = Path(path).expanduser()
     if p.is_file():
         return [p]
@@ -124,11 +138,11 @@ def resolve_files(path: str) -> list[Path]:
 
         files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in TEXT_SUFFIXES | JSONL_SUFFIXES | DATASET_SUFFIXES)
         if not files:
-            raise UserError(f"data.path: folder {path} has no .txt, .md, .jsonl, .parquet or .arrow file")
+            raise UserError(f"{key}: folder {path} has no .txt, .md, .jsonl, .parquet or .arrow file")
         return files
     matches = sorted(Path(m) for m in glob.glob(str(p), recursive=True) if Path(m).is_file())
     if not matches:
-        raise UserError(f"data.path: {path} is not a file, a folder or a glob matching any file")
+        raise UserError(f"{key}: {path} is not a file, a folder or a glob matching any file")
     return matches
 
 

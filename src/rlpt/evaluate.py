@@ -105,6 +105,16 @@ def document_contexts(tokenizer, texts: list[str], rule: str, limit: int) -> lis
     return make_contexts(docs, rule, seed=0, step=0)[:limit]
 
 
+def check_eval_set(spec: str, key: str = "--tasks") -> None:
+    """What `load_eval_set` would refuse for want of a file or a name, found before any model is built."""
+    name = spec.removeprefix("builtin:")
+    if spec.startswith("builtin:") and name != "arith" and name not in SUITES:
+        raise UserError(f"{key}: unknown built-in set {spec!r} (known: builtin:arith, "
+                        + ", ".join(f"builtin:{s}" for s in SUITES) + ")")
+    if not spec.startswith(("builtin:", "reasoning_gym:")) and not Path(spec).expanduser().is_file():
+        raise UserError(f"{key}: {spec} is not a file")
+
+
 def load_eval_set(spec: str, limit: int | None = None, corpus: str | None = None) -> tuple[list[dict], list[str]]:
     """(questions, documents) of an evaluation set. `builtin:arith`: the held-out questions, and the same problems
     as documents. `reasoning_gym:NAME?size=N&seed=S`: generated problems, scored by the generator's checker, without
@@ -119,13 +129,12 @@ def load_eval_set(spec: str, limit: int | None = None, corpus: str | None = None
     if spec.startswith("builtin:") and (name == "arith" or name in SUITES):
         questions = arith.heldout_questions(limit or 256) if name == "arith" else SUITES[name].heldout_questions(limit or 256)
         return questions, [q["question"] + q["answer"] + "." for q in questions]
-    if spec.startswith("builtin:"):
-        raise UserError(f"--tasks: unknown built-in set {spec!r} (known: builtin:arith, "
-                        + ", ".join(f"builtin:{s}" for s in SUITES) + ")")
+    check_eval_set(spec)
     questions, documents = [], []
     for number, record in jsonl_records(Path(spec)):
         if isinstance(record, dict) and "question" in record and "answer" in record:
-            questions.append({"question": str(record["question"]), "answer": str(record["answer"])})
+            questions.append({"question": str(record["question"]), "answer": str(record["answer"]),
+                              **({"thought": str(record["thought"])} if "thought" in record else {})})
         elif isinstance(record, dict) and isinstance(record.get("text"), str):
             documents.append(record["text"])
         else:

@@ -67,6 +67,22 @@ def evaluate_tasks(cfg, model, tokenizer, think) -> dict | None:
     return {key: result[key] for key in ("accuracy", "thought_correct", "correct") if key in result}
 
 
+def check_inputs(cfg, run_dir: Path, fresh: bool) -> None:
+    """Every name and file the run reads, checked before any model is built, converted or tokenised: on a fresh
+    machine a missing corpus is an error in a second, not after minutes of warming up `builtin:tiny`."""
+    from rlpt.data import check_corpus
+    from rlpt.evaluate import check_eval_set
+    from rlpt.models import check_model_source
+
+    if fresh or checkpoint.latest(run_dir) is None:  # a resumed run reads its checkpoint, not the model
+        check_model_source(cfg.model.name_or_path)
+    check_corpus(cfg.data.path)
+    if cfg.train.next_token_data:
+        check_corpus(cfg.train.next_token_data, "train.next_token_data")
+    if cfg.eval.tasks:
+        check_eval_set(cfg.eval.tasks, "eval.tasks")
+
+
 def train(cfg, run_dir: Path, fresh: bool = False) -> dict:
     """Train (on this process, or as one rank of a torchrun job) and return the run's summary."""
     device = distributed.resolve_device(cfg.train.device)
