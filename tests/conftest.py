@@ -11,6 +11,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+# families with sliding-window attention, windows far shorter than a document plus its thought; Qwen2 and Gemma3 mix
+# windowed and full layers
+SLIDING = {
+    "mistral": ("mistral", dict(sliding_window=6)),
+    "qwen2-sliding": ("qwen2", dict(use_sliding_window=True, sliding_window=6, max_window_layers=1)),
+    "gemma3": ("gemma3_text", dict(sliding_window=6, head_dim=16, layer_types=["sliding_attention", "full_attention"])),
+}
+
+
 def save_tiny(folder, arch: str = "llama", seed: int = 0, tie: bool = True):
     """A 2-layer model of `arch` with the built-in character tokenizer, saved with save_pretrained."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -23,8 +32,10 @@ def save_tiny(folder, arch: str = "llama", seed: int = 0, tie: bool = True):
     if arch == "gpt2":
         config = AutoConfig.for_model("gpt2", n_embd=32, n_layer=2, n_head=2, n_positions=256, **common)
     else:
-        config = AutoConfig.for_model(arch, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                      num_key_value_heads=2, max_position_embeddings=256, **common)
+        model_type, extra = SLIDING.get(arch, (arch, {}))
+        config = AutoConfig.for_model(model_type, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                                      **extra, **common)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(folder)

@@ -21,7 +21,7 @@ from conftest import save_tiny
 TEXTS = ["123+456=579.", "98+7=105. and a longer tail", "5+5=10.", "777+1=778."]
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2", "qwen3", "gpt2", "gpt_neox"])
+@pytest.fixture(scope="module", params=["llama", "qwen2", "qwen3", "gpt2", "gpt_neox", "mistral", "qwen2-sliding", "gemma3"])
 def arch_dir(request, tmp_path_factory):
     return save_tiny(tmp_path_factory.mktemp(request.param), request.param, seed=1)
 
@@ -190,3 +190,34 @@ def test_compiled_decoding_without_a_compiler_is_a_clear_error(llama_dir, monkey
     with pytest.raises(UserError, match="rlp.compile_decoding: .*install g\\+\\+"):
         make_engine("packed", model, compile_decoding=True)
     assert isinstance(make_engine("packed", model), PackedEngine)  # uncompiled, no compiler needed
+
+
+def test_attention_the_packed_path_does_not_reproduce_falls_back(tmp_path):
+    """Gemma2 soft-caps its attention logits (and gpt-oss adds attention sinks): the shared-prefix attention refuses
+    them, so the start-up probe sends such a model to the reference engine, with its one-line warning."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    config = Gemma2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                          num_key_value_heads=2, head_dim=16, sliding_window=6, attn_logit_softcapping=5.0)
+    model = Gemma2ForCausalLM(config).eval()
+    assert not supports_shared_prefix(model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert isinstance(make_engine("packed", model), ReferenceEngine)
+    assert "using the reference engine" in str(caught[0].message)
+
+
+def test_the_probe_catches_a_window_the_packed_path_gets_wrong(tmp_path, monkeypatch):
+    """The start-up probe's document is longer than the model's window: with the window left out of the shared-prefix
+    attention (as before windows were applied) it fails, where a 3-token probe passed."""
+    from rlpt.rollout.shared_prefix import SharedPrefix
+
+    model, _, _ = load_model_and_tokenizer(save_tiny(tmp_path / "mistral", "mistral"))
+    assert supports_shared_prefix(model)
+
+    def no_window(self, query_positions, window, width):
+        return 0.0, 0.0
+
+    monkeypatch.setattr(SharedPrefix, "window_masks", no_window)
+    assert not supports_shared_prefix(model)
+

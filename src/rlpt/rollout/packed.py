@@ -28,6 +28,7 @@ start-up; the trainer then uses the reference engine and says so.
 from __future__ import annotations
 
 import torch
+from transformers.cache_utils import DynamicCache
 
 from rlpt.generation import Chooser, cache_kwarg, right_pad
 from rlpt.rollout.base import Rollouts, RolloutSpec, ban_close_as_first
@@ -55,19 +56,30 @@ def documents_of(contexts, scored: bool = False) -> tuple[list[list[int]], list[
     return [list(longest[doc]) for doc in order], [index[c.doc] for c in contexts]
 
 
+PROBE_LENGTH = 24  # document tokens beyond the model's sliding window (if any) in the start-up probe
+PROBE_MAX_WINDOW = 4096  # a wider window is probed at this length: the probe stays one short forward
+
+
 @torch.no_grad()
 def supports_shared_prefix(model) -> bool:
-    """Probe on the model itself: a thought row over a shared document prefix must give the logits of the plain
-    sequence `x_<t <think>`. False if the model errors or its attention ignores the shared prefix or the masks."""
+    """Probe on the model itself: thought rows over a shared document prefix must give the logits of the plain
+    sequences `x_<t <think> c`. The document is longer than the model's sliding window (if it has one), and the rows
+    sit early, midway and at the end of it with several tokens of their own, so that a window, a mask or a position
+    that the packed path gets wrong shows. False if the model errors or disagrees."""
     device = next(model.parameters()).device
+    config = getattr(model.config, "text_config", None) or model.config
     vocab = model.config.vocab_size
-    doc = torch.tensor([[1, 2, 3, 5]], device=device) % vocab
-    row = torch.tensor([[4]], device=device) % vocab
+    window = min(getattr(config, "sliding_window", None) or 0, PROBE_MAX_WINDOW)
+    length = PROBE_LENGTH + window
+    generator = torch.Generator().manual_seed(0)
+    doc = torch.randint(vocab, (1, length), generator=generator).to(device)
+    rows = torch.randint(vocab, (3, 4), generator=generator).to(device)
+    row_t = torch.tensor([2, length // 2, length - 1], device=device)
     try:
-        alone = model(input_ids=torch.cat([doc[:, :2], row], 1)).logits[0, -1]
-        row_doc, row_t = torch.tensor([0], device=device), torch.tensor([2], device=device)
-        prefix = document_prefix(model, doc, torch.ones_like(doc), row_doc, row_t)
-        shared = rows_over_documents(model, row, row_t, prefix).logits[0, -1]
+        alone = torch.stack([model(input_ids=torch.cat([doc[0, :t], row])[None]).logits[0, t:]
+                             for t, row in zip(row_t.tolist(), rows)])
+        prefix = document_prefix(model, doc, torch.ones_like(doc), torch.zeros_like(row_t), row_t)
+        shared = rows_over_documents(model, rows, row_t, prefix).logits
     except Exception:  # any model that cannot run this falls back, whatever the reason
         return False
     return bool(torch.allclose(shared.float(), alone.float(), atol=1e-3, rtol=1e-3))
@@ -98,8 +110,11 @@ def fixed_width_step(model, feed, positions, own_mask, cache, prefix: SharedPref
 
 def document_prefix(model, doc_ids, doc_mask, row_doc, row_t) -> SharedPrefix:
     """One forward over the documents (right-padded) gives the keys and values every row shares."""
-    out = model(input_ids=doc_ids, attention_mask=doc_mask, use_cache=True, logits_to_keep=1)
-    return SharedPrefix(out.get(cache_kwarg(model)), row_doc, row_t)
+    # a plain cache: the one a model makes itself keeps only the last `sliding_window` keys of a windowed layer, and
+    # a row at t needs the keys its own window reaches back to
+    name = cache_kwarg(model)
+    out = model(input_ids=doc_ids, attention_mask=doc_mask, use_cache=True, logits_to_keep=1, **{name: DynamicCache()})
+    return SharedPrefix(out.get(name), row_doc, row_t)
 
 
 class PackedEngine:

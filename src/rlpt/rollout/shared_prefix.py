@@ -26,6 +26,7 @@ class SharedPrefix:
     """The documents' keys/values per layer and, per row, its document, its t and its slot in a (documents, R) grid."""
 
     def __init__(self, cache, row_doc: torch.Tensor, row_t: torch.Tensor):
+        self.row_t = row_t  # a row's own token j sits at position row_t + j
         self.keys = [layer.keys for layer in cache.layers]  # (B, H_kv, T, D) each
         self.values = [layer.values for layer in cache.layers]
         docs = self.keys[0].shape[0]
@@ -44,6 +45,20 @@ class SharedPrefix:
         mask = torch.zeros(allowed.shape, dtype=self.keys[0].dtype, device=row_t.device).masked_fill_(~allowed, float("-inf"))
         # additive, per grid slot (an empty slot sees every key: its scores are computed, then dropped)
         self.doc_mask = self.to_grid(mask[:, None, None, :]).view(docs, 1, self.rows_per_doc, 1, length)  # (B, 1, R, 1, T)
+
+    def window_masks(self, query_positions: torch.Tensor, window: int, width: int):
+        """A sliding-window layer's additive masks (a query at position p sees keys at positions > p - window): over
+        the document's keys in the grid layout (B, 1, R, q, T), and over the row's own keys (N, 1, q, width)."""
+        length = self.keys[0].shape[2]
+        lowest = query_positions[:, :, None] - window  # (N, q, 1): keys at or below this position are out of sight
+        doc_far = torch.arange(length, device=lowest.device)[None, None, :] <= lowest  # (N, q, T)
+        own_positions = self.row_t[:, None, None] + torch.arange(width, device=lowest.device)[None, None, :]
+        own_far = own_positions <= lowest  # (N, q, width)
+        dtype = self.keys[0].dtype
+        doc = torch.zeros(doc_far.shape, dtype=dtype, device=lowest.device).masked_fill_(doc_far, float("-inf"))
+        own = torch.zeros(own_far.shape, dtype=dtype, device=lowest.device).masked_fill_(own_far, float("-inf"))
+        q = query_positions.shape[1]
+        return self.to_grid(doc[:, None]).view(-1, 1, self.rows_per_doc, q, length), own[:, None]
 
     def to_grid(self, rows: torch.Tensor) -> torch.Tensor:
         """(N, H, q, X) -> (B, H, R * q, X), zeros in empty slots."""
@@ -113,6 +128,9 @@ def repeat_heads(states: torch.Tensor, groups: int) -> torch.Tensor:
 def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, shared_prefix=None, **kwargs):
     if shared_prefix is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    unsupported = [name for name in ("softcap", "s_aux") if kwargs.get(name) is not None]
+    if unsupported:  # attention logit soft-capping, attention sinks: not reproduced here; the probe falls back
+        raise NotImplementedError(f"shared-prefix attention does not support {unsupported}")
     groups = query.shape[1] // key.shape[1]
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     layer = module.layer_idx
@@ -129,8 +147,13 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
     own_scores = query @ own_keys.transpose(-1, -2)  # (N, H, q, W)
     if attention_mask is not None:
         own_scores = own_scores + attention_mask
+    doc_mask = shared_prefix.doc_mask
+    window = kwargs.get("sliding_window")  # this layer's window (Mistral, Qwen2, Gemma3), None for full attention
+    if window is not None:
+        doc_window, own_window = shared_prefix.window_masks(kwargs["position_ids"], window, width)
+        doc_mask, own_scores = doc_mask + doc_window, own_scores + own_window
     own_scores = shared_prefix.to_grid(own_scores).view(docs, heads, rows_per_doc, q, width)
-    scores = torch.cat([doc_scores + shared_prefix.doc_mask, own_scores], dim=-1)
+    scores = torch.cat([doc_scores + doc_mask, own_scores], dim=-1)
     weights = torch.softmax(scores.float(), dim=-1).to(query.dtype)
     doc_weights, own_weights = weights.split([length, width], dim=-1)
     doc_part = doc_weights.reshape(docs, heads, rows_per_doc * q, length) @ doc_values  # (B, H, R * q, D)
