@@ -58,3 +58,18 @@ def test_the_builtin_demos_settings_apply_to_the_builtin_demo_only():
     paper = config.Config()
     assert own.eval.tasks == "" and own.train.next_token_data == "" and own.rlp == paper.rlp
     assert (own.train.lr, own.train.batch_documents, own.train.max_steps) == (1e-6, 8, 100)
+
+
+def test_print_config_shows_the_resolved_config_and_starts_nothing(tmp_path, capsys, monkeypatch):
+    from pathlib import Path
+
+    from rlpt.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    example = Path(__file__).parent.parent / "examples" / "own_model.yaml"
+    assert main(["train", "--config", str(example), "--set", "rlp.group_size=4", "--print-config"]) == 0
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(capsys.readouterr().out)
+    again = config.load(str(printed))
+    assert again == config.load(str(example), ["rlp.group_size=4"]) and again.rlp.group_size == 4
+    assert not (tmp_path / "runs").exists()

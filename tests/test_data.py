@@ -73,7 +73,7 @@ def test_position_rules():
 
 
 def test_after_rule_starts_after_the_marker(tok):
-    from rlpt.data import first_position_after
+    from rlpt.documents import first_position_after
 
     text = "12+34=46."
     first = first_position_after(tok, text, "=")

@@ -22,7 +22,7 @@ def test_eval_question_answer_jsonl_and_builtin(llama_dir, tmp_path, capsys):
     assert result["n"] == 2 and 0.0 <= result["accuracy"] <= 1.0 and result["think"] is True
     capsys.readouterr()
     assert main(["eval", "--model", llama_dir, "--tasks", "builtin:arith", "--max-questions", "8", "--no-think",
-                 "--max-thought-tokens", "4"]) == 0
+                 "--max-thought-tokens", "4", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["n"] == 8 and result["think"] is False
     for key in ("logp_think", "logp_nothink", "next_token_acc"):
@@ -33,10 +33,19 @@ def test_eval_question_answer_jsonl_and_builtin(llama_dir, tmp_path, capsys):
 def test_eval_documents_give_the_intrinsic_metric(llama_dir, tmp_path, capsys):
     docs = tmp_path / "docs.jsonl"
     docs.write_text('{"text": "12+34=46."}\n{"text": "5+5=10."}\n')
-    assert main(["eval", "--model", llama_dir, "--tasks", str(docs), "--max-thought-tokens", "3"]) == 0
+    assert main(["eval", "--model", llama_dir, "--tasks", str(docs), "--max-thought-tokens", "3", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["positions"] == 9 + 7  # every 1 <= t < len: 10 and 8 ids with <bos>
     assert result["accuracy"] == result["next_token_acc_think"] and result["n"] == result["positions"]
+
+
+def test_eval_says_what_it_measured_in_plain_lines(llama_dir, capsys):
+    assert main(["eval", "--model", llama_dir, "--tasks", "builtin:arith", "--max-questions", "4", "--max-positions", "6",
+                 "--max-thought-tokens", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "exact-match accuracy with a greedy thought:" in out and "% of 4 questions" in out
+    assert "greedy thought exactly the worked one" in out and "nats after a greedy thought" in out
+    assert not out.lstrip().startswith("{")  # the JSON only with --json
 
 
 def test_eval_bad_tasks_file(llama_dir, tmp_path, capsys):
@@ -51,12 +60,22 @@ def test_sample_reports_thoughts_with_their_reward(llama_dir, capsys):
                  "--max-thought-tokens", "5", "--seed", "1", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["next_token"] == "4" and len(result["thoughts"]) == 3
+    rewards = [row["reward"] for row in result["thoughts"]]
     for row in result["thoughts"]:
         assert row["reward"] == pytest.approx(row["s_pred"] - row["s_ema"], abs=1e-6)
+        assert row["advantage"] == pytest.approx(3 / 2 * (row["reward"] - sum(rewards) / 3), abs=1e-5)  # G/(G-1)
         assert 1 <= len(row["thought_ids"]) <= 5
     again = main(["sample", "--model", llama_dir, "--prefix", "12+34=", "--next", "46.", "--num-thoughts", "3",
                   "--max-thought-tokens", "5", "--seed", "1", "--json"])
     assert again == 0 and json.loads(capsys.readouterr().out) == result  # same seed, same thoughts
+
+
+def test_sample_says_when_every_thought_of_the_group_is_the_same(llama_dir, capsys):
+    # one-token thoughts at a temperature so low that all draw the likeliest token
+    assert main(["sample", "--model", llama_dir, "--prefix", "12+34=", "--next", "46.", "--num-thoughts", "3",
+                 "--max-thought-tokens", "1", "--temperature", "0.001"]) == 0
+    out = capsys.readouterr().out
+    assert "advantage" in out and "all 3 thoughts are the same" in out
 
 
 def test_sample_uses_the_checkpoint_ema_as_teacher(llama_dir, tmp_path, capsys):

@@ -36,7 +36,7 @@ def test_experiment_writes_table_results_plots_and_models(tmp_path, capsys):
             assert (out / "models" / f"seed-{seed}" / method / "config.json").is_file()
     capsys.readouterr()
     assert main(["eval", "--model", str(out / "models" / "seed-1" / "rlp"), "--tasks", "builtin:science",
-                 "--max-questions", "2", "--max-positions", "4", "--max-thought-tokens", "4"]) == 0
+                 "--max-questions", "2", "--max-positions", "4", "--max-thought-tokens", "4", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 2
 
     # a rerun finds every stage done: nothing is trained again

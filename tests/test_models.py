@@ -83,10 +83,10 @@ def test_a_build_killed_midway_leaves_no_temporary_folder_for_ever(tmp_path):
     import sys
     import time
 
-    from rlpt.checkpoint import build_folder
+    from rlpt.cache import build_folder
 
     target = tmp_path / "builtin-tiny-abc"
-    script = ("import sys, time; from pathlib import Path; from rlpt.checkpoint import build_folder\n"
+    script = ("import sys, time; from pathlib import Path; from rlpt.cache import build_folder\n"
               "build_folder(Path(sys.argv[1]), lambda tmp: ((tmp / 'part').write_text('x'), time.sleep(60)))")
     child = subprocess.Popen([sys.executable, "-c", script, str(target)])
     deadline = time.time() + 60

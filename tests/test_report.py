@@ -45,5 +45,33 @@ def test_report_renders_in_headless_chromium(tmp_path, llama_dir):
     assert len(re.findall(r'<svg class="plot"', dom)) == len(PLOTS)  # every metric plot
     last_step = [line for line in (run / "rollouts.jsonl").read_text().splitlines() if '"step": 3' in line]
     # the rollout table was filled by the page's script, in the browser: one row per thought of the last step
-    assert len(re.findall(r'<tr style="background', dom)) == len(last_step) > 0
+    assert len(re.findall(r'<tr( style="[^"]*")?><td>', dom)) == len(last_step) > 0
     assert 'class="tok gain"' in dom  # the document shaded by information gain
+
+
+def test_rollout_colours_follow_the_size_of_the_advantage_in_chromium(tmp_path):
+    """A group whose rewards agree has advantages of ~1e-7: uncoloured, not the step's brightest green and red (the
+    colour was the advantage over the step's maximum). The table shows the text before t and the scored tokens."""
+    import json
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no chromium on this machine (Debian: apt-get install chromium)")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps(dict(step=1, reward_mean=0.5, loss=0.1)) + "\n")
+    rows = [dict(step=1, doc="builtin:arith#7", position=9, context="347+185=", scored="532.", thought_text=text,
+                 reward=reward, advantage=advantage)
+            for text, reward, advantage in [("same", 1.0, 1e-7), ("same", 1.0, -1e-7),
+                                            ("carries", 9.2, 1.5), ("forgets", 4.2, -1.5)]]
+    (run / "rollouts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    page = tmp_path / "report.html"
+    assert main(["report", str(run), "--out", str(page)]) == 0
+    dom = subprocess.run([browser, "--headless", "--disable-gpu", "--no-sandbox", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    table = dom[dom.index('id="rollouts"'):]
+    cells = re.findall(r"<tr( style=\"[^\"]*\")?><td>builtin:arith#7, t = 9</td><td class=\"thought\">347\+185=</td>"
+                       r"<td class=\"thought\">532\.</td><td class=\"thought\">(\w+)</td>", table)
+    assert [(thought, bool(style)) for style, thought in cells] == [
+        ("same", False), ("same", False), ("carries", True), ("forgets", True)]
+    assert "rgba(40, 160, 60, 0.5)" in table and "rgba(210, 50, 40, 0.5)" in table  # full at |advantage| >= 1

@@ -45,7 +45,13 @@ def test_run_folder_contents(llama_dir, tmp_path, capsys):
     assert (run / "checkpoints" / "step-2").is_dir() and (run / "config.yaml").is_file()
     summary = json.loads((run / "summary.json").read_text())
     assert {"reward_slope", "reward_slope_t", "s_ema_drift"} <= set(summary)
-    assert "finished 3 steps" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "finished 3 steps" in out and "first 1 step " in out and "last 1 step " in out  # of 3, not "first 10"
+    assert f"next: rlpt report {run}" in out
+    assert train(llama_dir, run, "train.max_steps=3", "train.dump_rollouts=true") == 0  # again: nothing to do
+    out = capsys.readouterr().out
+    assert "is already at train.max_steps = 3: nothing to train" in out and "finished" not in out
+    assert [r["step"] for r in metrics(run)] == [1, 2, 3]
 
 
 def test_resume_continues_exactly(llama_dir, tmp_path):
@@ -145,3 +151,21 @@ def test_bad_inputs_fail_before_any_model_is_built(tmp_path, monkeypatch, capsys
     assert main(["train", "--output", str(tmp_path / "run"), "--set", setting]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()  # nothing built, nothing written
+
+
+def test_pretrain_warm_starts_a_model_on_documents(tmp_path, llama_dir, capsys):
+    corpus = tmp_path / "worked.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"{a}+{a}=<think>{a}+{a}={2 * a}</think>{2 * a}."}) + "\n"
+                              for a in range(40)))
+    out = tmp_path / "warm"
+    assert main(["pretrain", "--model", llama_dir, "--data", str(corpus), "--output", str(out), "--steps", "3",
+                 "--batch-size", "4", "--lr", "1e-3"]) == 0
+    assert "rlpt train --set model.name_or_path=" in capsys.readouterr().out
+    from rlpt.models import load_model_and_tokenizer
+
+    before, _, _ = load_model_and_tokenizer(llama_dir)
+    after, _, _ = load_model_and_tokenizer(str(out))
+    assert not torch.equal(before.lm_head.weight, after.lm_head.weight)  # trained
+    assert main(["pretrain", "--model", llama_dir, "--data", str(corpus), "--output", str(out)]) == 2  # kept
+    assert main(["pretrain", "--model", llama_dir, "--data", "nothing.jsonl", "--output", str(tmp_path / "x")]) == 2
+    assert "--data: nothing.jsonl is not a file" in capsys.readouterr().err

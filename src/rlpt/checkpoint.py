@@ -12,12 +12,10 @@ previous checkpoint usable. Loading uses safetensors and `torch.load(weights_onl
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -27,43 +25,6 @@ def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
-def remove_abandoned_builds(folder: Path) -> None:
-    """The temporary folders of builds of `folder` whose process is gone (killed mid-build: `finally` never ran)."""
-    for tmp in folder.parent.glob(f".{glob.escape(folder.name)}-pid*-*"):
-        pid = tmp.name.removeprefix(f".{folder.name}-pid").split("-", 1)[0]
-        if pid.isdigit() and not process_alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def build_folder(folder: Path, build, marker: str = "config.json") -> Path:
-    """A folder written whole or not at all: `build(tmp)` writes into a temporary sibling, which is renamed to
-    `folder` when complete. A folder that already holds `marker` (a model's config.json) is kept as it is."""
-    if (folder / marker).is_file():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    remove_abandoned_builds(folder)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-pid{os.getpid()}-", dir=folder.parent))
-    try:
-        build(tmp)
-        os.replace(tmp, folder)  # also replaces an empty folder
-    except OSError:
-        if not (folder / marker).is_file():  # a concurrent build may have won the rename
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
 
 
 SHARDED = "dcp"
@@ -175,31 +136,3 @@ def restore(folder: Path, ema, policy, optimizer) -> dict:
     version, internal, gauss = json.loads((folder / "random_state.json").read_text())
     random.setstate((version, tuple(internal), gauss))
     return json.loads((folder / "trainer_state.json").read_text())
-
-
-def load_teacher(folder: Path, policy):
-    """The EMA teacher saved in checkpoint `folder` (either layout) as a frozen model like `policy`; None if the folder
-    holds none (a plain model folder)."""
-    from rlpt import lora
-    from rlpt.ema import EmaTeacher
-
-    if (folder / lora.ADAPTER).is_dir():  # frozen base + EMA adapters, merged
-        from rlpt.models import load_model_and_tokenizer
-
-        adapted, _, _ = load_model_and_tokenizer(str(folder), adapter="train")
-        ema = lora.AdapterEmaTeacher(decay=0.0)
-        ema.load(folder / "ema.safetensors", adapted)
-        with torch.no_grad():
-            for name, param in adapted.named_parameters():
-                if name in ema.tensors:
-                    param.copy_(ema.tensors[name])
-        return adapted.merge_and_unload().eval().requires_grad_(False)
-    teacher = EmaTeacher(decay=0.0)
-    if (folder / SHARDED).is_dir():
-        teacher.init_from(policy)
-        load_sharded_weights(teacher.model, folder, "ema")
-    elif (folder / "ema.safetensors").is_file():
-        teacher.load(folder / "ema.safetensors", policy)
-    else:
-        return None
-    return teacher.model

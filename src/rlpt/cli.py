@@ -28,6 +28,9 @@ def cmd_train(args) -> int:
     from rlpt import config, run
 
     cfg = config.load(args.config, args.set or [])  # errors show here, before any process starts
+    if args.print_config:
+        print(config.dumps(cfg), end="")
+        return 0
     output = Path(args.output or Path("runs") / (Path(args.config).stem if args.config else "default"))
     run.check_inputs(cfg, output, args.fresh)
     if args.config is None:
@@ -50,6 +53,39 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_pretrain(args) -> int:
+    from rlpt.cache import build_folder
+    from rlpt.config import DataConfig
+    from rlpt.data import check_corpus, load_documents
+    from rlpt.models import check_model_source, load_model_and_tokenizer
+    from rlpt.pretrain import train_next_token
+
+    check_model_source(args.model)
+    check_corpus(args.data, "--data")
+    output = Path(args.output)
+    if (output / "config.json").is_file():
+        raise UserError(f"--output: {output} already holds a model")
+    if args.steps < 1 or args.batch_size < 1 or args.lr <= 0:
+        raise UserError("--steps and --batch-size must be >= 1 and --lr > 0")
+
+    def build(tmp):
+        model, tokenizer, _ = load_model_and_tokenizer(args.model)
+        data = DataConfig(path=args.data, max_length=args.max_length)
+        # a window shorter than the limit ends its text: it ends with EOS, as the model should learn to
+        documents = [d.ids + ([tokenizer.eos_token_id] if len(d.ids) < args.max_length else [])
+                     for d in load_documents(data, tokenizer)]
+        losses = train_next_token(model, documents, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                  pad_id=tokenizer.pad_token_id, seed=args.seed, desc="pretrain")
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        print(f"rlpt: next-token loss {losses[0]:.3f} at the first step, {sum(losses[-20:]) / len(losses[-20:]):.3f} "
+              f"over the last 20")
+
+    build_folder(output, build)
+    print(f"rlpt: wrote {output}; train RLP on it with: rlpt train --set model.name_or_path={output} --set data.path=...")
+    return 0
+
+
 def cmd_eval(args) -> int:
     from rlpt import checkpoint, evaluate
     from rlpt.models import load_model_and_tokenizer
@@ -60,7 +96,7 @@ def cmd_eval(args) -> int:
     if questions:
         qa = evaluate.exact_match_accuracy(model, tokenizer, think, questions, use_thought=args.think,
                                            max_thought_tokens=args.max_thought_tokens)
-        result.update(accuracy=qa["accuracy"], n=qa["n"])
+        result.update(accuracy=qa["accuracy"], n=qa["n"], **({"thought_correct": qa["thought_correct"]} if "thought_correct" in qa else {}))
         result["examples"] = [
             dict(question=q["question"], answer=q["answer"], thought=o["thought"], predicted=o["answer"], correct=c)
             for q, o, c in list(zip(questions, qa["outputs"], qa["correct"]))[:5]
@@ -76,22 +112,45 @@ def cmd_eval(args) -> int:
     text = json.dumps(result, indent=1)
     if args.output:
         Path(args.output).write_text(text + "\n")
-    print(text)
+    print(text if args.json else eval_summary(result, bool(questions)))
     return 0
+
+
+def eval_summary(result: dict, has_questions: bool) -> str:
+    """`rlpt eval` in a few plain lines (the JSON with --json or --output)."""
+    way = "with a greedy thought" if result["think"] else "without a thought"
+    lines = [f"rlpt eval: {result['model']} on {result['tasks']}"]
+    if has_questions:
+        lines.append(f"  exact-match accuracy {way}: {100 * result['accuracy']:.1f}% of {result['n']} questions")
+        if "thought_correct" in result:
+            lines.append(f"  greedy thought exactly the worked one: {100 * result['thought_correct']:.1f}%")
+        for example in result["examples"][:3]:
+            mark = "right" if example["correct"] else "wrong"
+            thought = f" <think>{example['thought']}</think>" if result["think"] else ""
+            lines.append(f"    {example['question']}{thought} {example['predicted']}  ({mark}; answer {example['answer']})")
+    if "logp_think" in result:
+        gain = result["logp_think"] - result["logp_nothink"]
+        reading = "a thought helps predict it" if gain > 0 else "the model's thoughts do not help it predict it"
+        lines.append(f"  the next token of {result['positions']} document positions: mean log-likelihood "
+                     f"{result['logp_think']:.3f} nats after a greedy thought, {result['logp_nothink']:.3f} without "
+                     f"({gain:+.3f}: {reading})")
+        lines.append(f"  next-token accuracy: {100 * result['next_token_acc_think']:.1f}% after a thought, "
+                     f"{100 * result['next_token_acc']:.1f}% without")
+    return "\n".join(lines)
 
 
 def cmd_sample(args) -> int:
     from rlpt import checkpoint
     from rlpt.generation import temperature_sampler
-    from rlpt.models import load_model_and_tokenizer
-    from rlpt.objective import information_gain
+    from rlpt.models import load_model_and_tokenizer, load_teacher
+    from rlpt.objective import group_advantages, information_gain
     from rlpt.rollout import Context, RolloutSpec
     from rlpt.rollout.reference import ReferenceEngine
 
     folder = checkpoint.source(args.model)
     model, tokenizer, think = load_model_and_tokenizer(folder)
     teacher, teacher_name = model, "the model itself (the folder has no EMA teacher)"
-    saved = None if folder.startswith("builtin:") else checkpoint.load_teacher(Path(folder), model)
+    saved = None if folder.startswith("builtin:") else load_teacher(Path(folder), model)
     if saved is not None:
         teacher, teacher_name = saved, "the checkpoint's EMA teacher"
     prefix = tokenizer(args.prefix)["input_ids"]
@@ -104,10 +163,11 @@ def cmd_sample(args) -> int:
     context = Context(doc=0, position=len(prefix), prefix=tuple(prefix), target=target)
     rollouts = ReferenceEngine().rollout(model, teacher, [context], spec,
                                          temperature_sampler(args.temperature, args.seed))
-    rewards = information_gain(rollouts.s_pred, rollouts.s_ema)[0]
+    rewards = information_gain(rollouts.s_pred, rollouts.s_ema)
+    advantages = group_advantages(rewards)[0]
     rows = [
         dict(thought=tokenizer.decode(t), thought_ids=t, s_pred=rollouts.s_pred[0, i].item(),
-             s_ema=rollouts.s_ema[0].item(), reward=rewards[i].item())
+             s_ema=rollouts.s_ema[0].item(), reward=rewards[0, i].item(), advantage=advantages[i].item())
         for i, t in enumerate(rollouts.thoughts)
     ]
     if args.json:
@@ -117,7 +177,10 @@ def cmd_sample(args) -> int:
     print(f"x_<t = {args.prefix!r}   x_t = {tokenizer.decode([target])!r}   teacher: {teacher_name}")
     print(f"S_ema = {rows[0]['s_ema']:+.3f}")
     for row in sorted(rows, key=lambda r: -r["reward"]):
-        print(f"  reward {row['reward']:+.3f}  S_pred {row['s_pred']:+.3f}  <think>{row['thought']}")
+        print(f"  reward {row['reward']:+.3f}  advantage {row['advantage']:+.3f}  S_pred {row['s_pred']:+.3f}  "
+              f"<think>{row['thought']}")
+    if len({tuple(row["thought_ids"]) for row in rows}) == 1:
+        print(f"  all {len(rows)} thoughts are the same: their advantages are 0, and RLP learns nothing at this position")
     return 0
 
 
@@ -131,13 +194,26 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one key, e.g. rlp.group_size=4")
     train.add_argument("--fresh", action="store_true", help="start over even if the run folder has a checkpoint")
     train.add_argument("--nproc", type=int, help="run N processes on this machine (execs torchrun --standalone)")
+    train.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     train.set_defaults(func=cmd_train)
+
+    pre = sub.add_parser("pretrain", help="warm-start a model by next-token training (e.g. on documents with worked thoughts)")
+    pre.add_argument("--model", required=True, help="HF model folder or builtin:tiny")
+    pre.add_argument("--data", required=True, help="the documents (any data.path: a file, a folder, a glob, builtin:...)")
+    pre.add_argument("--output", required=True, help="the HF folder to write (must not hold a model yet)")
+    pre.add_argument("--steps", type=int, default=600)
+    pre.add_argument("--batch-size", type=int, default=64, help="documents a step")
+    pre.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (warm-up, then cosine decay)")
+    pre.add_argument("--max-length", type=int, default=512, help="documents are cut into windows of this many tokens")
+    pre.add_argument("--seed", type=int, default=0)
+    pre.set_defaults(func=cmd_pretrain)
 
     ev = sub.add_parser("eval", help="exact-match accuracy with/without thinking; think vs no-think log-likelihood")
     ev.add_argument("--model", required=True, help="HF model folder, checkpoint folder, run folder or builtin:tiny")
     ev.add_argument("--tasks", required=True, help="JSONL of {question, answer} or {text} lines, or builtin:arith|math|science")
     ev.add_argument("--think", action=argparse.BooleanOptionalAction, default=True, help="answer after a thought (default)")
     ev.add_argument("--output", help="write the JSON result here too")
+    ev.add_argument("--json", action="store_true", help="print the JSON result instead of the summary")
     ev.add_argument("--max-questions", type=int, default=256)
     ev.add_argument("--max-positions", type=int, default=512, help="document positions for the intrinsic metric")
     ev.add_argument("--positions", help="position rule for documents (default all; after:= for the builtin sets)")

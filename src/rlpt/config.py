@@ -305,5 +305,9 @@ def validate(cfg: Config) -> None:
     lora.check(cfg.model.lora)
 
 
+def dumps(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
 def save(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    path.write_text(dumps(cfg))

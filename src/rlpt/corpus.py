@@ -44,7 +44,7 @@ def records(source: Path, data_cfg) -> Iterator[tuple[int, str]]:
     """(label, text) of every record of a corpus file, streamed. The label names the record in sources and errors:
     the line of a JSONL record, the block of a text file split into paragraphs, the row of a dataset; -1 for a text
     file that is one document."""
-    from rlpt.data import JSONL_SUFFIXES, read_nonempty
+    from rlpt.documents import JSONL_SUFFIXES, read_nonempty
 
     if is_saved_dataset(source) or is_dataset_file(source):
         yield from dataset_rows(source, data_cfg.text_field)
@@ -62,7 +62,7 @@ def records(source: Path, data_cfg) -> Iterator[tuple[int, str]]:
 
 def jsonl_texts(source: Path, text_field: str) -> Iterator[tuple[int, str]]:
     """(line number, text field) of a JSONL file, read line by line."""
-    from rlpt.data import jsonl_records
+    from rlpt.documents import jsonl_records
 
     for number, record in jsonl_records(source):
         if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
@@ -96,7 +96,7 @@ INDEX_COLUMNS = 5  # per window: start in ids.u32, length, first position, holds
 
 
 def cache_folder(source: Path, tokenizer, data_cfg, after_text: str | None) -> Path:
-    from rlpt.tiny import cache_dir
+    from rlpt.cache import cache_dir
 
     stat = source.stat() if source.is_file() else (source / "state.json").stat()
     key = json.dumps([str(source.resolve()), stat.st_size, stat.st_mtime_ns, tokenizer_key(tokenizer), data_cfg.max_length,
@@ -122,7 +122,7 @@ class CachedDocuments(Sequence):
         return len(self.index)
 
     def __getitem__(self, i):
-        from rlpt.data import Document
+        from rlpt.documents import Document
 
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
@@ -134,7 +134,7 @@ def tokenise_into(folder: Path, source: Path, tokenizer, data_cfg, after_text: s
     """Stream `source` through the tokenizer into `folder`: ids.u32 (all windows' ids) and index.npy."""
     import numpy as np
 
-    from rlpt.data import windows
+    from rlpt.documents import windows
 
     index = []
     written = 0
@@ -149,7 +149,7 @@ def tokenise_into(folder: Path, source: Path, tokenizer, data_cfg, after_text: s
 
 def load(source: Path, tokenizer, data_cfg, after_text: str | None) -> CachedDocuments:
     """The cached windows of `source`, tokenised on first use."""
-    from rlpt.checkpoint import build_folder
+    from rlpt.cache import build_folder
 
     folder = cache_folder(source, tokenizer, data_cfg, after_text)
     if not (folder / "index.npy").is_file():

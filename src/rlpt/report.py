@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -33,29 +34,58 @@ NO_SIGNAL = ("WARNING: in most groups the rewards are (nearly) equal: the though
              "of what a thought decides (rlp.reward_tokens, rlp.positions), sample more diverse thoughts "
              "(rlp.temperature), or start from a model less sure of its thoughts.")
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+ADVANTAGE_FLOOR = 1e-3  # rows with a smaller |advantage| are not coloured: their update is nil
+ADVANTAGE_FULL = 1.0  # |advantage| at which a row's colour is full (the same at every step, not the step's maximum)
 MAX_ROLLOUT_STEPS = 50  # the browser keeps the last steps: a long run's rollouts would make the page huge
 
 
 def read_jsonl(path: Path) -> list[dict]:
     """The rows of a run's JSONL file; none when it is missing or empty."""
-    from rlpt.data import jsonl_records
+    from rlpt.documents import jsonl_records
 
     return [row for _, row in jsonl_records(path)] if path.is_file() and path.stat().st_size else []
 
 
+def nice_ticks(low: float, high: float, count: int = 4) -> tuple[list[float], int]:
+    """Round tick values (1, 2 or 5 times a power of ten apart) covering [low, high], and the decimals their labels
+    need: a flat series gets a range around its value instead of ticks like 2.554e-08."""
+    if high - low <= 1e-9 * max(1.0, abs(low)):
+        pad = max(abs(low) * 0.05, 1e-3)
+        low, high = low - pad, high + pad
+    raw = (high - low) / count
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    first = math.floor(low / step + 1e-9) * step
+    ticks = [first + i * step for i in range(int(math.ceil((high - first) / step - 1e-9)) + 1)]
+    return ticks, max(0, -math.floor(math.log10(step) + 1e-9))
+
+
 def svg_plot(title: str, history: list[dict], keys: list[str], width: int = 420, height: int = 200) -> str:
-    """A line plot of `keys` against the step, as an inline SVG with its axes' ranges written at the corners."""
+    """A line plot of `keys` against the step, as an inline SVG, with round ticks on both axes."""
     series = [(k, [(r["step"], r[k]) for r in history if isinstance(r.get(k), (int, float))]) for k in keys]
     points = [p for _, s in series for p in s]
     if not points:
         return ""
-    x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
-    y0, y1 = min(p[1] for p in points), max(p[1] for p in points)
-    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1e-9)
+    x_ticks, _ = nice_ticks(min(p[0] for p in points), max(max(p[0] for p in points), min(p[0] for p in points) + 1))
+    x_ticks = [t for t in x_ticks if t == int(t)] or x_ticks  # steps are whole numbers
+    y_ticks, decimals = nice_ticks(min(p[1] for p in points), max(p[1] for p in points))
+    x0, x1, y0, y1 = x_ticks[0], x_ticks[-1], y_ticks[0], y_ticks[-1]
     left, top, plot_w, plot_h = 60, 24, width - 70, height - 50
 
     def xy(x, y):
         return f"{left + (x - x0) / (x1 - x0) * plot_w:.1f},{top + (1 - (y - y0) / (y1 - y0)) * plot_h:.1f}"
+
+    def px(x):
+        return left + (x - x0) / (x1 - x0) * plot_w
+
+    def py(y):
+        return top + (1 - (y - y0) / (y1 - y0)) * plot_h
+
+    axes = "".join(f'<text x="{left - 4}" y="{py(y) + 3:.1f}" font-size="10" text-anchor="end">{y:.{decimals}f}</text>'
+                   f'<line x1="{left}" x2="{left + plot_w}" y1="{py(y):.1f}" y2="{py(y):.1f}" stroke="#eee"/>'
+                   for y in y_ticks)
+    axes += "".join(f'<text x="{px(x):.1f}" y="{top + plot_h + 14}" font-size="10" text-anchor="middle">{x:.0f}</text>'
+                    for x in x_ticks)
 
     lines = [f'<polyline fill="none" stroke="{COLOURS[i % len(COLOURS)]}" stroke-width="1.5" points="'
              + " ".join(xy(x, y) for x, y in s) + '"/>' for i, (_, s) in enumerate(series) if s]
@@ -64,12 +94,8 @@ def svg_plot(title: str, history: list[dict], keys: list[str], width: int = 420,
         f'<svg class="plot" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">'
         f'<title>{html.escape(title)}</title>'
         f'<text x="{left}" y="14" font-size="12" font-weight="bold">{html.escape(title)}</text>'
-        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#bbb"/>'
-        f'<text x="{left - 4}" y="{top + 10}" font-size="10" text-anchor="end">{y1:.4g}</text>'
-        f'<text x="{left - 4}" y="{top + plot_h}" font-size="10" text-anchor="end">{y0:.4g}</text>'
-        f'<text x="{left}" y="{top + plot_h + 14}" font-size="10">step {x0}</text>'
-        f'<text x="{left + plot_w}" y="{top + plot_h + 14}" font-size="10" text-anchor="end">{x1}</text>'
-        + "".join(lines) + f'<text x="{left}" y="{height - 4}" font-size="10">{legend}</text></svg>'
+        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#bbb"/>' + axes
+        + "".join(lines) + f'<text x="{left}" y="{height - 4}" font-size="10">step; {legend}</text></svg>'
     )
 
 
@@ -140,9 +166,11 @@ td.thought {{ font-family: monospace; white-space: pre-wrap; max-width: 60em; }}
 <h2>Metrics</h2>
 <div class="plots" id="plots">{plots}</div>
 <h2>Rollouts</h2>
-<p>Step <select id="step"></select> <span id="count"></span>. Rows are coloured by advantage (green above the group's
-mean reward, red below).</p>
-<table id="rollouts"><thead><tr><th>document</th><th>t</th><th>thought</th><th>reward</th><th>advantage</th></tr></thead>
+<p>Step <select id="step"></select> <span id="count"></span>. Rows are coloured by their advantage: green above the
+group's mean reward, red below, fully at |advantage| &ge; {full}; none below {floor} (a group whose rewards agree
+teaches nothing).</p>
+<table id="rollouts"><thead><tr><th>document, t</th><th>... x_&lt;t</th><th>scored</th><th>thought</th><th>reward</th>
+<th>advantage</th></tr></thead>
 <tbody></tbody></table>
 <h2>Where thinking helps</h2>
 {helps}
@@ -156,12 +184,15 @@ function show(step) {{
   const body = document.querySelector("#rollouts tbody");
   body.replaceChildren();
   const mine = rows.filter(r => r.step == step);
-  const scale = Math.max(1e-9, ...mine.map(r => Math.abs(r.advantage)));
   for (const r of mine) {{
     const tr = document.createElement("tr");
-    const a = r.advantage / scale;
-    tr.style.background = a >= 0 ? `rgba(40,160,60,${{0.45 * a}})` : `rgba(210,50,40,${{-0.45 * a}})`;
-    for (const [text, cls] of [[r.doc, ""], [r.position, ""], [r.thought_text, "thought"],
+    const size = Math.abs(r.advantage);
+    if (size >= {floor}) {{  // the colour says how much the update moves this thought, the same scale at every step
+      const alpha = 0.1 + 0.4 * Math.min(1, size / {full});
+      tr.style.background = r.advantage > 0 ? `rgba(40,160,60,${{alpha}})` : `rgba(210,50,40,${{alpha}})`;
+    }}
+    for (const [text, cls] of [[`${{r.doc}}, t = ${{r.position}}`, ""], [r.context ?? "", "thought"],
+                               [r.scored ?? "", "thought"], [r.thought_text, "thought"],
                                [r.reward.toFixed(4), ""], [r.advantage.toFixed(4), ""]]) {{
       const td = document.createElement("td"); td.textContent = text; if (cls) td.className = cls; tr.appendChild(td);
     }}
@@ -197,11 +228,13 @@ def build(run_dir: Path) -> str:
     if "accuracy_think_before" in summary:
         facts.append(f"accuracy with thinking {100 * summary['accuracy_think_before']:.1f}% -> "
                      f"{100 * summary['accuracy_think_after']:.1f}%")
-    data = json.dumps([{k: r[k] for k in ("step", "doc", "position", "thought_text", "reward", "advantage")} for r in shown])
+    keys = ("step", "doc", "position", "context", "scored", "thought_text", "reward", "advantage")
+    data = json.dumps([{k: r[k] for k in keys if k in r} for r in shown])
     return PAGE.format(
         title=html.escape(run_dir.name), summary=html.escape("; ".join(facts)),
         plots="".join(svg_plot(title, history, keys) for title, keys in PLOTS),
         helps=where_thinking_helps(run_dir, rollouts), rollouts=data.replace("</", "<\\/"),
+        floor=ADVANTAGE_FLOOR, full=ADVANTAGE_FULL,
     )
 
 

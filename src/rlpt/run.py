@@ -125,6 +125,9 @@ def train_in(world: distributed.World, cfg, run_dir: Path, device: torch.device,
     trainer = RlpTrainer(cfg, policy, tokenizer, think, documents, engine, run_dir, device, world, next_token_documents)
     if resume_from is not None:
         trainer.restore(resume_from)
+        saved = run_dir / "summary.json"
+        if trainer.state["step"] >= cfg.train.max_steps and saved.is_file():  # nothing to do: say so, not "finished"
+            return {**json.loads(saved.read_text()), "already_done": True} if world.main else {}
         if world.main:
             print(f"rlpt: resuming from {resume_from} (step {trainer.state['step']})", flush=True)
             for name in ("metrics.jsonl", "rollouts.jsonl"):
@@ -160,17 +163,18 @@ def train_in(world: distributed.World, cfg, run_dir: Path, device: torch.device,
 def summarize(history: list[dict], eval_before: dict | None, eval_after: dict | None) -> dict:
     rewards = [row["reward_mean"] for row in history]
     slope, slope_t = least_squares_trend(rewards)
-    last = history[-10:]
+    window = min(10, max(1, len(history) // 2))  # first and last N steps, N <= half the run: they never overlap
+    first, last = history[:window], history[-window:]
 
     def mean(key, rows):
         return sum(r[key] for r in rows) / max(1, len(rows))
 
     summary = dict(
-        steps=len(history), reward_slope=slope, reward_slope_t=slope_t,
-        reward_mean_first10=mean("reward_mean", history[:10]), reward_mean_last10=mean("reward_mean", last),
-        loss_last10=mean("loss", last), thought_len_mean=mean("thought_len_mean", history),
-        thought_truncated_frac=mean("thought_truncated_frac", history), s_ema_mean_first10=mean("s_ema_mean", history[:10]),
-        s_ema_mean_last10=mean("s_ema_mean", last), nonfinite_skipped=history[-1]["nonfinite_skipped"] if history else 0,
+        steps=len(history), reward_slope=slope, reward_slope_t=slope_t, window=window,
+        reward_mean_first=mean("reward_mean", first), reward_mean_last=mean("reward_mean", last),
+        loss_last=mean("loss", last), thought_len_mean=mean("thought_len_mean", history),
+        thought_truncated_frac=mean("thought_truncated_frac", history), s_ema_mean_first=mean("s_ema_mean", first),
+        s_ema_mean_last=mean("s_ema_mean", last), nonfinite_skipped=history[-1]["nonfinite_skipped"] if history else 0,
         step_seconds_mean=mean("step_seconds", history), thought_tokens=sum(r["thought_tokens"] for r in history),
     )
     if history and "groups_with_signal" in history[0]:
@@ -205,13 +209,27 @@ def change_reading(summary: dict) -> str:
     return f" ({change:+.1f} points, 95% interval +-{half:.1f}: {verdict})"
 
 
+def reward_reading(summary: dict) -> str:
+    """Whether the reward moved: its least-squares trend over the steps, against twice its standard error."""
+    if summary["steps"] < 3:
+        return "no trend from fewer than 3 steps"
+    slope, t = summary["reward_slope"], summary["reward_slope_t"]
+    verdict = ("it rose" if slope > 0 else "it fell") if abs(t) > 2 else "no clear trend"
+    return f"trend {slope:+.4f}/step (t = {t:+.2f}: {verdict})"
+
+
 def format_summary(summary: dict, run_dir: Path) -> str:
-    lines = [f"rlpt: finished {summary['steps']} steps -> {run_dir}"]
-    trend = (f"trend {summary['reward_slope']:+.4f}/step (t = {summary['reward_slope_t']:+.2f})" if summary["steps"] >= 3
-             else "no trend from fewer than 3 steps")
+    if summary.get("already_done"):
+        head = (f"rlpt: {run_dir} is already at train.max_steps = {summary['steps']}: nothing to train (raise "
+                "train.max_steps to go on, or --fresh to start over). Its summary:")
+    else:
+        head = f"rlpt: finished {summary['steps']} steps -> {run_dir}"
+    lines = [head]
+    n = summary["window"]
+    steps = f"{n} step{'s' if n > 1 else ''}"
     lines.append(
-        f"  reward (information gain, nats): first 10 steps {summary['reward_mean_first10']:+.3f}, last 10 "
-        f"{summary['reward_mean_last10']:+.3f}; {trend}"
+        f"  reward (information gain, nats): first {steps} {summary['reward_mean_first']:+.3f}, last {steps} "
+        f"{summary['reward_mean_last']:+.3f}; {reward_reading(summary)}"
     )
     lines.append(
         f"  thoughts: {summary['thought_len_mean']:.1f} tokens on average, {100 * summary['thought_truncated_frac']:.0f}% cut at "
@@ -237,4 +255,6 @@ def format_summary(summary: dict, run_dir: Path) -> str:
     if summary["nonfinite_skipped"]:
         lines.append(f"  WARNING: {summary['nonfinite_skipped']} steps skipped for a non-finite loss or gradient")
     lines.append(f"  files: config.yaml metrics.jsonl summary.json checkpoints/ (latest: {(run_dir / 'checkpoints' / 'latest').read_text().strip() if (run_dir / 'checkpoints' / 'latest').is_file() else 'none'})")
+    lines.append(f"  next: rlpt report {run_dir}   (plots, and the thoughts with their rewards when dumped)")
+    lines.append(f"        rlpt eval --model {run_dir} --tasks FILE.jsonl|builtin:arith   (the trained model on questions)")
     return "\n".join(lines)

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
 import torch
 
 from rlpt import THINK_CLOSE, THINK_OPEN, arith
-from rlpt.checkpoint import build_folder
+from rlpt.cache import build_folder, cache_dir
 from rlpt.errors import UserError
 
 CHARS = "0123456789+-*/=,.:;!?()[]'\" \nabcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -95,10 +94,6 @@ def build(folder: str | Path, recipe: dict) -> None:
 
 def recipe_hash(recipe: dict) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("RLPT_CACHE_DIR", Path.home() / ".cache" / "rlpt")).expanduser()
 
 
 def builtin_model_path(name: str) -> Path:

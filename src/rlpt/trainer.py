@@ -56,6 +56,8 @@ def batch_indices(num_docs: int, batch: int, seed: int, step: int) -> list[int]:
     return [epoch_order(num_docs, seed, k // num_docs)[k % num_docs] for k in range(step * batch, (step + 1) * batch)]
 
 
+DUMP_CONTEXT_TOKENS = 48  # of x_<t in each row of rollouts.jsonl (the end of the prefix the thought follows)
+
 # rewards of one group closer than this (in nats) count as equal. Not float noise alone: thoughts that differ where the
 # scored tokens do not depend on them (a middle column, when the reward scores the first answer digit) differ by
 # 1e-5 to 1e-3 nats, which teaches nothing; 0.01 nats is a 1% change in the scored tokens' probability.
@@ -276,9 +278,11 @@ class RlpTrainer:
         for row, thought in enumerate(outcome.rollouts.thoughts):
             context = outcome.rollouts.contexts[row // G]
             b, g = divmod(row, G)
+            if g == 0:  # the text around t, once per context: what a reader of the dump needs to judge the thought
+                text = self.tokenizer.decode(context.prefix[-DUMP_CONTEXT_TOKENS:]), self.tokenizer.decode(context.scored)
             rows.append(dict(
                 step=outcome.metrics["step"], doc=outcome.documents[context.doc].source, position=context.position,
-                thought_ids=thought, thought_text=self.tokenizer.decode(thought),
+                context=text[0], scored=text[1], thought_ids=thought, thought_text=self.tokenizer.decode(thought),
                 s_pred=outcome.rollouts.s_pred[b, g].item(), s_ema=outcome.rollouts.s_ema[b].item(),
                 reward=outcome.rewards[b, g].item(), advantage=outcome.advantages[b, g].item(),
             ))

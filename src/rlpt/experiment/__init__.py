@@ -25,7 +25,7 @@ from pathlib import Path
 
 from rlpt import config as config_lib
 from rlpt.baselines import cpt
-from rlpt.checkpoint import build_folder
+from rlpt.cache import build_folder
 from rlpt.errors import UserError
 from rlpt.experiment.budgets import BUDGETS, Budget
 from rlpt.experiment.report import ABLATION_G, ABLATION_L, LABELS, METHODS, headline, mean_std, plots, report

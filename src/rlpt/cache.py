@@ -1,0 +1,59 @@
+"""Where rlpt keeps and finds files: its cache folder (`$RLPT_CACHE_DIR`, default `~/.cache/rlpt`: built-in models,
+converted GGUF files, tokenised corpora), folders written whole or not at all, and the files of installed packages."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RLPT_CACHE_DIR", Path.home() / ".cache" / "rlpt")).expanduser()
+
+
+def package_folder(package: str) -> Path | None:
+    """Where an installed package lives, found without importing it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    return Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_abandoned_builds(folder: Path) -> None:
+    """The temporary folders of builds of `folder` whose process is gone (killed mid-build: `finally` never ran)."""
+    for tmp in folder.parent.glob(f".{glob.escape(folder.name)}-pid*-*"):
+        pid = tmp.name.removeprefix(f".{folder.name}-pid").split("-", 1)[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_folder(folder: Path, build, marker: str = "config.json") -> Path:
+    """A folder written whole or not at all: `build(tmp)` writes into a temporary sibling, which is renamed to
+    `folder` when complete. A folder that already holds `marker` (a model's config.json) is kept as it is."""
+    if (folder / marker).is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_builds(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-pid{os.getpid()}-", dir=folder.parent))
+    try:
+        build(tmp)
+        os.replace(tmp, folder)  # also replaces an empty folder
+    except OSError:
+        if not (folder / marker).is_file():  # a concurrent build may have won the rename
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder

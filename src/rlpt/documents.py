@@ -1,0 +1,83 @@
+"""A document: the token ids of one window of a text, where it came from, and where its usable positions start;
+cutting a text into such windows; and reading the files texts come from, with errors that name the file and line."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlpt.errors import UserError
+
+TEXT_SUFFIXES = {".txt", ".md", ".text"}
+JSONL_SUFFIXES = {".jsonl", ".json"}
+
+
+@dataclass
+class Document:
+    ids: list[int]
+    source: str  # file:line (or builtin name) for error messages and rollout dumps
+    first_position: int = 1  # smallest usable t (after:TEXT moves it)
+    holds_marker: bool = True  # False for the windows of a long text after the one whose first_position follows
+    # the marker: `first:TEXT` takes a position only in the window that holds the first token after TEXT
+
+
+def read_nonempty(file: Path) -> str:
+    try:
+        content = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{file}: cannot read ({exc})") from exc
+    if not content.strip():
+        raise UserError(f"{file}: the file is empty")
+    return content
+
+
+def jsonl_records(file: Path) -> Iterator[tuple[int, object]]:
+    """(line number, parsed JSON) of every non-blank line, read line by line; a malformed line is an error naming file
+    and line, and so is a file without any record."""
+    seen = False
+    try:
+        with file.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    seen = True
+                    try:
+                        yield number, json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise UserError(f"{file}:{number}: malformed JSON line ({exc.msg})") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{file}: cannot read ({exc})") from exc
+    if not seen:
+        raise UserError(f"{file}: the file is empty")
+
+
+def first_position_after(tokenizer, text: str, marker: str) -> int | None:
+    """Index of the first token that starts after the first `marker` in `text`, or None without a marker."""
+    at = text.find(marker)
+    if at < 0:
+        return None
+    end = at + len(marker)
+    offsets = tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
+    for index, (start, stop) in enumerate(offsets):
+        if start >= end and stop > start:
+            return max(index, 1)
+    return None
+
+
+def windows(text: str, source: str, tokenizer, max_length: int, after_text: str | None) -> list[Document]:
+    """The documents of one text: windows of at most `max_length` tokens, those that hold a usable position."""
+    ids = tokenizer(text)["input_ids"]
+    if len(ids) < 2:
+        raise UserError(f"{source}: document shorter than 2 tokens ({text[:40]!r})")
+    first = 1
+    if after_text is not None:
+        first = first_position_after(tokenizer, text, after_text)
+        if first is None:
+            return []
+    out = []
+    for start in range(0, len(ids), max_length):
+        window = ids[start : start + max_length]
+        if len(window) >= 2 and start + len(window) > first:
+            out.append(Document(window, source, max(1, first - start), holds_marker=first - start >= 1))
+    return out
