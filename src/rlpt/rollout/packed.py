@@ -31,6 +31,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from rlpt.generation import Chooser, cache_kwarg, right_pad
+from rlpt.logprobs import output_head, token_logprobs
 from rlpt.rollout.base import Rollouts, RolloutSpec, ban_close_as_first
 from rlpt.rollout.reference import discounted_scores
 from rlpt.rollout.shared_prefix import SharedPrefix, own_tokens_cache, shared_prefix_attention
@@ -85,17 +86,19 @@ def supports_shared_prefix(model) -> bool:
     return bool(torch.allclose(shared.float(), alone.float(), atol=1e-3, rtol=1e-3))
 
 
-def rows_over_documents(model, inputs, row_t, prefix: SharedPrefix, cache=None, use_cache=False):
+def rows_over_documents(model, inputs, row_t, prefix: SharedPrefix, cache=None, use_cache=False, run=None):
     """Forward thought rows `inputs` (N, W) over their documents' shared prefix: row i sees its document's keys before
-    row_t[i] and its own tokens causally (those in `cache` too); its positions continue from row_t[i] + len(cache)."""
+    row_t[i] and its own tokens causally (those in `cache` too); its positions continue from row_t[i] + len(cache).
+    `run` is what runs them: the model (logits), or its body (hidden states)."""
     n, width = inputs.shape
     past = cache.get_seq_length() if cache is not None else 0
     own = torch.ones(width, past + width, dtype=torch.bool, device=inputs.device).tril(past)
     positions = row_t[:, None] + past + torch.arange(width, device=inputs.device)[None, :]
     kwargs = {cache_kwarg(model): cache} if cache is not None else {}
     with shared_prefix_attention(model):
-        return model(input_ids=inputs, position_ids=positions, use_cache=use_cache, shared_prefix=prefix,
-                     attention_mask=additive_mask(own[None].expand(n, -1, -1), next(model.parameters()).dtype), **kwargs)
+        return (run or model)(input_ids=inputs, position_ids=positions, use_cache=use_cache, shared_prefix=prefix,
+                              attention_mask=additive_mask(own[None].expand(n, -1, -1), next(model.parameters()).dtype),
+                              **kwargs)
 
 
 def fixed_width_step(model, feed, positions, own_mask, cache, prefix: SharedPrefix, cache_name: str) -> torch.Tensor:
@@ -147,10 +150,16 @@ class PackedEngine:
         answers = torch.tensor([list(s) + [spec.pad_id] * (width - len(s)) for s in scored], device=device)  # (B, K)
 
         # S_ema: one teacher forward per document; the logits at t - 1 + k predict x_{t+k}
-        teacher_logits = teacher(input_ids=ids, attention_mask=pad_mask).logits
         at = (positions[:, None] - 1 + torch.arange(width, device=device)[None, :]).clamp(max=ids.size(1) - 1)  # (B, K)
+        split = output_head(teacher)
+        if split is not None:  # the head only where a context reads it, not over every document token
+            body, head = split
+            hidden = body(input_ids=ids, attention_mask=pad_mask).last_hidden_state
+            teacher_logits = head(hidden[context_doc[:, None], at])
+        else:
+            teacher_logits = teacher(input_ids=ids, attention_mask=pad_mask).logits[context_doc[:, None], at]
         excluded = [think.open_id, think.close_id] if spec.baseline_excludes_think else []
-        teacher_logprobs = torch.log_softmax(teacher_logits[context_doc[:, None], at].float(), -1)  # (B, K, V)
+        teacher_logprobs = torch.log_softmax(teacher_logits.float(), -1)  # (B, K, V)
         s_ema = discounted_scores(teacher_logprobs, scored, spec.reward_discount, excluded)
 
         row_context = torch.arange(len(contexts), device=device).repeat_interleave(G)  # (N,) rows in context order
@@ -248,9 +257,15 @@ class PackedEngine:
         inputs, lengths = right_pad([[spec.think.open_id] + t[:-1] for t in thoughts], spec.pad_id)
         inputs, lengths = inputs.to(device), lengths.sum(1).to(device)
         width = inputs.size(1)
-        logits = rows_over_documents(model, inputs, row_t, prefix).logits.float() / spec.temperature
-        logits = ban_close_as_first(logits, spec.think.close_id)
-        targets, _ = right_pad(thoughts, spec.pad_id)
-        logp = torch.log_softmax(logits, -1).gather(2, targets.to(device)[:, :, None]).squeeze(2)
+        targets = right_pad(thoughts, spec.pad_id)[0].to(device)
+        split = output_head(model)
+        if split is not None:  # from the hidden states, a chunk of tokens at a time (logprobs.py)
+            body, head = split
+            hidden = rows_over_documents(model, inputs, row_t, prefix, run=body).last_hidden_state
+            logp = token_logprobs(hidden, head, targets, spec.temperature, banned_first=spec.think.close_id)
+        else:
+            logits = rows_over_documents(model, inputs, row_t, prefix).logits.float() / spec.temperature
+            logits = ban_close_as_first(logits, spec.think.close_id)
+            logp = torch.log_softmax(logits, -1).gather(2, targets[:, :, None]).squeeze(2)
         mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).float()
         return logp, mask

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from rlpt.generation import Chooser, decode, right_pad
+from rlpt.logprobs import output_head, token_logprobs
 from rlpt.rollout.base import Context, Rollouts, RolloutSpec, ban_close_as_first
 
 
@@ -90,14 +91,22 @@ class ReferenceEngine:
         thoughts = [rollouts.thoughts[r] for r in rows]
         ids, mask = right_pad([p + t for p, t in zip(prompts, thoughts)], spec.pad_id)
         device = next(model.parameters()).device
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        ids, mask = ids.to(device), mask.to(device)
         width = max(len(t) for t in thoughts)
-        # thought token u of row i sits at len(prompt_i) + u and is predicted by the logits one position earlier
+        # thought token u of row i sits at len(prompt_i) + u and is predicted by the output one position earlier
         index = torch.tensor([[len(p) - 1 + u for u in range(width)] for p in prompts], device=device)
-        index = index.clamp(max=logits.size(1) - 1)
-        picked = logits.gather(1, index[:, :, None].expand(-1, -1, logits.size(-1))).float() / spec.temperature
-        picked = ban_close_as_first(picked, spec.think.close_id)
+        index = index.clamp(max=ids.size(1) - 1)
         tokens = torch.tensor([t + [spec.pad_id] * (width - len(t)) for t in thoughts], device=device)
-        logp = torch.log_softmax(picked, dim=-1).gather(2, tokens[:, :, None]).squeeze(2)
+        split = output_head(model)
+        if split is not None:  # from the hidden states, a chunk of tokens at a time (logprobs.py)
+            body, head = split
+            hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
+            picked = hidden.gather(1, index[:, :, None].expand(-1, -1, hidden.size(-1)))
+            logp = token_logprobs(picked, head, tokens, spec.temperature, banned_first=spec.think.close_id)
+        else:
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            picked = logits.gather(1, index[:, :, None].expand(-1, -1, logits.size(-1))).float() / spec.temperature
+            picked = ban_close_as_first(picked, spec.think.close_id)
+            logp = torch.log_softmax(picked, dim=-1).gather(2, tokens[:, :, None]).squeeze(2)
         thought_mask = torch.tensor([[1.0] * len(t) + [0.0] * (width - len(t)) for t in thoughts], device=device)
         return logp, thought_mask

@@ -1,0 +1,90 @@
+"""Peak memory of the RLP update against the vocabulary: log-probs from the full logits vs a chunk at a time.
+
+The update (the packed engine's `thought_logprobs`, then the backward of the policy-gradient loss) runs at a fixed
+number of thought tokens on a tiny Llama (hidden 64, 2 layers) whose vocabulary is 8k, 32k or 151,669 (Qwen3's), in
+a fresh process per run; the peak is the process's maximum resident memory during the update minus its resident
+memory just before it (model, optimizer-free), so it is what the update itself adds. CPU only, a few minutes:
+
+    python bench/memory.py [--group-size 16] [--thought-tokens 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+
+VOCABULARIES = [8_192, 32_768, 151_669]
+
+
+def resident_mb() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status (Linux only)")
+
+
+def one_run(vocab: int, chunked: bool, group_size: int, thought_tokens: int) -> dict:
+    """The update's peak memory, in this process: call it in a fresh one."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rlpt.data import Context
+    from rlpt.models import ThinkTokens
+    from rlpt.rollout import RolloutSpec
+    from rlpt.rollout.base import Rollouts
+    from rlpt.rollout.packed import PackedEngine
+
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True))
+    if not chunked:  # the full logits, as before chunking
+        import rlpt.rollout.packed as packed
+
+        packed.output_head = lambda m: None
+    document = torch.randint(6, vocab, (64,)).tolist()
+    context = Context(doc=0, position=63, prefix=tuple(document[:63]), target=document[63])
+    thoughts = [torch.randint(6, vocab, (thought_tokens,)).tolist() for _ in range(group_size)]
+    rollouts = Rollouts([context], thoughts, torch.zeros(1, group_size), torch.zeros(1), torch.zeros(1, group_size))
+    spec = RolloutSpec(group_size=group_size, max_thought_tokens=thought_tokens, temperature=0.7,
+                       think=ThinkTokens(4, 5), pad_id=0)
+    before = resident_mb()
+    logp, mask = PackedEngine().thought_logprobs(model, rollouts, list(range(group_size)), spec)
+    ((logp * mask).sum(1) * torch.linspace(-1, 1, group_size)).sum().backward()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return dict(vocab=vocab, chunked=chunked, update_peak_mb=peak - before)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--group-size", type=int, default=16)
+    parser.add_argument("--thought-tokens", type=int, default=256)
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: VOCAB,CHUNKED for the child process
+    args = parser.parse_args()
+    if args.one:
+        vocab, chunked = args.one.split(",")
+        print(json.dumps(one_run(int(vocab), chunked == "1", args.group_size, args.thought_tokens)))
+        return
+    rows = []
+    for vocab in VOCABULARIES:
+        for chunked in (False, True):
+            out = subprocess.run([sys.executable, __file__, "--one", f"{vocab},{int(chunked)}", "--group-size",
+                                  str(args.group_size), "--thought-tokens", str(args.thought_tokens)],
+                                 capture_output=True, text=True, check=True)
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    tokens = args.group_size * args.thought_tokens
+    print(f"peak memory of the update, {tokens} thought tokens (G = {args.group_size}, L = {args.thought_tokens}), MB")
+    print("| vocabulary | full logits | chunked | chunked / chunked at 8k |")
+    print("|---|---|---|---|")
+    base = next(r["update_peak_mb"] for r in rows if r["chunked"] and r["vocab"] == VOCABULARIES[0])
+    for vocab in VOCABULARIES:
+        full = next(r["update_peak_mb"] for r in rows if not r["chunked"] and r["vocab"] == vocab)
+        chunk = next(r["update_peak_mb"] for r in rows if r["chunked"] and r["vocab"] == vocab)
+        print(f"| {vocab:,} | {full:,.0f} | {chunk:,.0f} | {chunk / base:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

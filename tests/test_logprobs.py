@@ -1,0 +1,70 @@
+"""Log-probs of chosen tokens a chunk at a time (logprobs.py) equal those of the full logits, with their gradients."""
+
+import pytest
+import torch
+
+from conftest import save_tiny
+from rlpt import logprobs
+from rlpt.data import Document, make_contexts
+from rlpt.generation import temperature_sampler
+from rlpt.models import load_model_and_tokenizer
+from rlpt.rollout import RolloutSpec
+from rlpt.rollout.packed import PackedEngine
+from rlpt.rollout.reference import ReferenceEngine
+
+TEXTS = ["123+456=579.", "98+7=105. and a longer tail", "5+5=10."]
+
+
+def test_chunk_logprobs_hand_worked():
+    head = torch.nn.Linear(2, 3, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+    hidden = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])  # logits [1, 0, 1] and [0, 2, 2]
+    got = logprobs.token_logprobs(hidden, head, torch.tensor([[0, 1]]), temperature=1.0, banned_first=2)
+    # position 0 bans token 2: log(e / (e + 1)); position 1 keeps every token: log(e^2 / (1 + 2 e^2))
+    e = torch.e
+    torch.testing.assert_close(got, torch.tensor([[1 - torch.log(torch.tensor(e + 1.0)),
+                                                   2 - torch.log(torch.tensor(1 + 2 * e**2))]]))
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gpt2"])
+@pytest.mark.parametrize("engine", [ReferenceEngine, PackedEngine])
+def test_chunked_equals_full_logits_with_gradients(arch, engine, tmp_path, monkeypatch):
+    model, tok, think = load_model_and_tokenizer(save_tiny(tmp_path / arch, arch, seed=2))
+    docs = [Document(tok(t)["input_ids"], f"d{i}") for i, t in enumerate(TEXTS)]
+    contexts = make_contexts(docs, "random:2", seed=0, step=0)
+    spec = RolloutSpec(group_size=3, max_thought_tokens=6, temperature=0.7, think=think, pad_id=tok.pad_token_id)
+    rollouts = ReferenceEngine().rollout(model, model, contexts, spec, temperature_sampler(0.7, 1))
+    rows = list(range(len(rollouts.thoughts)))
+    advantages = torch.randn(len(rows))
+
+    def update(head_split: bool):
+        with monkeypatch.context() as patch:
+            if head_split:  # chunks of 3 tokens: many chunks, some ragged
+                patch.setattr(logprobs, "CHUNK_ELEMENTS", 3 * model.config.vocab_size)
+            else:
+                patch.setattr("rlpt.rollout.reference.output_head", lambda m: None)
+                patch.setattr("rlpt.rollout.packed.output_head", lambda m: None)
+            logp, mask = engine().thought_logprobs(model, rollouts, rows, spec)
+        model.zero_grad(set_to_none=True)
+        ((logp * mask).sum(1) * advantages).sum().backward()
+        return logp.detach() * mask, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    chunked, chunked_grads = update(True)
+    full, full_grads = update(False)
+    torch.testing.assert_close(chunked, full, atol=1e-5, rtol=0)
+    assert chunked_grads.keys() == full_grads.keys()
+    for name in full_grads:
+        torch.testing.assert_close(chunked_grads[name], full_grads[name], atol=1e-5, rtol=1e-5)
+
+
+def test_models_whose_logits_are_more_than_a_linear_head_take_the_full_logits(tmp_path):
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    capped = Gemma2ForCausalLM(Gemma2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                            num_attention_heads=2, num_key_value_heads=2, head_dim=16,
+                                            final_logit_softcapping=30.0))
+    assert logprobs.output_head(capped) is None
+    model, _, _ = load_model_and_tokenizer(save_tiny(tmp_path / "llama", "llama"))
+    body, head = logprobs.output_head(model)
+    assert head is model.get_output_embeddings() and body is model.model
