@@ -68,3 +68,39 @@ def test_models_whose_logits_are_more_than_a_linear_head_take_the_full_logits(tm
     model, _, _ = load_model_and_tokenizer(save_tiny(tmp_path / "llama", "llama"))
     body, head = logprobs.output_head(model)
     assert head is model.get_output_embeddings() and body is model.model
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen3"])
+@pytest.mark.parametrize("engine", [ReferenceEngine, PackedEngine])
+def test_gradient_checkpointing_recomputes_layers_and_gives_the_same_gradients(arch, engine, tmp_path):
+    import dataclasses
+
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    model, tok, think = load_model_and_tokenizer(save_tiny(tmp_path / arch, arch, seed=3))
+    docs = [Document(tok(t)["input_ids"], f"d{i}") for i, t in enumerate(TEXTS)]
+    contexts = make_contexts(docs, "random:2", seed=0, step=0)
+    spec = RolloutSpec(group_size=3, max_thought_tokens=6, temperature=0.7, think=think, pad_id=tok.pad_token_id)
+    rollouts = ReferenceEngine().rollout(model, model, contexts, spec, temperature_sampler(0.7, 2))
+    rows = list(range(len(rollouts.thoughts)))
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    calls = []
+    for layer in layers:  # a checkpointed layer replays its forward, not its hooks: count a sublayer's calls
+        next(layer.children()).register_forward_pre_hook(lambda module, args: calls.append(1))
+
+    def update(checkpointed: bool):
+        calls.clear()
+        logp, mask = engine().thought_logprobs(model, rollouts, rows,
+                                                dataclasses.replace(spec, checkpoint_layers=checkpointed))
+        model.zero_grad(set_to_none=True)
+        (logp * mask).sum().backward()
+        return len(calls), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain_calls, plain = update(False)
+    checkpointed_calls, checkpointed = update(True)
+    # the thought rows' layers run again in the backward (the packed engine's document forward, which writes the KV
+    # cache the rows read, is not checkpointed)
+    assert checkpointed_calls - plain_calls == len(layers) and layers
+    assert all(not m.training for m in model.modules())  # eval mode again afterwards
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-6)

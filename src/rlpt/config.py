@@ -99,6 +99,9 @@ class TrainConfig:
     N times as many."""
     micro_batch_thoughts: int = 256
     """Thoughts per forward/backward chunk (gradient accumulation); lowers memory, not the result."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer of the update's thought rows in the backward instead of keeping its activations:
+    less memory for long thoughts, the same gradients, about one more forward of time."""
     max_steps: int = 100
     """Optimizer steps of the run."""
     seed: int = 0

@@ -102,6 +102,7 @@ class RlpTrainer:
             group_size=cfg.rlp.group_size, max_thought_tokens=cfg.rlp.max_thought_tokens,
             temperature=cfg.rlp.temperature, think=think, pad_id=tokenizer.pad_token_id,
             baseline_excludes_think=cfg.rlp.baseline_excludes_think, reward_discount=cfg.rlp.reward_discount,
+            checkpoint_layers=cfg.train.gradient_checkpointing,
         )
         if lora.is_lora(policy):  # frozen base + EMA of the adapters
             self.ema = lora.AdapterEmaTeacher(cfg.rlp.ema_decay)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from rlpt.data import Context
 from rlpt.models import ThinkTokens
@@ -27,6 +29,7 @@ class RolloutSpec:
     pad_id: int
     baseline_excludes_think: bool = False
     reward_discount: float = 1.0  # gamma: term k of a multi-token S_pred / S_ema is weighted gamma^k
+    checkpoint_layers: bool = False  # the update recomputes the thought rows' layers in the backward (less memory)
 
 
 @dataclass
@@ -42,3 +45,37 @@ class Rollouts:
     def truncated(self, close_id: int) -> torch.Tensor:
         """(B*G,) True where the thought hit the length limit and its </think> was forced."""
         return torch.tensor([not t or t[-1] != close_id for t in self.thoughts])
+
+
+@contextmanager
+def layers_checkpointed(model, enabled: bool, attention=None):
+    """Inside, each of the model's decoder layers (transformers' `GradientCheckpointingLayer`) keeps no activations
+    for the backward and recomputes them there. transformers does this only for a module in training mode; RLP keeps
+    its modules in eval mode (no dropout), so the flag is set on the layer objects alone (their dropouts stay off)
+    for the duration. `attention`, a context manager taking the model (the packed engine's shared-prefix attention),
+    is entered again for the recomputation, which runs in the backward, outside the caller's block. Only for forwards
+    that write no KV cache: a replayed layer would write it twice."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    def replay(function, *args):
+        def run(*inner):
+            if attention is None:
+                return function(*inner)
+            with attention(model):
+                return function(*inner)
+
+        return checkpoint(run, *args, use_reentrant=False)
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)] if enabled else []
+    saved = [(m.training, m.gradient_checkpointing, m.__dict__.get("_gradient_checkpointing_func")) for m in layers]
+    try:
+        for m in layers:
+            m.training, m.gradient_checkpointing, m._gradient_checkpointing_func = True, True, replay
+        yield
+    finally:
+        for m, (training, flag, func) in zip(layers, saved):
+            m.training, m.gradient_checkpointing = training, flag
+            if func is None:
+                m.__dict__.pop("_gradient_checkpointing_func", None)
+            else:
+                m._gradient_checkpointing_func = func

@@ -32,7 +32,7 @@ from transformers.cache_utils import DynamicCache
 
 from rlpt.generation import Chooser, cache_kwarg, right_pad
 from rlpt.logprobs import output_head, token_logprobs
-from rlpt.rollout.base import Rollouts, RolloutSpec, ban_close_as_first
+from rlpt.rollout.base import Rollouts, RolloutSpec, ban_close_as_first, layers_checkpointed
 from rlpt.rollout.reference import discounted_scores
 from rlpt.rollout.shared_prefix import SharedPrefix, own_tokens_cache, shared_prefix_attention
 
@@ -261,10 +261,12 @@ class PackedEngine:
         split = output_head(model)
         if split is not None:  # from the hidden states, a chunk of tokens at a time (logprobs.py)
             body, head = split
-            hidden = rows_over_documents(model, inputs, row_t, prefix, run=body).last_hidden_state
+            with layers_checkpointed(model, spec.checkpoint_layers, shared_prefix_attention):
+                hidden = rows_over_documents(model, inputs, row_t, prefix, run=body).last_hidden_state
             logp = token_logprobs(hidden, head, targets, spec.temperature, banned_first=spec.think.close_id)
         else:
-            logits = rows_over_documents(model, inputs, row_t, prefix).logits.float() / spec.temperature
+            with layers_checkpointed(model, spec.checkpoint_layers, shared_prefix_attention):
+                logits = rows_over_documents(model, inputs, row_t, prefix).logits.float() / spec.temperature
             logits = ban_close_as_first(logits, spec.think.close_id)
             logp = torch.log_softmax(logits, -1).gather(2, targets[:, :, None]).squeeze(2)
         mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).float()

@@ -12,7 +12,7 @@ import torch
 
 from rlpt.generation import Chooser, decode, right_pad
 from rlpt.logprobs import output_head, token_logprobs
-from rlpt.rollout.base import Context, Rollouts, RolloutSpec, ban_close_as_first
+from rlpt.rollout.base import Context, Rollouts, RolloutSpec, ban_close_as_first, layers_checkpointed
 
 
 def last_token_logprobs(model, sequences: list[list[int]], pad_id: int) -> torch.Tensor:
@@ -100,11 +100,13 @@ class ReferenceEngine:
         split = output_head(model)
         if split is not None:  # from the hidden states, a chunk of tokens at a time (logprobs.py)
             body, head = split
-            hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
+            with layers_checkpointed(model, spec.checkpoint_layers):
+                hidden = body(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
             picked = hidden.gather(1, index[:, :, None].expand(-1, -1, hidden.size(-1)))
             logp = token_logprobs(picked, head, tokens, spec.temperature, banned_first=spec.think.close_id)
         else:
-            logits = model(input_ids=ids, attention_mask=mask).logits
+            with layers_checkpointed(model, spec.checkpoint_layers):
+                logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
             picked = logits.gather(1, index[:, :, None].expand(-1, -1, logits.size(-1))).float() / spec.temperature
             picked = ban_close_as_first(picked, spec.think.close_id)
             logp = torch.log_softmax(picked, dim=-1).gather(2, tokens[:, :, None]).squeeze(2)
