@@ -120,6 +120,37 @@ def document_prefix(model, doc_ids, doc_mask, row_doc, row_t) -> SharedPrefix:
     return SharedPrefix(out.get(name), row_doc, row_t)
 
 
+def cuda_graph_of(step, write_at: torch.Tensor, feed_in: torch.Tensor):
+    """`next_logits(feed, step)` replaying `step()` as one CUDA graph: a decoding step of a small model is hundreds
+    of kernel launches, which the GPU otherwise waits on one by one. Captured once per batch (its shapes are fixed
+    for the batch), after two warm-up runs on a side stream that also compile it; the warm-ups write the cache slot
+    of step 0, which step 0 then overwrites. None, with a warning, when the step cannot be captured."""
+    import warnings
+
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            logits = step()
+    except RuntimeError as exc:
+        warnings.warn(f"rlp.compile_decoding: the decoding step could not be captured as a CUDA graph ({exc}); "
+                      "it runs compiled, without a graph", stacklevel=2)
+        return None
+
+    def next_logits(feed, at: int):
+        write_at.fill_(at)
+        feed_in.copy_(feed)
+        graph.replay()
+        return logits.clone()  # the next replay writes over `logits`
+
+    return next_logits
+
+
 class PackedEngine:
     name = "packed"
 
@@ -127,7 +158,8 @@ class PackedEngine:
         # compiled, a decoding step is one fused graph instead of hundreds of small eager operators (~1.25x faster
         # steps in bench/vs_trl.py's dense setting), after 10-60 s of compiling at the first batch and at the first
         # batch of another shape (that one compiles with dynamic shapes, so there is no third). On CPU the graph's
-        # wrapper is C++ (`cpp_wrapper`): the Python one adds a fixed cost to every step.
+        # wrapper is C++ (`cpp_wrapper`): the Python one adds a fixed cost to every step. On a GPU the compiled step
+        # is also captured as a CUDA graph per batch (`cuda_graph_of`), so a step is one launch.
         self.compile_decoding = compile_decoding
         self.compiled_steps = {}  # device type -> the compiled `fixed_width_step`
 
@@ -232,12 +264,19 @@ class PackedEngine:
         slots = torch.arange(capacity, device=row_t.device)
         dtype = next(policy.parameters()).dtype
         step_fn = self.compiled_step(row_t.device)
+        feed_in = torch.zeros(N, dtype=torch.long, device=row_t.device)
+
+        def step_at_write_at():  # every input a tensor at a fixed address: the step can be replayed as a CUDA graph
+            own_mask = additive_mask((slots <= write_at)[None, None, :].expand(N, 1, -1), dtype)
+            return step_fn(policy, feed_in, row_t + write_at, own_mask, cache, prefix, cache_name)
 
         def next_logits(feed, step):
             write_at.fill_(step)
-            own_mask = additive_mask((slots <= step)[None, None, :].expand(N, 1, -1), dtype)
-            return step_fn(policy, feed, row_t + step, own_mask, cache, prefix, cache_name)
+            feed_in.copy_(feed)
+            return step_at_write_at()
 
+        if row_t.device.type == "cuda":
+            return cuda_graph_of(step_at_write_at, write_at, feed_in) or next_logits
         return next_logits
 
     def thought_logprobs(self, model, rollouts: Rollouts, rows: list[int], spec: RolloutSpec):
