@@ -77,13 +77,26 @@ def main() -> None:
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     tokens = args.group_size * args.thought_tokens
     print(f"peak memory of the update, {tokens} thought tokens (G = {args.group_size}, L = {args.thought_tokens}), MB")
-    print("| vocabulary | full logits | chunked | chunked / chunked at 8k |")
-    print("|---|---|---|---|")
+    print("| vocabulary | full logits | chunked | chunked / chunked at 8k | rlpt plan's prediction (chunked) |")
+    print("|---|---|---|---|---|")
     base = next(r["update_peak_mb"] for r in rows if r["chunked"] and r["vocab"] == VOCABULARIES[0])
     for vocab in VOCABULARIES:
         full = next(r["update_peak_mb"] for r in rows if not r["chunked"] and r["vocab"] == vocab)
         chunk = next(r["update_peak_mb"] for r in rows if r["chunked"] and r["vocab"] == vocab)
-        print(f"| {vocab:,} | {full:,.0f} | {chunk:,.0f} | {chunk / base:.2f}x |")
+        predicted = predicted_update_mb(vocab, args.group_size, args.thought_tokens)
+        print(f"| {vocab:,} | {full:,.0f} | {chunk:,.0f} | {chunk / base:.2f}x | {predicted:,.0f} "
+              f"({predicted / chunk - 1:+.0%}) |")
+
+
+def predicted_update_mb(vocab: int, group_size: int, thought_tokens: int) -> float:
+    """What `rlpt plan` says the update adds (gradients, activations, a log-prob chunk) for the model above."""
+    from rlpt.plan import Shape, memory
+
+    shape = Shape(layers=2, hidden=64, vocab=vocab, heads=2, kv_heads=2, head_dim=32, intermediate=128)
+    parts = memory(shape, group_size, thought_tokens, doc_tokens=64, micro_batch_thoughts=group_size)
+    update = ("gradients (float32)", "update activations (one micro-batch)", "log-prob chunk",
+              "output head's gradient of one chunk")
+    return sum(parts[k] for k in update) / 2**20
 
 
 if __name__ == "__main__":

@@ -31,3 +31,42 @@ def test_cli(capsys):
     assert json.loads(capsys.readouterr().out)["cpt_flop_matched_tokens"] == 3_525_443_200
     assert main(["plan", "--params", "-1", "--tokens", "1", "--steps", "1"]) == 2
     assert "--params must be > 0" in capsys.readouterr().err
+
+
+def test_memory_by_hand_and_the_largest_micro_batch():
+    from rlpt.plan import Shape, largest_micro_batch, memory
+
+    shape = Shape(layers=2, hidden=4, vocab=10, heads=2, kv_heads=1, head_dim=2, intermediate=8)
+    # tied embedding 40; per layer: attention 4 * 2 * (2 * 2 + 2 * 1) = 48, MLP 3 * 4 * 8 = 96, norms 8 -> 152;
+    # the final norm 4
+    assert shape.params == 40 + 2 * 152 + 4
+    parts = memory(shape, group_size=3, thought_tokens=5, doc_tokens=7, micro_batch_thoughts=2)
+    n = 348
+    assert parts["weights (float32)"] == 4 * n and parts["Adam moments (float32)"] == 8 * n
+    assert parts["decoding KV cache (document once, G thought rows)"] == (2 * 2 * 1 * 2 * 4) * (7 + 3 * 5)
+    # 10 thought tokens, each layer keeps 10 * 4 + 4 * 8 + 2 * 2 * (7 + 5) = 120 floats a token
+    assert parts["update activations (one micro-batch)"] == 10 * 120 * 4 * 2
+    assert parts["log-prob chunk"] == 4 * 4 * 10 * 10  # fewer logits than a chunk holds: all of them, 4 copies
+    checkpointed = memory(shape, group_size=3, thought_tokens=5, doc_tokens=7, micro_batch_thoughts=2, checkpointing=True)
+    assert checkpointed["update activations (one micro-batch)"] == 10 * (120 * 4 + 2 * 4 * 4)  # one layer + inputs
+    fixed = sum(memory(shape, 3, 5, 7, micro_batch_thoughts=1).values())
+    one_more = sum(memory(shape, 3, 5, 7, micro_batch_thoughts=2).values())
+    assert largest_micro_batch(shape, (fixed + one_more) / 2, group_size=3, thought_tokens=5, doc_tokens=7) == 1
+    assert largest_micro_batch(shape, 1.0, group_size=3, thought_tokens=5, doc_tokens=7) == 0
+
+
+def test_the_shape_of_a_model_folder_gives_its_parameter_count(llama_dir, capsys):
+    from rlpt.cli import main
+    from rlpt.models import load_model_and_tokenizer
+    from rlpt.plan import shape_of
+
+    model, _, _ = load_model_and_tokenizer(llama_dir)
+    assert shape_of(llama_dir).params == sum(p.numel() for p in model.parameters())
+    assert main(["plan", "--params", "1e6", "--tokens", "1e5", "--steps", "10", "--model", llama_dir,
+                 "--gpu-memory", "1"]) == 0
+    out = capsys.readouterr().out
+    from rlpt.plan import largest_micro_batch
+
+    fits = largest_micro_batch(shape_of(llama_dir), 2**30, group_size=16, thought_tokens=2048, doc_tokens=512)
+    assert "update activations (one micro-batch)" in out and f"train.micro_batch_thoughts that fits 1 GiB: {fits}" in out
+    assert 0 < fits < 16  # at L = 2048 the activations of 16 thoughts do not fit a GiB, one does

@@ -47,6 +47,105 @@ def plan(params: float, tokens: float, group_size: int, thought_tokens: int, bat
     )
 
 
+@dataclass
+class Shape:
+    """What memory depends on in a causal LM: its sizes (from its config.json, or given)."""
+
+    layers: int
+    hidden: int
+    vocab: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+
+    @property
+    def params(self) -> int:
+        """Weights of a Llama-like model with tied embeddings (attention, gated MLP, two norms a layer, a final one)."""
+        attention = self.hidden * self.head_dim * (2 * self.heads + 2 * self.kv_heads)
+        layer = attention + 3 * self.hidden * self.intermediate + 2 * self.hidden
+        return self.vocab * self.hidden + self.layers * layer + self.hidden
+
+
+def shape_of(folder: str) -> Shape:
+    import json
+    from pathlib import Path
+
+    from rlpt.errors import UserError
+
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text())
+    except OSError as exc:
+        raise UserError(f"--model: {folder} has no readable config.json") from exc
+    config = config.get("text_config", config)
+    heads = config.get("num_attention_heads") or config.get("n_head")
+    hidden = config.get("hidden_size") or config.get("n_embd")
+    return Shape(layers=config.get("num_hidden_layers") or config.get("n_layer"), hidden=hidden,
+                 vocab=config["vocab_size"], heads=heads, kv_heads=config.get("num_key_value_heads") or heads,
+                 head_dim=config.get("head_dim") or hidden // heads,
+                 intermediate=config.get("intermediate_size") or config.get("n_inner") or 4 * hidden)
+
+
+# float32 values the update keeps per thought token and layer for the backward, besides attention: the layer's input,
+# normed input, q/k/v, rotated q/k, attention output and its projection, residual, normed residual (about 10 x hidden)
+# and the MLP's gate, up, activation and product (4 x intermediate). Attention keeps its scores and their softmax.
+ACTIVATIONS_PER_HIDDEN, ACTIVATIONS_PER_INTERMEDIATE, ATTENTION_COPIES = 10, 4, 2
+# in the backward of a log-prob chunk: its logits (recomputed, kept for the log-sum-exp), their exponentials, the
+# gradient with respect to them and that gradient through the temperature
+LOGIT_COPIES = 4
+
+
+def memory(shape: Shape, group_size: int, thought_tokens: int, doc_tokens: int, micro_batch_thoughts: int,
+           compute_bytes: int = 4, checkpointing: bool = False) -> dict[str, float]:
+    """Bytes on one GPU of training one context's group (DDP: every GPU holds all of it), by part. The master
+    weights, their gradients, Adam's two moments and the EMA teacher are float32; the KV cache of decoding and the
+    activations are in the compute dtype (`compute_bytes`). The update runs `micro_batch_thoughts` thoughts at a time,
+    and takes its log-probs a chunk of at most CHUNK_ELEMENTS logits at a time (`rlpt.logprobs`)."""
+    from rlpt.logprobs import CHUNK_ELEMENTS
+
+    n = shape.params
+    kv = 2 * shape.layers * shape.kv_heads * shape.head_dim * compute_bytes  # bytes of one token's keys and values
+    tokens = micro_batch_thoughts * thought_tokens
+    context = doc_tokens + thought_tokens
+    per_token_layer = (ACTIVATIONS_PER_HIDDEN * shape.hidden + ACTIVATIONS_PER_INTERMEDIATE * shape.intermediate
+                       + ATTENTION_COPIES * shape.heads * context) * compute_bytes
+    kept_layers = 1 if checkpointing else shape.layers  # checkpointed: one layer's at a time, plus every layer input
+    activations = tokens * (per_token_layer * kept_layers + (shape.layers * shape.hidden * compute_bytes if checkpointing else 0))
+    logits = LOGIT_COPIES * 4 * min(CHUNK_ELEMENTS, tokens * shape.vocab)
+    return {
+        "weights (float32)": 4 * n, "gradients (float32)": 4 * n, "Adam moments (float32)": 8 * n,
+        "EMA teacher (float32)": 4 * n,
+        "decoding KV cache (document once, G thought rows)": kv * (doc_tokens + group_size * thought_tokens),
+        "update activations (one micro-batch)": activations, "log-prob chunk": logits,
+        "output head's gradient of one chunk": 4 * shape.vocab * shape.hidden,  # before it is added to the gradients
+    }
+
+
+def largest_micro_batch(shape: Shape, gpu_bytes: float, **kwargs) -> int:
+    """The most thoughts per update chunk whose total fits `gpu_bytes` (0: not even one)."""
+    best = 0
+    for m in range(1, kwargs["group_size"] + 1):
+        if sum(memory(shape, micro_batch_thoughts=m, **kwargs).values()) <= gpu_bytes:
+            best = m
+    return best
+
+
+def format_memory(shape: Shape, args) -> str:
+    settings = dict(group_size=args.group_size, thought_tokens=args.thought_tokens, doc_tokens=args.doc_tokens,
+                    compute_bytes=2 if args.bf16 else 4, checkpointing=args.gradient_checkpointing)
+    parts = memory(shape, micro_batch_thoughts=args.micro_batch_thoughts, **settings)
+    width = max(len(k) for k in parts)
+    lines = [f"memory on one GPU, {shape.params / 1e6:,.1f}M parameters, G = {args.group_size}, L = "
+             f"{args.thought_tokens}, {args.micro_batch_thoughts} thoughts a micro-batch:"]
+    lines += [f"  {name:<{width}}  {value / 2**30:8.2f} GiB" for name, value in parts.items()]
+    lines.append(f"  {'total':<{width}}  {sum(parts.values()) / 2**30:8.2f} GiB")
+    if args.gpu_memory:
+        fits = largest_micro_batch(shape, args.gpu_memory * 2**30, **settings)
+        lines.append(f"  train.micro_batch_thoughts that fits {args.gpu_memory:g} GiB: "
+                     + (str(fits) if fits else "none (shard with train.parallel=fsdp, or LoRA)"))
+    return "\n".join(lines)
+
+
 def format_plan(p: Plan, args) -> str:
     rows = [
         ("thought (rollout) tokens  R = G * L * batch * steps", f"{p.rollout_tokens:.3e}"),
@@ -73,6 +172,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--gpu-flops", type=float, default=H100_BF16_FLOPS, help="peak FLOP/s of one GPU (H100 bf16)")
     parser.add_argument("--count-prompt", action="store_true", help="count the mean context in l_seq of T_flop")
     parser.add_argument("--json", action="store_true")
+    shape = parser.add_argument_group("memory (with --model or the model's sizes)")
+    shape.add_argument("--model", help="a Hugging Face model folder: its config.json gives the sizes")
+    for flag in ("layers", "hidden", "vocab", "heads", "kv-heads", "head-dim", "intermediate"):
+        shape.add_argument(f"--{flag}", type=int)
+    shape.add_argument("--doc-tokens", type=int, default=512, help="tokens of a context's document")
+    shape.add_argument("--micro-batch-thoughts", type=int, default=16, help="train.micro_batch_thoughts")
+    shape.add_argument("--bf16", action="store_true", help="model.dtype bfloat16 (activations and KV cache)")
+    shape.add_argument("--gradient-checkpointing", action="store_true", help="train.gradient_checkpointing")
+    shape.add_argument("--gpu-memory", type=float, help="GiB of one GPU: the largest micro-batch that fits")
 
 
 def run(args) -> str:
@@ -83,8 +191,24 @@ def run(args) -> str:
             raise UserError(f"--{name.replace('_', '-')} must be > 0")
     p = plan(args.params, args.tokens, args.group_size, args.thought_tokens, args.batch, args.steps, args.gpus,
              args.mfu, args.count_prompt, args.gpu_flops)
+    shape = model_shape(args)
     if args.json:
         import json
 
         return json.dumps(asdict(p), indent=1)
-    return format_plan(p, args)
+    return format_plan(p, args) + ("\n" + format_memory(shape, args) if shape else "")
+
+
+def model_shape(args) -> Shape | None:
+    from rlpt.errors import UserError
+
+    if args.model:
+        return shape_of(args.model)
+    if args.layers is None and args.hidden is None and args.vocab is None:
+        return None
+    if None in (args.layers, args.hidden, args.vocab, args.heads):
+        raise UserError("memory: give --model DIR, or --layers, --hidden, --vocab and --heads")
+    heads = args.heads
+    return Shape(layers=args.layers, hidden=args.hidden, vocab=args.vocab, heads=heads,
+                 kv_heads=args.kv_heads or heads, head_dim=args.head_dim or args.hidden // heads,
+                 intermediate=args.intermediate or 4 * args.hidden)
