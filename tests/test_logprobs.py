@@ -15,6 +15,16 @@ from rlpt.rollout.reference import ReferenceEngine
 TEXTS = ["123+456=579.", "98+7=105. and a longer tail", "5+5=10."]
 
 
+def sampled(tmp_path, arch: str, seed: int):
+    """A tiny model of `arch`, and G = 3 thoughts it sampled at two positions of each of TEXTS."""
+    model, tok, think = load_model_and_tokenizer(save_tiny(tmp_path / arch, arch, seed=seed))
+    docs = [Document(tok(t)["input_ids"], f"d{i}") for i, t in enumerate(TEXTS)]
+    contexts = make_contexts(docs, "random:2", seed=0, step=0)
+    spec = RolloutSpec(group_size=3, max_thought_tokens=6, temperature=0.7, think=think, pad_id=tok.pad_token_id)
+    rollouts = ReferenceEngine().rollout(model, model, contexts, spec, temperature_sampler(0.7, seed))
+    return model, spec, rollouts, list(range(len(rollouts.thoughts)))
+
+
 def test_chunk_logprobs_hand_worked():
     head = torch.nn.Linear(2, 3, bias=False)
     with torch.no_grad():
@@ -30,12 +40,7 @@ def test_chunk_logprobs_hand_worked():
 @pytest.mark.parametrize("arch", ["llama", "qwen3", "gpt2"])
 @pytest.mark.parametrize("engine", [ReferenceEngine, PackedEngine])
 def test_chunked_equals_full_logits_with_gradients(arch, engine, tmp_path, monkeypatch):
-    model, tok, think = load_model_and_tokenizer(save_tiny(tmp_path / arch, arch, seed=2))
-    docs = [Document(tok(t)["input_ids"], f"d{i}") for i, t in enumerate(TEXTS)]
-    contexts = make_contexts(docs, "random:2", seed=0, step=0)
-    spec = RolloutSpec(group_size=3, max_thought_tokens=6, temperature=0.7, think=think, pad_id=tok.pad_token_id)
-    rollouts = ReferenceEngine().rollout(model, model, contexts, spec, temperature_sampler(0.7, 1))
-    rows = list(range(len(rollouts.thoughts)))
+    model, spec, rollouts, rows = sampled(tmp_path, arch, seed=2)
     advantages = torch.randn(len(rows))
 
     def update(head_split: bool):
@@ -43,8 +48,8 @@ def test_chunked_equals_full_logits_with_gradients(arch, engine, tmp_path, monke
             if head_split:  # chunks of 3 tokens: many chunks, some ragged
                 patch.setattr(logprobs, "CHUNK_ELEMENTS", 3 * model.config.vocab_size)
             else:
-                patch.setattr("rlpt.rollout.reference.output_head", lambda m: None)
-                patch.setattr("rlpt.rollout.packed.output_head", lambda m: None)
+                patch.setattr("rlpt.rollout.reference.output_head", lambda m, **k: None)
+                patch.setattr("rlpt.rollout.packed.output_head", lambda m, **k: None)
             logp, mask = engine().thought_logprobs(model, rollouts, rows, spec)
         model.zero_grad(set_to_none=True)
         ((logp * mask).sum(1) * advantages).sum().backward()
@@ -77,13 +82,9 @@ def test_gradient_checkpointing_recomputes_layers_and_gives_the_same_gradients(a
 
     from transformers.modeling_layers import GradientCheckpointingLayer
 
-    model, tok, think = load_model_and_tokenizer(save_tiny(tmp_path / arch, arch, seed=3))
-    docs = [Document(tok(t)["input_ids"], f"d{i}") for i, t in enumerate(TEXTS)]
-    contexts = make_contexts(docs, "random:2", seed=0, step=0)
-    spec = RolloutSpec(group_size=3, max_thought_tokens=6, temperature=0.7, think=think, pad_id=tok.pad_token_id)
-    rollouts = ReferenceEngine().rollout(model, model, contexts, spec, temperature_sampler(0.7, 2))
-    rows = list(range(len(rollouts.thoughts)))
+    model, spec, rollouts, rows = sampled(tmp_path, arch, seed=3)
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    logprobs.output_head(model)  # its one-time check runs the model: before the counting
     calls = []
     for layer in layers:  # a checkpointed layer replays its forward, not its hooks: count a sublayer's calls
         next(layer.children()).register_forward_pre_hook(lambda module, args: calls.append(1))
@@ -104,3 +105,44 @@ def test_gradient_checkpointing_recomputes_layers_and_gives_the_same_gradients(a
     assert all(not m.training for m in model.modules())  # eval mode again afterwards
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-6)
+
+
+def test_a_head_whose_logits_differ_from_the_models_is_not_used(tmp_path, monkeypatch):
+    """The split is checked against the model's own logits: a model that scales them (as Falcon-H1 multiplies its
+    head's output) takes the full logits; so does a DDP-wrapped model whose whole forward does not run."""
+    model, _, _ = load_model_and_tokenizer(save_tiny(tmp_path / "llama", "llama"))
+    scaled, _, _ = load_model_and_tokenizer(save_tiny(tmp_path / "scaled", "llama"))
+    forward = type(scaled).forward
+
+    def scaled_forward(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        out.logits = out.logits * 1.5
+        return out
+
+    monkeypatch.setattr(scaled, "forward", scaled_forward.__get__(scaled))
+    assert logprobs.output_head(model) is not None and logprobs.output_head(scaled) is None
+    monkeypatch.setattr(model, "set_requires_gradient_sync", lambda *a: None, raising=False)  # as DDP marks it
+    assert logprobs.output_head(model) is None and logprobs.output_head(model, root_forward_runs=True) is not None
+
+
+
+def test_checkpointing_is_refused_for_layers_that_apply_dropout_themselves(tmp_path, llama_dir, monkeypatch):
+    """OPT's and Falcon's layers call F.dropout(..., training=self.training): marking them training for checkpointing
+    would turn that on. The start-up check finds it on the model itself."""
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    from rlpt.cli import main
+    from rlpt.rollout.base import checkpointing_keeps_dropout_off
+
+    model, _, _ = load_model_and_tokenizer(llama_dir)
+    assert checkpointing_keeps_dropout_off(model)
+    forward = LlamaDecoderLayer.forward
+
+    def dropping(self, hidden_states, *args, **kwargs):
+        return forward(self, torch.nn.functional.dropout(hidden_states, 0.5, training=self.training), *args, **kwargs)
+
+    monkeypatch.setattr(LlamaDecoderLayer, "forward", dropping)
+    assert not checkpointing_keeps_dropout_off(model)
+    assert main(["train", "--output", str(tmp_path / "run"), "--set", f"model.name_or_path={llama_dir}",
+                 "--set", "data.path=builtin:arith", "--set", "train.gradient_checkpointing=true",
+                 "--set", "rlp.group_size=2", "--set", "rlp.max_thought_tokens=2", "--set", "train.max_steps=1"]) == 2

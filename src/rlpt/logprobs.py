@@ -6,33 +6,61 @@ logits exist only while its log-probs are taken, and the backward recomputes the
 of keeping them. A chunk holds at most CHUNK_ELEMENTS logits, so the peak memory of this step does not grow with the
 vocabulary.
 
-It needs the model split into a body (hidden states) and an output head (a linear layer). `output_head` finds them,
-and gives None for a model whose logits are more than that (soft-capped, scaled) or whose weights are sharded: the
-caller then takes the log-probs from the model's full logits, as before.
+It needs the model split into a body (hidden states) and an output head (a linear layer). `output_head` finds them
+and checks them against the model's own logits; it gives None for a model whose logits are more than that
+(soft-capped, scaled), whose weights are sharded, or whose gradients DDP would not average: the caller then takes the
+log-probs from the model's full logits, as before.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 CHUNK_ELEMENTS = 2**24  # logits in one chunk (64 MB in float32), whatever the vocabulary
-LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")  # logits beyond a linear head
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "lm_head_multiplier")
 
 
-def output_head(model):
-    """(body, head) of a causal LM: `body(**inputs).last_hidden_state` are the hidden states its head maps to logits;
-    None when the logits are not just `head(hidden)`, the weights are sharded (FSDP), or `model` is not a module
-    (a LoRA run's EMA teacher is the policy's forward with other adapter weights: its parts would be the policy's)."""
+SPLITS = weakref.WeakKeyDictionary()  # model -> its checked (body, head), or None
+
+
+def output_head(model, root_forward_runs: bool = False):
+    """(body, head) of a causal LM: `head(body(**inputs).last_hidden_state)` are its logits, checked once on a short
+    input against the model's own. None, and the caller takes the full logits, when they differ (soft-capped, scaled,
+    multiplied logits), when the weights are sharded (FSDP), when `model` is not a module (a LoRA run's EMA teacher
+    is the policy's forward with other adapter weights: its parts would be the policy's), and under DDP unless the
+    caller also runs the whole model with gradients (`root_forward_runs`): DDP averages the gradients of a backward
+    only after a forward of the model it wraps."""
     if not isinstance(model, torch.nn.Module):
         return None
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model: its wrapped LM
-    config = getattr(inner.config, "text_config", None) or inner.config
-    if any(getattr(config, name, None) not in (None, 1.0) for name in LOGIT_TRANSFORMS):
+    wrapped = hasattr(model, "set_requires_gradient_sync")  # rlpt.distributed.is_wrapped
+    if any(type(p).__name__ == "DTensor" for p in inner.parameters()) or (wrapped and not root_forward_runs):
         return None
+    if model not in SPLITS:
+        SPLITS[model] = checked_split(inner)
+    return SPLITS[model]
+
+
+@torch.no_grad()
+def checked_split(inner):
+    config = inner.config.get_text_config()
+    if any(getattr(config, name, None) not in (None, 1.0) for name in LOGIT_TRANSFORMS):
+        return None  # known to change the logits; the check below may miss it while the logits are small
     head = inner.get_output_embeddings()
-    if not isinstance(head, torch.nn.Linear) or any(type(p).__name__ == "DTensor" for p in inner.parameters()):
+    if not isinstance(head, torch.nn.Linear) or not hasattr(inner, "base_model"):
+        return None
+    device = head.weight.device
+    ids = (torch.arange(1, 6, device=device) * 7 % inner.config.get_text_config().vocab_size)[None]
+    try:
+        split = head(inner.base_model(input_ids=ids).last_hidden_state)
+        whole = inner(input_ids=ids).logits
+    except Exception:  # a model whose body does not run alone: the full logits
+        return None
+    if split.shape != whole.shape or not torch.allclose(split.float(), whole.float(), atol=1e-4, rtol=1e-4):
         return None
     return inner.base_model, head
 

@@ -19,6 +19,8 @@ from rlpt.evaluate import exact_match_accuracy, load_eval_set
 from rlpt.models import load_model_and_tokenizer
 from rlpt.report import NO_SIGNAL, SIGNAL_WARNING
 from rlpt.rollout import make_engine
+from rlpt.errors import UserError
+from rlpt.rollout.base import checkpointing_keeps_dropout_off
 from rlpt.rollout.reference import last_token_logprobs
 from rlpt.trainer import RlpTrainer, least_squares_trend
 
@@ -121,13 +123,18 @@ def train_in(world: distributed.World, cfg, run_dir: Path, device: torch.device,
     probe = make_contexts(documents[:PROBE_DOCUMENTS], cfg.rlp.positions, cfg.train.seed, step=-1)
 
     engine = make_engine(cfg.rlp.engine, policy, cfg.rlp.compile_decoding)  # probes the unwrapped model
+    if cfg.train.gradient_checkpointing and not checkpointing_keeps_dropout_off(policy):
+        raise UserError("train.gradient_checkpointing: this model's layers apply dropout themselves once checkpointing "
+                        "marks them as training (OPT and Falcon do), so the update would score thoughts with noise; "
+                        "turn checkpointing off or set the model's dropout to 0 in its config.json")
     distributed.parallelize(policy, world)
     trainer = RlpTrainer(cfg, policy, tokenizer, think, documents, engine, run_dir, device, world, next_token_documents)
     if resume_from is not None:
         trainer.restore(resume_from)
         saved = run_dir / "summary.json"
-        if trainer.state["step"] >= cfg.train.max_steps and saved.is_file():  # nothing to do: say so, not "finished"
-            return {**json.loads(saved.read_text()), "already_done": True} if world.main else {}
+        summary = json.loads(saved.read_text()) if saved.is_file() else {}
+        if trainer.state["step"] >= cfg.train.max_steps and summary.get("steps") == trainer.state["step"]:
+            return {**summary, "already_done": True} if world.main else {}  # nothing to do: say so, not "finished"
         if world.main:
             print(f"rlpt: resuming from {resume_from} (step {trainer.state['step']})", flush=True)
             for name in ("metrics.jsonl", "rollouts.jsonl"):
@@ -225,7 +232,9 @@ def format_summary(summary: dict, run_dir: Path) -> str:
     else:
         head = f"rlpt: finished {summary['steps']} steps -> {run_dir}"
     lines = [head]
-    n = summary["window"]
+    n = summary.get("window", 10)  # a summary written before the window was recorded: 10 steps
+    for key in ("reward_mean_first", "reward_mean_last"):
+        summary.setdefault(key, summary.get(f"{key}10"))
     steps = f"{n} step{'s' if n > 1 else ''}"
     lines.append(
         f"  reward (information gain, nats): first {steps} {summary['reward_mean_first']:+.3f}, last {steps} "

@@ -297,7 +297,7 @@ class PackedEngine:
         inputs, lengths = inputs.to(device), lengths.sum(1).to(device)
         width = inputs.size(1)
         targets = right_pad(thoughts, spec.pad_id)[0].to(device)
-        split = output_head(model)
+        split = output_head(model, root_forward_runs=True)  # document_prefix runs the whole model, with gradients
         if split is not None:  # from the hidden states, a chunk of tokens at a time (logprobs.py)
             body, head = split
             with layers_checkpointed(model, spec.checkpoint_layers, shared_prefix_attention):
