@@ -28,6 +28,18 @@ def test_experiment_writes_table_results_plots_and_models(tmp_path, capsys):
     assert curve[-1]["Math"] == scores["rlp"]["Math"]["accuracy_think"]
     budget = results["seeds"][0]["cpt_budget"]
     assert budget["flop_matched"] > budget["token_matched"] > 0
+    # RLP twice from the same Base: the paper's next-token reward and one over the whole answer; CPT-FLOP matches the
+    # larger of their budgets
+    import yaml
+
+    from rlpt.baselines.cpt import budgets_from_run
+
+    rewards = {m: yaml.safe_load((out / "runs" / "seed-0" / m / "config.yaml").read_text())["rlp"]["reward_tokens"]
+               for m in ("rlp", "rlp-answer")}
+    assert rewards == {"rlp": 1, "rlp-answer": experiment.ANSWER_TOKENS} and "RLP (K = answer)" in table
+    runs = [budgets_from_run([json.loads(line) for line in (out / "runs" / "seed-0" / m / "metrics.jsonl").open()],
+                             2, 24)["flop_matched"] for m in ("rlp", "rlp-answer")]
+    assert budget["flop_matched"] == max(runs)
     assert {(r["G"], r["L"]) for r in results["ablation"]} >= {(16, 24), (2, 64)}
     for name in ("reward.png", "accuracy.png", "ablation.png"):
         assert (out / "plots" / name).read_bytes()[:4] == b"\x89PNG"

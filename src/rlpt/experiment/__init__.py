@@ -35,6 +35,11 @@ from rlpt.suites import get_suite
 
 
 
+# RLP (K = answer): the reward scores the whole answer after the thought, up to 4 digits and the period (a science
+# answer, a letter and its period, is cut at the document's end); RLP (K = 1) is the paper's next token alone
+ANSWER_TOKENS = 5
+
+
 # ---------------------------------------------------------------------------------------------------- the models
 def warm_start(folder: Path, suites, budget: Budget, seed: int) -> None:
     """Base: next-token training on the suites' warm-start corpora, of `budget.warm_from` (builtin:tiny, which
@@ -150,13 +155,17 @@ def run_seed(plan: Plan, seed: int) -> dict:
 
     print(f"rlpt experiment: seed {seed}: Base", flush=True)
     base = timed("base", lambda: plan.base(seed))
-    configs, histories = {"rlp": plan.rl_config(base, seed, "information_gain"), "rpt": plan.rl_config(base, seed, "rpt")}, {}
+    configs = {"rlp": plan.rl_config(base, seed, "information_gain"),
+               "rlp-answer": plan.rl_config(base, seed, "information_gain", reward_tokens=ANSWER_TOKENS),
+               "rpt": plan.rl_config(base, seed, "rpt")}
+    histories = {}
     for method, cfg in configs.items():
         print(f"rlpt experiment: seed {seed}: {LABELS[method]}", flush=True)
         histories[method] = timed(method, lambda: rl_run(runs / method, cfg))
         export_checkpoint(runs / method, models / method)
     rlp = configs["rlp"]
-    counters = cpt.budgets_from_run(histories["rlp"], rlp.rlp.group_size, rlp.rlp.max_thought_tokens)
+    counters = max((cpt.budgets_from_run(histories[m], rlp.rlp.group_size, rlp.rlp.max_thought_tokens)
+                    for m in ("rlp", "rlp-answer")), key=lambda c: c["flop_matched"])  # CPT matches the larger
     cpt_runs = {}
     for method, tokens in (("cpt-token", counters["token_matched"]), ("cpt-flop", counters["flop_matched"])):
         print(f"rlpt experiment: seed {seed}: {LABELS[method]} ({tokens} tokens)", flush=True)
@@ -165,7 +174,7 @@ def run_seed(plan: Plan, seed: int) -> dict:
     folders = {m: (base if m == "base" else models / m) for m in METHODS}
     scores = timed("evaluation", lambda: {m: evaluate_model(folders[m], plan.eval_sets, plan.budget, seed) for m in METHODS})
     curves = timed("curves", lambda: {m: curve(runs / m, scores["base"], scores[m], plan.eval_sets, plan.budget)
-                                      for m in ("rlp", "rpt")})
+                                      for m in ("rlp", "rlp-answer", "rpt")})
     return dict(seed=seed, scores=scores, curves=curves, cpt_budget=counters, cpt=cpt_runs, seconds=timings,
                 rewards={m: [row["reward_mean"] for row in h] for m, h in histories.items()},
                 thought_len={m: [row["thought_len_mean"] for row in h] for m, h in histories.items()})

@@ -5,8 +5,9 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-METHODS = ["base", "cpt-token", "cpt-flop", "rpt", "rlp"]
-LABELS = {"base": "Base", "cpt-token": "CPT (token-matched)", "cpt-flop": "CPT (FLOP-matched)", "rpt": "RPT", "rlp": "RLP"}
+METHODS = ["base", "cpt-token", "cpt-flop", "rpt", "rlp", "rlp-answer"]
+LABELS = {"base": "Base", "cpt-token": "CPT (token-matched)", "cpt-flop": "CPT (FLOP-matched)", "rpt": "RPT",
+          "rlp": "RLP (K = 1, the paper)", "rlp-answer": "RLP (K = answer)"}
 ABLATION_G, ABLATION_L = (2, 4, 8, 16), (8, 16, 32, 64)
 
 
@@ -66,7 +67,7 @@ def plots(results: dict, folder: Path) -> list[Path]:
     names = results["eval_sets"]
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.5), squeeze=False)
     for ax, name in zip(axes[0], names):
-        for method, style in (("rlp", "-o"), ("rpt", "-s")):
+        for method, style in (("rlp", "-o"), ("rlp-answer", "-^"), ("rpt", "-s")):
             steps = [p["step"] for p in seeds[0]["curves"][method]]
             mean = [statistics.mean(seed["curves"][method][i][name] for seed in seeds) for i in range(len(steps))]
             ax.plot(steps, [100 * v for v in mean], style, label=LABELS[method])
@@ -118,7 +119,7 @@ def report(results: dict, plot_files: list[Path], output: Path) -> str:
     parts += [
         "",
         f"CPT budgets (seed 0): token-matched {counters['token_matched']} tokens; FLOP-matched {counters['flop_matched']} "
-        f"tokens = G * L * contexts/step * steps + T_inp, from the RLP run ({counters['rlp_steps']} steps, "
+        f"tokens = G * L * contexts/step * steps + T_inp, from the larger of the two RLP runs ({counters['rlp_steps']} steps, "
         f"{counters['contexts_per_step']:.1f} contexts/step, T_inp = {counters['input_tokens']}).",
     ]
     if results.get("ablation"):
