@@ -48,8 +48,7 @@ def test_chunked_equals_full_logits_with_gradients(arch, engine, tmp_path, monke
             if head_split:  # chunks of 3 tokens: many chunks, some ragged
                 patch.setattr(logprobs, "CHUNK_ELEMENTS", 3 * model.config.vocab_size)
             else:
-                patch.setattr("rlpt.rollout.reference.output_head", lambda m, **k: None)
-                patch.setattr("rlpt.rollout.packed.output_head", lambda m, **k: None)
+                patch.setattr(logprobs, "output_head", lambda *a, **k: None)
             logp, mask = engine().thought_logprobs(model, rollouts, rows, spec)
         model.zero_grad(set_to_none=True)
         ((logp * mask).sum(1) * advantages).sum().backward()

@@ -88,3 +88,19 @@ def chunk_logprobs(hidden, weight, bias, targets, first, temperature: float, ban
     if banned_first is not None:
         logits[:, banned_first] = logits[:, banned_first].masked_fill(first, float("-inf"))
     return logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
+
+
+def chosen_logprobs(model, forward, targets: torch.Tensor, temperature: float, banned_first: int,
+                    pick=lambda states: states, root_forward_runs: bool = False) -> torch.Tensor:
+    """Tempered log-probs (N, W) of `targets` (N, W), `banned_first` out of the softmax at position 0 of each row.
+    `forward(run)` runs the engine's forward with `run`, the model or its body; `pick` takes the (N, W) positions that
+    predict the targets out of its output. From the hidden states a chunk at a time where `output_head` allows, else
+    from the model's full logits."""
+    split = output_head(model, root_forward_runs)
+    if split is not None:
+        body, head = split
+        return token_logprobs(pick(forward(body).last_hidden_state), head, targets, temperature, banned_first)
+    logits = pick(forward(model).logits).float() / temperature
+    logits[:, 0, banned_first] = float("-inf")
+    return torch.log_softmax(logits, -1).gather(2, targets[:, :, None]).squeeze(2)
+

@@ -72,14 +72,14 @@ def svg_plot(title: str, history: list[dict], keys: list[str], width: int = 420,
     x0, x1, y0, y1 = x_ticks[0], x_ticks[-1], y_ticks[0], y_ticks[-1]
     left, top, plot_w, plot_h = 60, 24, width - 70, height - 50
 
-    def xy(x, y):
-        return f"{left + (x - x0) / (x1 - x0) * plot_w:.1f},{top + (1 - (y - y0) / (y1 - y0)) * plot_h:.1f}"
-
     def px(x):
         return left + (x - x0) / (x1 - x0) * plot_w
 
     def py(y):
         return top + (1 - (y - y0) / (y1 - y0)) * plot_h
+
+    def xy(x, y):
+        return f"{px(x):.1f},{py(y):.1f}"
 
     axes = "".join(f'<text x="{left - 4}" y="{py(y) + 3:.1f}" font-size="10" text-anchor="end">{y:.{decimals}f}</text>'
                    f'<line x1="{left}" x2="{left + plot_w}" y1="{py(y):.1f}" y2="{py(y):.1f}" stroke="#eee"/>'

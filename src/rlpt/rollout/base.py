@@ -12,14 +12,6 @@ from rlpt.data import Context
 from rlpt.models import ThinkTokens
 
 
-def ban_close_as_first(logits: torch.Tensor, close_id: int) -> torch.Tensor:
-    """The sampler never draws `</think>` as a thought's first token (a thought has >= 1 token), so the update scores
-    that token under the same renormalised distribution: its logit at thought position 0 is -inf. `logits` is
-    (rows, thought positions, vocabulary), a tensor of the caller's own (changed in place)."""
-    logits[:, 0, close_id] = float("-inf")
-    return logits
-
-
 @dataclass(frozen=True)
 class RolloutSpec:
     group_size: int

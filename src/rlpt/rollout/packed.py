@@ -31,8 +31,8 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from rlpt.generation import Chooser, cache_kwarg, right_pad
-from rlpt.logprobs import output_head, token_logprobs
-from rlpt.rollout.base import Rollouts, RolloutSpec, ban_close_as_first, layers_checkpointed
+from rlpt.logprobs import chosen_logprobs, output_head
+from rlpt.rollout.base import Rollouts, RolloutSpec, layers_checkpointed
 from rlpt.rollout.reference import discounted_scores
 from rlpt.rollout.shared_prefix import SharedPrefix, own_tokens_cache, shared_prefix_attention
 
@@ -297,16 +297,11 @@ class PackedEngine:
         inputs, lengths = inputs.to(device), lengths.sum(1).to(device)
         width = inputs.size(1)
         targets = right_pad(thoughts, spec.pad_id)[0].to(device)
-        split = output_head(model, root_forward_runs=True)  # document_prefix runs the whole model, with gradients
-        if split is not None:  # from the hidden states, a chunk of tokens at a time (logprobs.py)
-            body, head = split
+        def forward(run):
             with layers_checkpointed(model, spec.checkpoint_layers, shared_prefix_attention):
-                hidden = rows_over_documents(model, inputs, row_t, prefix, run=body).last_hidden_state
-            logp = token_logprobs(hidden, head, targets, spec.temperature, banned_first=spec.think.close_id)
-        else:
-            with layers_checkpointed(model, spec.checkpoint_layers, shared_prefix_attention):
-                logits = rows_over_documents(model, inputs, row_t, prefix).logits.float() / spec.temperature
-            logits = ban_close_as_first(logits, spec.think.close_id)
-            logp = torch.log_softmax(logits, -1).gather(2, targets[:, :, None]).squeeze(2)
+                return rows_over_documents(model, inputs, row_t, prefix, run=run)
+
+        # document_prefix ran the whole model with gradients (what DDP needs to average them)
+        logp = chosen_logprobs(model, forward, targets, spec.temperature, spec.think.close_id, root_forward_runs=True)
         mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).float()
         return logp, mask

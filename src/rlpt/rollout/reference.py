@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 from rlpt.generation import Chooser, decode, right_pad
-from rlpt.logprobs import output_head, token_logprobs
-from rlpt.rollout.base import Context, Rollouts, RolloutSpec, ban_close_as_first, layers_checkpointed
+from rlpt.logprobs import chosen_logprobs
+from rlpt.rollout.base import Context, Rollouts, RolloutSpec, layers_checkpointed
 
 
 def last_token_logprobs(model, sequences: list[list[int]], pad_id: int) -> torch.Tensor:
@@ -97,18 +97,13 @@ class ReferenceEngine:
         index = torch.tensor([[len(p) - 1 + u for u in range(width)] for p in prompts], device=device)
         index = index.clamp(max=ids.size(1) - 1)
         tokens = torch.tensor([t + [spec.pad_id] * (width - len(t)) for t in thoughts], device=device)
-        split = output_head(model)
-        if split is not None:  # from the hidden states, a chunk of tokens at a time (logprobs.py)
-            body, head = split
+        def forward(run):
             with layers_checkpointed(model, spec.checkpoint_layers):
-                hidden = body(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-            picked = hidden.gather(1, index[:, :, None].expand(-1, -1, hidden.size(-1)))
-            logp = token_logprobs(picked, head, tokens, spec.temperature, banned_first=spec.think.close_id)
-        else:
-            with layers_checkpointed(model, spec.checkpoint_layers):
-                logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-            picked = logits.gather(1, index[:, :, None].expand(-1, -1, logits.size(-1))).float() / spec.temperature
-            picked = ban_close_as_first(picked, spec.think.close_id)
-            logp = torch.log_softmax(picked, dim=-1).gather(2, tokens[:, :, None]).squeeze(2)
+                return run(input_ids=ids, attention_mask=mask, use_cache=False)
+
+        def pick(states):  # (N, S, X) -> the (N, W, X) positions that predict the thought tokens
+            return states.gather(1, index[:, :, None].expand(-1, -1, states.size(-1)))
+
+        logp = chosen_logprobs(model, forward, tokens, spec.temperature, spec.think.close_id, pick)
         thought_mask = torch.tensor([[1.0] * len(t) + [0.0] * (width - len(t)) for t in thoughts], device=device)
         return logp, thought_mask
