@@ -41,7 +41,18 @@ def test_experiment_writes_table_results_plots_and_models(tmp_path, capsys):
                              2, 24)["flop_matched"] for m in ("rlp", "rlp-answer")]
     assert budget["flop_matched"] == max(runs)
     assert {(r["G"], r["L"]) for r in results["ablation"]} >= {(16, 24), (2, 64)}
-    for name in ("reward.png", "accuracy.png", "ablation.png"):
+    # each method's paired difference to CPT-FLOP, per question and seed: the mean is the difference of the means
+    paired = results["paired"]["pass_at_1"]["rlp"]["Math Avg"]
+    means = [s["scores"][m]["Math"]["pass_at_1"] for s in results["seeds"] for m in ("rlp", "cpt-flop")]
+    assert abs(paired["mean"] - ((means[0] - means[1]) + (means[2] - means[3])) / 2) < 1e-9
+    assert paired["low"] <= paired["mean"] <= paired["high"]
+    assert set(results["paired"]["accuracy_think"]) == set(experiment.METHODS) - {"cpt-flop"}
+    assert "Paired difference to CPT (FLOP-matched)" in table
+    # Base's warm-start curve: loss and held-out accuracy at every curve point
+    warm = results["seeds"][1]["warm_start"]
+    assert [p["step"] for p in warm] == [10, 20] and all(p["loss"] > 0 and 0 <= p["Science"] <= 1 for p in warm)
+    assert "Base's warm start" in table
+    for name in ("reward.png", "accuracy.png", "ablation.png", "warm_start.png"):
         assert (out / "plots" / name).read_bytes()[:4] == b"\x89PNG"
     for seed in (0, 1):
         for method in experiment.METHODS:

@@ -7,13 +7,45 @@ import re
 import pytest
 
 from rlpt import THINK_OPEN
-from rlpt.suites import SUITES, get_suite, math_problem, science_problem, subtraction_thought, thought_matches
+from rlpt.suites import SUITES, get_suite, math_problem, science_problem, thought_matches, written_difference
 
 
-def test_subtraction_thought_by_hand():
-    assert subtraction_thought(532, 185) == "12-5=7,13-8-1=4,5-1-1=3"  # 532 - 185 = 347
-    assert subtraction_thought(500, 1) == "10-1=9,10-0-1=9,5-0-1=4"  # 499: a borrow through two zeros
-    assert subtraction_thought(987, 123) == "7-3=4,8-2=6,9-1=8"  # 864: no borrow
+def test_written_difference_by_hand():
+    assert written_difference(532, 185) == ("12-5-0=7,13-8-1=4,05-1-1=3", "347")
+    assert written_difference(500, 101) == ("10-1-0=9,10-0-1=9,05-1-1=3", "399")  # a borrow through a zero
+    assert written_difference(987, 123) == ("07-3-0=4,08-2-0=6,09-1-0=8", "864")  # no borrow
+    assert written_difference(532, 530) == ("02-0-0=2,03-3-0=0,05-5-0=0", "2")  # leading zeros dropped
+
+
+def test_a_forgotten_borrow_by_hand():
+    """532-185 forgetting the borrow due in the tens: 3-8-0 needs a ten itself (13-8-0=5) and the hundreds
+    still pay it back; the answer is what the wrong columns spell, 357."""
+    answers = iter([True, False])
+    assert written_difference(532, 185, lambda: next(answers)) == ("12-5-0=7,13-8-0=5,05-1-1=3", "357")
+
+
+def test_a_forgotten_carry_and_a_skipped_hop():
+    for seed in range(20):
+        p = math_problem(random.Random(seed), forgets=lambda: True)
+        assert all(part[4 if "+" in p.question else 5] == "0" for part in p.thought.split(","))  # never a carry/borrow
+    slipped = science_problem(random.Random(2), forgets=lambda: True)
+    right = science_problem(random.Random(2))
+    assert slipped.question == right.question and right.thought.startswith(slipped.thought)
+    assert slipped.answer == slipped.thought.split(" in ")[1].rstrip(".") != right.answer  # the bridge, one hop up
+
+
+def test_warm_start_writers_slip_at_the_asked_rate():
+    """With slip 0.5, about half the science thoughts stop after one hop, and their answer is the bridge; plain
+    documents keep the right answer."""
+    suite = get_suite("science")
+    warm = suite.warm_start_documents(2000, seed=0, think_fraction=0.5, slip=0.5)
+    worked = [d for d in warm if THINK_OPEN in d]
+    one_hop = [d for d in worked if d.count(" in ", d.index(THINK_OPEN)) == 1]
+    assert 0.45 < len(one_hop) / len(worked) < 0.55
+    assert warm[:100] != suite.warm_start_documents(2000, seed=0, think_fraction=0.5)[:100]
+    plain = [d for d in warm if THINK_OPEN not in d]
+    right = {p.question: p.answer for p in suite.problems(2000, 10_000, False)}
+    assert all(d.rsplit("=", 1)[1] == right[d.rsplit("=", 1)[0] + "="] + "." for d in plain)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -29,6 +61,7 @@ def test_math_thoughts_compute_the_answer(seed):
         if op == "+" and results[-1] >= 10:
             digits = "1" + digits
         assert str(int(digits)) == p.answer
+        assert len({len(part) for part in p.thought.split(",")}) == 1  # columns of a fixed width
 
 
 def test_science_problems_need_both_hops():

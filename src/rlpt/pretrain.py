@@ -56,10 +56,12 @@ def train_next_token(
     schedule: str = "cosine",
     weight_decay: float = 0.0,
     desc: str = "next-token",
+    after_step=None,
 ) -> list[float]:
     """Train `model` for `steps` AdamW steps on shuffled, padded batches of `docs` (epochs repeat as needed).
     Documents are not packed together: a tiny model learns the task far slower when it must also learn to ignore the
-    document before (measured on the arithmetic warm start).
+    document before (measured on the arithmetic warm start). `after_step(step, losses)`, when given, is called after
+    every step (1-based), the model in eval mode, e.g. to score it along the way.
     Returns the loss of every step."""
     batches = shuffled_batches(docs, batch_size, random.Random(seed))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -78,5 +80,9 @@ def train_next_token(
         losses.append(loss.item())
         if step % 20 == 0:
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if after_step is not None:
+            model.eval()
+            after_step(step + 1, losses)
+            model.train()
     model.eval()
     return losses

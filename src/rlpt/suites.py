@@ -1,14 +1,19 @@
 """Built-in suites for the paper's comparison (`rlpt experiment`), generated deterministically in code. Each has:
 - a training corpus of plain documents (no thoughts): the RLP and CPT data;
-- a warm-start corpus, the same kind of documents with a minority showing a worked thought between the think tags;
+- a warm-start corpus, the same kind of documents, a share of them showing a worked thought between the think tags.
+  The writer of those thoughts slips (`slip`: the chance of each slip): they forget a carry or a borrow, or stop
+  after the first hop, and answer what their slipped thought says. A model warm-started on them writes right and
+  wrong thoughts and copies its thought's answer; only the real answers of plain text tell which thoughts are right.
 - a held-out evaluation set of {"question", "answer"} pairs, disjoint from both corpora (split by a hash of the
   problem). A thought is correct when it is the problem's worked thought: tracked beside the reward, because a
   reward can rise while the thoughts go wrong (reward hacking).
 
-`math`: 3-digit addition and subtraction with carries and borrows, worked column by column from the units up:
-    532-185=<think>12-5=7,13-8-1=4,5-1-1=3</think>347.
+`math`: 3-digit addition and subtraction, worked column by column from the units up at a fixed width (a tiny model
+finds each column's digits at fixed offsets). Addition as in `builtin:arith`; subtraction writes each column's top
+digit (with the borrowed ten, two digits), the digit below, the borrow, and the result:
+    532-185=<think>12-5-0=7,13-8-1=4,05-1-1=3</think>347.
 `science`: two-hop composition over facts stated in the document, three chains of two facts in a shuffled order;
-the question asks for the container two hops up, which no single fact states:
+the question asks for the container two hops up, which no single fact states (a slip stops after the first hop):
     T in D. R in P. D in S. P in M. K in Z. Z in F. T in=<think>T in D. D in S.</think>S.
 Every answer follows the first `=` of its document: `rlp.positions: first:=` puts a thought before the answer,
 `after:=` before every answer token.
@@ -23,6 +28,10 @@ from dataclasses import dataclass
 from rlpt import THINK_CLOSE, THINK_OPEN, arith
 
 HELDOUT_PER_MILLE = 100  # ~10% of all problems are held out for evaluation
+
+
+def never() -> bool:
+    return False
 
 
 def hashed_heldout(question: str) -> bool:
@@ -57,17 +66,20 @@ class Problem:
 
 
 # ------------------------------------------------------------------------------------------------------------ math
-def subtraction_thought(a: int, b: int) -> str:
-    """Column differences from the units up; a borrow shows as the leading 1 of this column and '-1' in the next:
-    532-185 -> '12-5=7,13-8-1=4,5-1-1=3'."""
-    steps, borrow = [], 0
+def written_difference(a: int, b: int, forgets=never) -> tuple[str, str]:
+    """The thought and the answer of someone subtracting column by column from the units up (a >= b):
+    532-185 -> '12-5-0=7,13-8-1=4,05-1-1=3' and '347'. `forgets()` is asked at every borrow due: True writes '-0'
+    in the next column instead of '-1', and the answer is then what the wrong columns spell."""
+    steps, digits, borrow = [], [], 0
     while a:
         da, db = a % 10, b % 10
-        value = da - db - borrow
-        lhs = f"1{da}" if value < 0 else f"{da}"
-        steps.append(f"{lhs}-{db}" + ("-1" if borrow else "") + f"={value % 10}")
-        borrow, a, b = int(value < 0), a // 10, b // 10
-    return ",".join(steps)
+        if borrow and forgets():
+            borrow = 0
+        top = da + 10 if da - db - borrow < 0 else da
+        digits.append(top - db - borrow)
+        steps.append(f"{top:02d}-{db}-{borrow}={digits[-1]}")
+        borrow, a, b = int(top > da), a // 10, b // 10
+    return ",".join(steps), str(int("".join(str(d) for d in reversed(digits))))
 
 
 def math_heldout(question: str) -> bool:
@@ -77,12 +89,12 @@ def math_heldout(question: str) -> bool:
     return arith.is_heldout(a, b)
 
 
-def math_problem(rng: random.Random) -> Problem:
+def math_problem(rng: random.Random, forgets=never) -> Problem:
     a, b = rng.randint(arith.LOW, arith.HIGH), rng.randint(arith.LOW, arith.HIGH)
     if rng.random() < 0.5:
-        return Problem(f"{a}+{b}=", arith.worked_thought(a, b), str(a + b))
+        return Problem(f"{a}+{b}=", *arith.written_sum(a, b, forgets))
     a, b = max(a, b), min(a, b)
-    return Problem(f"{a}-{b}=", subtraction_thought(a, b), str(a - b))
+    return Problem(f"{a}-{b}=", *written_difference(a, b, forgets))
 
 
 # --------------------------------------------------------------------------------------------------------- science
@@ -90,28 +102,32 @@ ENTITIES = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # one token each: every hop is one look
 CHAINS = 3  # the asked chain and two distractors
 
 
-def science_problem(rng: random.Random) -> Problem:
+def science_problem(rng: random.Random, forgets=never) -> Problem:
+    """`forgets()`, asked once: True stops after the first hop and answers the bridge."""
     names = rng.sample(ENTITIES, 3 * CHAINS)
     chains = [names[3 * i : 3 * i + 3] for i in range(CHAINS)]  # (item, bridge, container)
     facts = [f"{x} in {y}." for item, bridge, container in chains for x, y in ((item, bridge), (bridge, container))]
     rng.shuffle(facts)
     item, bridge, container = chains[0]
-    return Problem(" ".join(facts) + f" {item} in=", f"{item} in {bridge}. {bridge} in {container}.", container)
+    question = " ".join(facts) + f" {item} in="
+    if forgets():
+        return Problem(question, f"{item} in {bridge}.", bridge)
+    return Problem(question, f"{item} in {bridge}. {bridge} in {container}.", container)
 
 
 # ----------------------------------------------------------------------------------------------------------- suites
 @dataclass(frozen=True)
 class Suite:
     name: str
-    make: callable  # rng -> Problem
+    make: callable  # (rng, forgets) -> Problem, as written by a writer who slips whenever forgets() says so
     heldout: callable  # question -> bool: the side of the split
 
-    def problems(self, n: int, seed: int, heldout: bool) -> list[Problem]:
-        """n distinct problems from one side of the split, in a seeded order."""
+    def problems(self, n: int, seed: int, heldout: bool, forgets=never) -> list[Problem]:
+        """n distinct problems from one side of the split, in a seeded order (the same order whatever `forgets`)."""
         rng = random.Random(f"{self.name}:{seed}:{heldout}")
         seen, out = set(), []
         while len(out) < n:
-            p = self.make(rng)
+            p = self.make(rng, forgets)
             if p.question not in seen and self.heldout(p.question) == heldout:
                 seen.add(p.question)
                 out.append(p)
@@ -120,10 +136,13 @@ class Suite:
     def training_documents(self, n: int, seed: int = 0) -> list[str]:
         return [p.plain() for p in self.problems(n, seed, heldout=False)]
 
-    def warm_start_documents(self, n: int, seed: int, think_fraction: float) -> list[str]:
-        """Training-side documents (another seed's draw than the RLP corpus), a `think_fraction` of them worked."""
-        rng = random.Random(f"{self.name}:warm:{seed}")
-        return [p.worked() if rng.random() < think_fraction else p.plain() for p in self.problems(n, seed + 10_000, False)]
+    def warm_start_documents(self, n: int, seed: int, think_fraction: float, slip: float = 0.0) -> list[str]:
+        """Training-side documents (another seed's draw than the RLP corpus), a `think_fraction` of them worked by a
+        writer who slips with probability `slip` at each chance; the others plain, with the right answer."""
+        rng, slips = random.Random(f"{self.name}:warm:{seed}"), random.Random(f"{self.name}:slips:{seed}")
+        written = self.problems(n, seed + 10_000, False, forgets=lambda: slips.random() < slip)
+        right = self.problems(n, seed + 10_000, False)
+        return [w.worked() if rng.random() < think_fraction else r.plain() for w, r in zip(written, right)]
 
     def heldout_problems(self, n: int, seed: int = 0) -> list[Problem]:
         return self.problems(n, seed, heldout=True)

@@ -28,12 +28,15 @@ from rlpt.baselines import cpt
 from rlpt.cache import build_folder
 from rlpt.errors import UserError
 from rlpt.experiment.budgets import BUDGETS, Budget
+from rlpt.experiment.paired import paired_difference
 from rlpt.experiment.report import ABLATION_G, ABLATION_L, LABELS, METHODS, headline, mean_std, plots, report
-from rlpt.experiment.scoring import EvalSet, curve, evaluate_model, file_eval_set, suite_eval_set
+from rlpt.experiment.scoring import EvalSet, curve, evaluate_model, file_eval_set, greedy_accuracy_of, suite_eval_set
 from rlpt.models import load_model_and_tokenizer
 from rlpt.suites import get_suite
 
 
+
+REFERENCE = "cpt-flop"  # each method's gain is measured against Base given as much compute of next-token training
 
 # RLP (K = answer): the reward scores the whole answer after the thought, up to 4 digits and the period (a science
 # answer, a letter and its period, is cut at the document's end); RLP (K = 1) is the paper's next token alone
@@ -41,10 +44,11 @@ ANSWER_TOKENS = 5
 
 
 # ---------------------------------------------------------------------------------------------------- the models
-def warm_start(folder: Path, suites, budget: Budget, seed: int) -> None:
+def warm_start(folder: Path, suites, eval_sets: list[EvalSet], budget: Budget, seed: int) -> None:
     """Base: next-token training on the suites' warm-start corpora, of `budget.warm_from` (builtin:tiny, which
     already knows addition with worked thoughts: from scratch, a tiny model takes thousands of steps to learn the
-    format) or of a freshly initialised model of the same architecture."""
+    format) or of a freshly initialised model of the same architecture. Its convergence curve, the mean loss and
+    greedy accuracy with thinking on the held-out sets at `budget.curve_points` points, lands in `warm_start.json`."""
     from transformers import AutoModelForCausalLM
 
     from rlpt.models import resolve_model_path
@@ -56,11 +60,21 @@ def warm_start(folder: Path, suites, budget: Budget, seed: int) -> None:
         model = AutoModelForCausalLM.from_pretrained(resolve_model_path(budget.warm_from))
     else:
         model = build_model({**RECIPES["tiny"], "seed": seed}, tokenizer)
-    texts = [d for s in suites for d in s.warm_start_documents(budget.warm_documents, seed, budget.think_fraction)]
+    texts = [d for s in suites for d in s.warm_start_documents(budget.warm_documents, seed, budget.think_fraction, budget.slip)]
+    every, curve_points = max(1, budget.warm_steps // budget.curve_points), []
+
+    def score(step, losses):
+        if step % every == 0 or step == budget.warm_steps:
+            window = losses[-every:]
+            curve_points.append(dict(step=step, loss=sum(window) / len(window),
+                                     **greedy_accuracy_of(model, tokenizer, eval_sets, budget)))
+
     train_next_token(model, tokenize_documents(tokenizer, texts), steps=budget.warm_steps, batch_size=budget.warm_batch,
-                     lr=budget.warm_lr, pad_id=tokenizer.pad_token_id, seed=seed, desc=f"warm start (seed {seed})")
+                     lr=budget.warm_lr, pad_id=tokenizer.pad_token_id, seed=seed, desc=f"warm start (seed {seed})",
+                     after_step=score)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    (folder / "warm_start.json").write_text(json.dumps(curve_points))
 
 
 def rl_config(base: Path, corpus: str, budget: Budget, seed: int, reward: str, overrides: list[str], **rlp) -> config_lib.Config:
@@ -137,7 +151,7 @@ class Plan:
             from rlpt.models import resolve_model_path
 
             return Path(resolve_model_path(self.model))
-        return build_folder(self.models(seed) / "base", lambda tmp: warm_start(tmp, self.suites, self.budget, seed))
+        return build_folder(self.models(seed) / "base", lambda tmp: warm_start(tmp, self.suites, self.eval_sets, self.budget, seed))
 
     def rl_config(self, base: Path, seed: int, reward: str, **rlp):
         positions = {} if self.suites else {"positions": "all"}  # the suites' answers follow "="; a user corpus: all
@@ -175,7 +189,9 @@ def run_seed(plan: Plan, seed: int) -> dict:
     scores = timed("evaluation", lambda: {m: evaluate_model(folders[m], plan.eval_sets, plan.budget, seed) for m in METHODS})
     curves = timed("curves", lambda: {m: curve(runs / m, scores["base"], scores[m], plan.eval_sets, plan.budget)
                                       for m in ("rlp", "rlp-answer", "rpt")})
+    warm_curve = base / "warm_start.json"
     return dict(seed=seed, scores=scores, curves=curves, cpt_budget=counters, cpt=cpt_runs, seconds=timings,
+                warm_start=json.loads(warm_curve.read_text()) if warm_curve.is_file() else None,
                 rewards={m: [row["reward_mean"] for row in h] for m, h in histories.items()},
                 thought_len={m: [row["thought_len_mean"] for row in h] for m, h in histories.items()})
 
@@ -193,6 +209,18 @@ def run_ablation(plan: Plan, base_scores: dict) -> tuple[list[dict], float]:
         scores = evaluate_model(export_checkpoint(run_dir, run_dir / "model"), plan.eval_sets, budget, 0)
         rows.append(dict(vary=vary, G=G, L=L, overall_pass_at_1=headline(scores, names)["Overall"], scores=scores))
     return rows, headline(base_scores, names)["Overall"]
+
+
+def paired_to_reference(per_seed: list[dict], names: list[str], reference: str = REFERENCE) -> dict:
+    """Each method's paired difference to `reference` per held-out set and overall, for pass@1 and greedy accuracy
+    with thinking: {metric: {method: {row: {mean, low, high}}}}."""
+    def scores(method, metric, sets):
+        return [[s["scores"][method][name]["per_question"][metric] for s in per_seed] for name in sets]
+
+    return {metric: {m: {row: paired_difference(scores(m, metric, sets), scores(reference, metric, sets))
+                         for row, sets in [*((f"{n} Avg", [n]) for n in names), ("Overall", names)]}
+                     for m in METHODS if m != reference}
+            for metric in ("pass_at_1", "accuracy_think")}
 
 
 def run(suite_names: list[str], seeds: int, budget_name: str, output: Path, ablate: bool = False,
@@ -237,6 +265,7 @@ def run(suite_names: list[str], seeds: int, budget_name: str, output: Path, abla
         m: {row: mean_std([headline(s["scores"][m], names)[row] for s in per_seed]) for row in headline(per_seed[0]["scores"][m], names)}
         for m in METHODS
     }
+    results["paired_reference"], results["paired"] = REFERENCE, paired_to_reference(per_seed, names)
     results["wall_seconds"] = time.perf_counter() - began
     (output / "results.json").write_text(json.dumps(results, indent=1))
     written = plots(results, output / "plots")

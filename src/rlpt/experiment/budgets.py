@@ -13,6 +13,7 @@ class Budget:
     warm_batch: int
     warm_lr: float
     think_fraction: float  # of warm-start documents that show a worked thought
+    slip: float  # the chance that the writer of a worked thought slips at each carry, borrow or hop
     corpus_documents: int  # per suite: the RLP/RPT/CPT training corpus
     rl_steps: int
     batch_documents: int
@@ -27,10 +28,10 @@ class Budget:
 
 
 BUDGETS = {
-    "test": Budget(warm_from=None, warm_documents=300, warm_steps=20, warm_batch=16, warm_lr=3e-3, think_fraction=0.25,
+    "test": Budget(warm_from=None, warm_documents=300, warm_steps=20, warm_batch=16, warm_lr=3e-3, think_fraction=0.25, slip=0.6,
                    corpus_documents=100, rl_steps=2, batch_documents=2, group_size=2, thought_tokens=24, lr=1e-5,
                    cpt_batch=16, eval_questions=6, samples=2, intrinsic_positions=8, curve_points=2),
-    "small": Budget(warm_from="builtin:tiny", warm_documents=20_000, warm_steps=1000, warm_batch=64, warm_lr=3e-3, think_fraction=0.25,
+    "small": Budget(warm_from="builtin:tiny", warm_documents=20_000, warm_steps=1000, warm_batch=64, warm_lr=3e-3, think_fraction=0.25, slip=0.6,
                     corpus_documents=10_000, rl_steps=100, batch_documents=16, group_size=8, thought_tokens=32, lr=1e-5,
                     cpt_batch=64, eval_questions=200, samples=4, intrinsic_positions=200, curve_points=4),
 }

@@ -39,6 +39,18 @@ def markdown_table(per_seed: list[dict], names: list[str], metric: str = "pass_a
     return "\n".join(lines)
 
 
+def paired_table(paired: dict) -> str:
+    """Rows per held-out set and Overall, a column per method: `+d [low, high]` in points."""
+    methods = list(paired)
+    rows = list(paired[methods[0]])
+    lines = ["| | " + " | ".join(LABELS[m] for m in methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    for row in rows:
+        cells = [f"{100 * paired[m][row]['mean']:+.1f} [{100 * paired[m][row]['low']:+.1f}, {100 * paired[m][row]['high']:+.1f}]"
+                 for m in methods]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plots(results: dict, folder: Path) -> list[Path]:
     import matplotlib
 
@@ -79,6 +91,20 @@ def plots(results: dict, folder: Path) -> list[Path]:
         ax.legend(fontsize=7)
     save(fig, "accuracy.png")
 
+    if seeds[0].get("warm_start"):
+        fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.5))
+        for seed in seeds:
+            points = seed["warm_start"]
+            loss_ax.plot([p["step"] for p in points], [p["loss"] for p in points], "-o", label=f"seed {seed['seed']}")
+            for name in names:
+                acc_ax.plot([p["step"] for p in points], [100 * p[name] for p in points], "-o",
+                            label=f"{name}, seed {seed['seed']}")
+        loss_ax.set(title="Warm start: next-token loss", xlabel="step", ylabel="mean loss since the last point")
+        acc_ax.set(title="Warm start: greedy accuracy, thinking", xlabel="step", ylabel="% of held-out questions")
+        loss_ax.legend(fontsize=7)
+        acc_ax.legend(fontsize=7)
+        save(fig, "warm_start.png")
+
     if results.get("ablation"):
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
         for ax, key, values in ((axes[0], "G", ABLATION_G), (axes[1], "L", ABLATION_L)):
@@ -106,6 +132,16 @@ def report(results: dict, plot_files: list[Path], output: Path) -> str:
     parts = [f"# rlpt experiment: {', '.join(names)}; budget `{results['budget']}`; {len(per_seed)} seed(s)", ""]
     for title, metric in sections:
         parts += [title, "", markdown_table(per_seed, names, metric), ""]
+    if per_seed[0].get("warm_start"):
+        parts += ["Base's warm start (seed 0): mean next-token loss since the last point, greedy accuracy with thinking "
+                  "on the held-out questions, %:", "", "| step | loss | " + " | ".join(names) + " |",
+                  "|---" * (len(names) + 2) + "|"]
+        parts += [f"| {p['step']} | {p['loss']:.4f} | " + " | ".join(f"{100 * p[n]:.1f}" for n in names) + " |"
+                  for p in per_seed[0]["warm_start"]]
+        parts.append("")
+    for metric, what in (("pass_at_1", "pass@1 with thinking"), ("accuracy_think", "greedy accuracy with thinking")):
+        parts += [f"Paired difference to {LABELS[results['paired_reference']]} in {what}, points, with its 95% interval "
+                  "(bootstrap over questions and seeds):", "", paired_table(results["paired"][metric]), ""]
     parts += ["Intrinsic: mean log p(x_t) over held-out answer tokens, with a greedy thought / without (nats):", "",
               *table_header()]
     for name in names:

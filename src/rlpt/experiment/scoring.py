@@ -45,7 +45,8 @@ def answer_contexts(tokenizer, problems: list[Problem]) -> list:
 
 def evaluate_model(folder: Path, eval_sets: list[EvalSet], budget: Budget, seed: int) -> dict:
     """Per held-out set: pass@1 with thinking (k sampled thoughts), greedy accuracy with and without thinking, how
-    often the greedy thought is the worked one (suites only), and the intrinsic metric."""
+    often the greedy thought is the worked one (suites only), and the intrinsic metric; the first two also per
+    question, for the paired intervals."""
     model, tokenizer, think = load_model_and_tokenizer(str(folder))
     out = {}
     for eval_set in eval_sets:
@@ -56,12 +57,14 @@ def evaluate_model(folder: Path, eval_sets: list[EvalSet], budget: Budget, seed:
                                         max_thought_tokens=budget.thought_tokens, **kwargs)
 
         greedy = accuracy(True)
-        samples = [accuracy(True, choose_thought=temperature_sampler(0.7, seed * 1000 + k))["accuracy"]
+        samples = [accuracy(True, choose_thought=temperature_sampler(0.7, seed * 1000 + k))["correct"]
                    for k in range(budget.samples)]
+        per_question = [sum(hits) / len(hits) for hits in zip(*samples)]  # pass@1 of each question
         contexts = answer_contexts(tokenizer, problems)[: budget.intrinsic_positions]
         first = greedy["outputs"][0]
         out[eval_set.name] = dict(
-            accuracy_think=greedy["accuracy"], pass_at_1=sum(samples) / len(samples),
+            accuracy_think=greedy["accuracy"], pass_at_1=sum(per_question) / len(per_question),
+            per_question=dict(pass_at_1=per_question, accuracy_think=[float(c) for c in greedy["correct"]]),
             accuracy_nothink=accuracy(False)["accuracy"],
             thought_correct=greedy.get("thought_correct"),  # None without worked thoughts (a user's question set)
             **intrinsic(model, tokenizer, think, contexts, max_thought_tokens=budget.thought_tokens),
@@ -71,11 +74,18 @@ def evaluate_model(folder: Path, eval_sets: list[EvalSet], budget: Budget, seed:
     return out
 
 
-def greedy_accuracy(folder: Path, eval_sets: list[EvalSet], budget: Budget) -> dict:
+def greedy_accuracy_of(model, tokenizer, eval_sets: list[EvalSet], budget: Budget) -> dict:
     """Greedy accuracy with thinking per held-out set: the points of the accuracy curves."""
-    model, tokenizer, think = load_model_and_tokenizer(str(folder))
+    from rlpt.models import ensure_think_tokens
+
+    think = ensure_think_tokens(model, tokenizer)
     return {e.name: exact_match_accuracy(model, tokenizer, think, e.tasks(), use_thought=True,
                                          max_thought_tokens=budget.thought_tokens)["accuracy"] for e in eval_sets}
+
+
+def greedy_accuracy(folder: Path, eval_sets: list[EvalSet], budget: Budget) -> dict:
+    model, tokenizer, _ = load_model_and_tokenizer(str(folder))
+    return greedy_accuracy_of(model, tokenizer, eval_sets, budget)
 
 
 def curve(run_dir: Path, base_scores: dict, final_scores: dict, eval_sets, budget: Budget) -> list[dict]:
