@@ -42,12 +42,13 @@ def test_experiment_writes_table_results_plots_and_models(tmp_path, capsys):
     assert budget["flop_matched"] == max(runs)
     assert {(r["G"], r["L"]) for r in results["ablation"]} >= {(16, 24), (2, 64)}
     # each method's paired difference to CPT-FLOP, per question and seed: the mean is the difference of the means
-    paired = results["paired"]["pass_at_1"]["rlp"]["Math Avg"]
+    paired = results["paired"]["cpt-flop"]["pass_at_1"]["rlp"]["Math Avg"]
     means = [s["scores"][m]["Math"]["pass_at_1"] for s in results["seeds"] for m in ("rlp", "cpt-flop")]
     assert abs(paired["mean"] - ((means[0] - means[1]) + (means[2] - means[3])) / 2) < 1e-9
     assert paired["low"] <= paired["mean"] <= paired["high"]
-    assert set(results["paired"]["accuracy_think"]) == set(experiment.METHODS) - {"cpt-flop"}
-    assert "Paired difference to CPT (FLOP-matched)" in table
+    assert set(results["paired"]["cpt-flop"]["accuracy_think"]) == set(experiment.METHODS) - {"cpt-flop"}
+    assert set(results["paired"]["base"]["pass_at_1"]) == set(experiment.METHODS) - {"base"}
+    assert "Paired difference to CPT (FLOP-matched)" in table and "Paired difference to Base" in table
     # Base's warm-start curve: loss and held-out accuracy at every curve point
     warm = results["seeds"][1]["warm_start"]
     assert [p["step"] for p in warm] == [10, 20] and all(p["loss"] > 0 and 0 <= p["Science"] <= 1 for p in warm)

@@ -36,7 +36,8 @@ from rlpt.suites import get_suite
 
 
 
-REFERENCE = "cpt-flop"  # each method's gain is measured against Base given as much compute of next-token training
+# each method's gain is measured against Base given as much compute of next-token training, and against Base itself
+REFERENCES = ("cpt-flop", "base")
 
 # RLP (K = answer): the reward scores the whole answer after the thought, up to 4 digits and the period (a science
 # answer, a letter and its period, is cut at the document's end); RLP (K = 1) is the paper's next token alone
@@ -83,7 +84,7 @@ def rl_config(base: Path, corpus: str, budget: Budget, seed: int, reward: str, o
         "model": {"name_or_path": str(base)},
         "data": {"path": str(corpus)},
         "rlp": {"group_size": budget.group_size, "max_thought_tokens": budget.thought_tokens, "positions": "first:=",
-                "reward": reward, **rlp},
+                "temperature": budget.temperature, "reward": reward, **rlp},
         "train": {"lr": budget.lr, "batch_documents": budget.batch_documents, "max_steps": budget.rl_steps,
                   "seed": seed, "checkpoint_every": max(1, budget.rl_steps // budget.curve_points)},
         "eval": {"tasks": ""},
@@ -211,7 +212,7 @@ def run_ablation(plan: Plan, base_scores: dict) -> tuple[list[dict], float]:
     return rows, headline(base_scores, names)["Overall"]
 
 
-def paired_to_reference(per_seed: list[dict], names: list[str], reference: str = REFERENCE) -> dict:
+def paired_to_reference(per_seed: list[dict], names: list[str], reference: str) -> dict:
     """Each method's paired difference to `reference` per held-out set and overall, for pass@1 and greedy accuracy
     with thinking: {metric: {method: {row: {mean, low, high}}}}."""
     def scores(method, metric, sets):
@@ -265,7 +266,7 @@ def run(suite_names: list[str], seeds: int, budget_name: str, output: Path, abla
         m: {row: mean_std([headline(s["scores"][m], names)[row] for s in per_seed]) for row in headline(per_seed[0]["scores"][m], names)}
         for m in METHODS
     }
-    results["paired_reference"], results["paired"] = REFERENCE, paired_to_reference(per_seed, names)
+    results["paired"] = {reference: paired_to_reference(per_seed, names, reference) for reference in REFERENCES}
     results["wall_seconds"] = time.perf_counter() - began
     (output / "results.json").write_text(json.dumps(results, indent=1))
     written = plots(results, output / "plots")
