@@ -15,8 +15,8 @@ def test_a_constant_difference_has_no_spread():
 
 
 def test_pairing_cancels_what_the_questions_share():
-    """Scores that swing from 0 to 1 across questions, but one method is always 0.1 above the other: the paired
-    interval is exactly 0.1, where resampling the two methods apart would give about +-0.1."""
+    """Scores that swing from 0 to 0.9 across questions, but one method is always 0.1 above the other: the paired
+    interval is exactly 0.1, where resampling the two methods apart would give about 0.07 to 0.13."""
     rng = random.Random(0)
     reference = [[[rng.random() * 0.9 for _ in range(200)] for _ in range(3)]]
     method = [[[x + 0.1 for x in seed] for seed in reference[0]]]
@@ -34,13 +34,14 @@ def test_interval_of_coin_flips_by_hand():
 
 
 def test_seeds_widen_the_interval():
-    """Three seeds that disagree (differences 0, 0.1, 0.2 on every question): the interval spans the seeds' spread,
-    where each seed alone would have none."""
-    method = [[[d] * 50 for d in (0.0, 0.1, 0.2)]]
-    reference = [[[0.0] * 50 for _ in range(3)]]
+    """20 seeds whose difference is 0 or 0.2 (the same on every question, alternately): the spread of their mean is
+    0.1 / sqrt(20) = 0.022, so the interval is about 0.1 +- 0.044, where each seed alone would have none. Drawing one
+    seed per resample for every slot would give [0, 0.2]."""
+    method = [[[0.2 * (s % 2)] * 30 for s in range(20)]]
+    reference = [[[0.0] * 30 for _ in range(20)]]
     result = paired_difference(method, reference)
     assert result["mean"] == pytest.approx(0.1)
-    assert result["low"] < 0.05 and result["high"] > 0.15
+    assert 0.03 < result["low"] < 0.08 and 0.12 < result["high"] < 0.17
 
 
 def test_each_set_counts_once():

@@ -66,7 +66,7 @@ def warm_start(folder: Path, suites, eval_sets: list[EvalSet], budget: Budget, s
 
     def score(step, losses):
         if step % every == 0 or step == budget.warm_steps:
-            window = losses[-every:]
+            window = losses[curve_points[-1]["step"] if curve_points else 0 :]  # the steps since the last point
             curve_points.append(dict(step=step, loss=sum(window) / len(window),
                                      **greedy_accuracy_of(model, tokenizer, eval_sets, budget)))
 

@@ -139,10 +139,11 @@ def report(results: dict, plot_files: list[Path], output: Path) -> str:
         parts += [f"| {p['step']} | {p['loss']:.4f} | " + " | ".join(f"{100 * p[n]:.1f}" for n in names) + " |"
                   for p in per_seed[0]["warm_start"]]
         parts.append("")
+    resampled = "questions and seeds" if len(per_seed) > 1 else "questions; one seed"
     for reference, paired in results["paired"].items():
         for metric, what in (("pass_at_1", "pass@1 with thinking"), ("accuracy_think", "greedy accuracy with thinking")):
-            parts += [f"Paired difference to {LABELS[reference]} in {what}, points, with its 95% interval (bootstrap "
-                      "over questions and seeds):", "", paired_table(paired[metric]), ""]
+            parts += [f"Paired difference to {LABELS[reference]} (method - {LABELS[reference]}) in {what}, points, "
+                      f"with its 95% interval (bootstrap over {resampled}):", "", paired_table(paired[metric]), ""]
     parts += ["Intrinsic: mean log p(x_t) over held-out answer tokens, with a greedy thought / without (nats):", "",
               *table_header()]
     for name in names:
