@@ -39,7 +39,12 @@ def problems(n: int, seed: int, heldout: bool) -> list[tuple[int, int]]:
     return out
 
 
-def written_sum(a: int, b: int, forgets=lambda: False) -> tuple[str, str]:
+def never() -> bool:
+    """A writer who never slips: the default `forgets` of the written thoughts here and in `rlpt.suites`."""
+    return False
+
+
+def written_sum(a: int, b: int, forgets=never) -> tuple[str, str]:
     """The thought and the answer of someone adding column by column from the units up, '7+5+0=12,4+8+1=13,3+1+1=05'
     and '532'. `forgets()` is asked at every carry due: True writes '+0' instead of '+1', and the answer is then what
     the wrong sums spell (each column's last digit, the last column's whole sum)."""
@@ -65,7 +70,7 @@ def plain_document(a: int, b: int) -> str:
     return f"{a}+{b}={a + b}."
 
 
-def worked_document(a: int, b: int, forgets=lambda: False) -> str:
+def worked_document(a: int, b: int, forgets=never) -> str:
     thought, answer = written_sum(a, b, forgets)
     return f"{a}+{b}={THINK_OPEN}{thought}{THINK_CLOSE}{answer}."
 

@@ -26,12 +26,9 @@ import re
 from dataclasses import dataclass
 
 from rlpt import THINK_CLOSE, THINK_OPEN, arith
+from rlpt.arith import never
 
 HELDOUT_PER_MILLE = 100  # ~10% of all problems are held out for evaluation
-
-
-def never() -> bool:
-    return False
 
 
 def hashed_heldout(question: str) -> bool:

@@ -215,13 +215,18 @@ def run_ablation(plan: Plan, base_scores: dict) -> tuple[list[dict], float]:
 def paired_to_reference(per_seed: list[dict], names: list[str], reference: str) -> dict:
     """Each method's paired difference to `reference` per held-out set and overall, for pass@1 and greedy accuracy
     with thinking: {metric: {method: {row: {mean, low, high}}}}."""
-    def scores(method, metric, sets):
+    rows = {**{f"{name} Avg": [name] for name in names}, "Overall": names}
+
+    def scores(method, metric, sets):  # [set][seed][question]
         return [[s["scores"][method][name]["per_question"][metric] for s in per_seed] for name in sets]
 
-    return {metric: {m: {row: paired_difference(scores(m, metric, sets), scores(reference, metric, sets))
-                         for row, sets in [*((f"{n} Avg", [n]) for n in names), ("Overall", names)]}
-                     for m in METHODS if m != reference}
-            for metric in ("pass_at_1", "accuracy_think")}
+    out = {}
+    for metric in ("pass_at_1", "accuracy_think"):
+        out[metric] = {}
+        for method in (m for m in METHODS if m != reference):
+            out[metric][method] = {row: paired_difference(scores(method, metric, sets), scores(reference, metric, sets))
+                                   for row, sets in rows.items()}
+    return out
 
 
 def run(suite_names: list[str], seeds: int, budget_name: str, output: Path, ablate: bool = False,
