@@ -42,9 +42,9 @@ def one_run(vocab: int, chunked: bool, group_size: int, thought_tokens: int) -> 
     model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                          num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True))
     if not chunked:  # the full logits, as before chunking
-        import rlpt.rollout.packed as packed
+        import rlpt.logprobs
 
-        packed.output_head = lambda m: None
+        rlpt.logprobs.output_head = lambda *args, **kwargs: None
     document = torch.randint(6, vocab, (64,)).tolist()
     context = Context(doc=0, position=63, prefix=tuple(document[:63]), target=document[63])
     thoughts = [torch.randint(6, vocab, (thought_tokens,)).tolist() for _ in range(group_size)]

@@ -37,6 +37,37 @@ def test_chunk_logprobs_hand_worked():
                                                    2 - torch.log(torch.tensor(1 + 2 * e**2))]]))
 
 
+def full_logprobs(hidden, head, targets, temperature, banned_first):
+    logits = head(hidden).float() / temperature
+    logits[:, 0, banned_first] = float("-inf")
+    return torch.log_softmax(logits, -1).gather(2, targets[:, :, None]).squeeze(2)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_chunked_gradients_of_hidden_states_weight_and_bias(autocast, monkeypatch):
+    """The backward's own gradients (hidden states, weight, bias; in chunks of 4 tokens, the last ragged) equal
+    autograd's through the full logits, tempered, with the first token banned; under bfloat16 autocast too."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 11)
+    hidden = torch.randn(3, 5, 8, requires_grad=True)
+    targets = torch.randint(0, 10, (3, 5))
+    weights = torch.randn(3, 5)
+    monkeypatch.setattr(logprobs, "CHUNK_ELEMENTS", 4 * 11)
+
+    def grads(compute):
+        head.zero_grad()
+        hidden.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            logp = compute(hidden, head, targets, 0.7, 10)
+        (logp * weights).sum().backward()
+        return logp.detach(), hidden.grad.clone(), head.weight.grad.clone(), head.bias.grad.clone()
+
+    chunked, full = grads(logprobs.token_logprobs), grads(full_logprobs)
+    tolerance = dict(atol=3e-2, rtol=3e-2) if autocast else dict(atol=1e-5, rtol=1e-5)
+    for got, expected in zip(chunked, full):
+        torch.testing.assert_close(got, expected, **tolerance)
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen3", "gpt2"])
 @pytest.mark.parametrize("engine", [ReferenceEngine, PackedEngine])
 def test_chunked_equals_full_logits_with_gradients(arch, engine, tmp_path, monkeypatch):

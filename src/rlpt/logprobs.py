@@ -2,9 +2,10 @@
 
 A vocabulary of 151,669 makes the logits of one group of 16 thoughts of 2,048 tokens 20 GB in float32. Here the
 log-prob of each chosen token is computed from the model's final hidden states a chunk of tokens at a time: a chunk's
-logits exist only while its log-probs are taken, and the backward recomputes them (`torch.utils.checkpoint`) instead
-of keeping them. A chunk holds at most CHUNK_ELEMENTS logits, so the peak memory of this step does not grow with the
-vocabulary.
+logits exist only while its log-probs are taken, and the backward recomputes them instead of keeping them. A chunk
+holds at most CHUNK_ELEMENTS logits, so the peak memory of this step does not grow with the vocabulary, and the
+backward adds every chunk's share of the output head's gradient into one buffer (autograd would make a
+vocabulary x hidden gradient per chunk, then add it).
 
 It needs the model split into a body (hidden states) and an output head (a linear layer). `output_head` finds them
 and checks them against the model's own logits; it gives None for a model whose logits are more than that
@@ -18,7 +19,6 @@ import weakref
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 CHUNK_ELEMENTS = 2**24  # logits in one chunk (64 MB in float32), whatever the vocabulary
 LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "lm_head_multiplier")
@@ -71,23 +71,67 @@ def token_logprobs(hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.T
     time, in float32. With `banned_first`, that token is out of the softmax at position 0 of every row (the sampler
     never draws `</think>` as a thought's first token)."""
     rows, width = targets.shape
-    flat_hidden, flat_targets = hidden.reshape(rows * width, -1), targets.reshape(-1)
     first = (torch.arange(width, device=targets.device) == 0).repeat(rows)
-    chunk = max(1, CHUNK_ELEMENTS // head.out_features)
-    parts = []
-    for start in range(0, rows * width, chunk):
-        piece = slice(start, start + chunk)
-        args = (flat_hidden[piece], head.weight, head.bias, flat_targets[piece], first[piece], temperature, banned_first)
-        parts.append(checkpoint(chunk_logprobs, *args, use_reentrant=False) if torch.is_grad_enabled()
-                     else chunk_logprobs(*args))
-    return torch.cat(parts).view(rows, width)
+    flat = ChunkedLogprobs.apply(hidden.reshape(rows * width, -1), head.weight, head.bias, targets.reshape(-1), first,
+                                 temperature, banned_first)
+    return flat.view(rows, width)
 
 
-def chunk_logprobs(hidden, weight, bias, targets, first, temperature: float, banned_first: int | None):
-    logits = F.linear(hidden, weight, bias).float() / temperature
+def chunks(tokens: int, vocab: int):
+    step = max(1, CHUNK_ELEMENTS // vocab)
+    return [slice(start, start + step) for start in range(0, tokens, step)]
+
+
+def chunk_logits(hidden, weight, bias, first, temperature: float, banned_first: int | None) -> torch.Tensor:
+    logits = F.linear(hidden, weight, bias).float()
+    logits /= temperature  # in place: no autograd records this (ChunkedLogprobs computes its own gradients)
     if banned_first is not None:
         logits[:, banned_first] = logits[:, banned_first].masked_fill(first, float("-inf"))
-    return logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
+    return logits
+
+
+class ChunkedLogprobs(torch.autograd.Function):
+    """Forward: each chunk's logits, the chosen token's log-prob, the logits dropped. Backward: each chunk's logits
+    again, d logp / d logits = (onehot(target) - softmax) / temperature, then the chunk's share of the gradients of
+    the hidden states, the head's weight and its bias. Under autocast the backward recomputes in the forward's
+    compute dtype."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, first, temperature, banned_first):
+        out = torch.empty(len(targets), device=hidden.device, dtype=torch.float32)
+        for piece in chunks(len(targets), weight.shape[0]):
+            logits = chunk_logits(hidden[piece], weight, bias, first[piece], temperature, banned_first)
+            out[piece] = logits.gather(1, targets[piece, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
+        ctx.save_for_backward(hidden, weight, bias, targets, first)
+        ctx.temperature, ctx.banned_first = temperature, banned_first
+        ctx.autocast = hidden.device.type, torch.is_autocast_enabled(hidden.device.type)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, bias, targets, first = ctx.saved_tensors
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = torch.zeros_like(weight) if need_weight else None
+        grad_bias = torch.zeros_like(bias) if need_bias else None
+        device_type, autocast = ctx.autocast
+        for piece in chunks(len(targets), weight.shape[0]):
+            with torch.autocast(device_type, enabled=autocast):
+                logits = chunk_logits(hidden[piece], weight, bias, first[piece], ctx.temperature, ctx.banned_first)
+            grad = logits.sub_(torch.logsumexp(logits, dim=-1, keepdim=True)).exp_().mul_(-grad_out[piece, None])
+            grad[torch.arange(len(grad), device=grad.device), targets[piece]] += grad_out[piece]
+            grad /= ctx.temperature
+            compute = hidden.dtype if not autocast else torch.get_autocast_dtype(device_type)
+            grad = grad.to(compute)
+            if need_hidden:
+                grad_hidden[piece] = (grad @ weight.to(compute)).to(hidden.dtype)
+            if need_weight and compute == weight.dtype:
+                grad_weight.addmm_(grad.t(), hidden[piece])  # in place: no vocabulary x hidden gradient per chunk
+            elif need_weight:
+                grad_weight += (grad.t() @ hidden[piece].to(compute)).to(weight.dtype)
+            if need_bias:
+                grad_bias += grad.sum(0).to(bias.dtype)
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None
 
 
 def chosen_logprobs(model, forward, targets: torch.Tensor, temperature: float, banned_first: int,

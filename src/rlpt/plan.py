@@ -90,8 +90,9 @@ def shape_of(folder: str) -> Shape:
 # normed input, q/k/v, rotated q/k, attention output and its projection, residual, normed residual (about 10 x hidden)
 # and the MLP's gate, up, activation and product (4 x intermediate). Attention keeps its scores and their softmax.
 ACTIVATIONS_PER_HIDDEN, ACTIVATIONS_PER_INTERMEDIATE, ATTENTION_COPIES = 10, 4, 2
-# in the backward of a log-prob chunk: its logits (recomputed, kept for the log-sum-exp), their exponentials, the
-# gradient with respect to them and that gradient through the temperature
+# float32 copies of a log-prob chunk's logits at once: the logits (turned into their gradient in place in the backward),
+# the exponentials inside the log-sum-exp, and what the allocator holds between chunks: 3.1 measured on CPU
+# (`bench/memory.py`'s run at 8k, chunks of 2^24 against 2^20 logits), rounded up
 LOGIT_COPIES = 4
 
 
@@ -117,7 +118,8 @@ def memory(shape: Shape, group_size: int, thought_tokens: int, doc_tokens: int, 
         "EMA teacher (float32)": 4 * n,
         "decoding KV cache (document once, G thought rows)": kv * (doc_tokens + group_size * thought_tokens),
         "update activations (one micro-batch)": activations, "log-prob chunk": logits,
-        "output head's gradient of one chunk": 4 * shape.vocab * shape.hidden,  # before it is added to the gradients
+        # float32: added into the gradient in place; bfloat16: the chunk's product, before it is added
+        "output head's gradient of one chunk": 0 if compute_bytes == 4 else compute_bytes * shape.vocab * shape.hidden,
     }
 
 
