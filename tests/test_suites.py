@@ -7,7 +7,8 @@ import re
 import pytest
 
 from rlpt import THINK_OPEN
-from rlpt.suites import SUITES, get_suite, math_problem, science_problem, thought_matches, written_difference
+from rlpt.suites import (REGIONS, SUITES, ZONE_OF, ZONES, get_suite, math_problem, science_problem, thought_matches,
+                         written_difference)
 
 
 def test_written_difference_by_hand():
@@ -28,20 +29,22 @@ def test_a_forgotten_carry_and_a_skipped_hop():
     for seed in range(20):
         p = math_problem(random.Random(seed), forgets=lambda: True)
         assert all(part[4 if "+" in p.question else 5] == "0" for part in p.thought.split(","))  # never a carry/borrow
-    slipped = science_problem(random.Random(2), forgets=lambda: True)
-    right = science_problem(random.Random(2))
+    nested = next(seed for seed in range(100) if science_problem(random.Random(seed)).thought.count(" in ") == 2)
+    slipped = science_problem(random.Random(nested), forgets=lambda: True)
+    right = science_problem(random.Random(nested))
     assert slipped.question == right.question and right.thought.startswith(slipped.thought)
-    assert slipped.answer == slipped.thought.split(" in ")[1].rstrip(".") != right.answer  # the bridge, one hop up
+    assert slipped.answer == slipped.thought.split(" in ")[1].rstrip(".") != right.answer  # the region, one hop up
 
 
 def test_warm_start_writers_slip_at_the_asked_rate():
-    """With slip 0.5, about half the science thoughts stop after one hop, and their answer is the bridge; plain
-    documents keep the right answer."""
+    """With slip 0.5, about half the science thoughts about an item in a region stop after one hop, and their
+    answer is the region; plain documents keep the right answer."""
     suite = get_suite("science")
     warm = suite.warm_start_documents(2000, seed=0, think_fraction=0.5, slip=0.5)
-    worked = [d for d in warm if THINK_OPEN in d]
+    worked = [d for d in warm if THINK_OPEN in d and d.split(". zone")[0][-1] in REGIONS]
     one_hop = [d for d in worked if d.count(" in ", d.index(THINK_OPEN)) == 1]
     assert 0.45 < len(one_hop) / len(worked) < 0.55
+    assert all(d.endswith(f"</think>{d.split('. zone')[0][-1]}.") for d in one_hop)
     assert warm[:100] != suite.warm_start_documents(2000, seed=0, think_fraction=0.5)[:100]
     plain = [d for d in warm if THINK_OPEN not in d]
     right = {p.question: p.answer for p in suite.problems(2000, 10_000, False)}
@@ -64,16 +67,19 @@ def test_math_thoughts_compute_the_answer(seed):
         assert len({len(part) for part in p.thought.split(",")}) == 1  # columns of a fixed width
 
 
-def test_science_problems_need_both_hops():
+def test_science_by_hand():
+    """An item in a region needs the region's zone, which the question does not state; one in a zone is one hop."""
     rng = random.Random(0)
-    for _ in range(200):
-        p = science_problem(rng)
-        facts = dict(re.findall(r"(\w+) in (\w+)\.", p.question))
-        item = re.search(r"(\w+) in=$", p.question).group(1)
-        assert len(facts) == 6
-        assert p.answer == facts[facts[item]] and p.answer != facts[item]  # two hops, not one
-        assert p.thought == f"{item} in {facts[item]}. {facts[item]} in {p.answer}."
-        assert thought_matches(p.thought, p.thought) and not thought_matches(p.thought.replace(p.answer, "xyz"), p.thought)
+    problems = [science_problem(rng) for _ in range(400)]
+    for p in problems:
+        item, place = re.fullmatch(r"(\w\w) in (\w)\. zone of \1=", p.question).groups()
+        if place in REGIONS:
+            assert p.thought == f"{item} in {place}. {place} in {ZONE_OF[place]}." and p.answer == ZONE_OF[place]
+        else:
+            assert p.thought == f"{item} in {place}." and p.answer == place
+        assert p.answer in ZONES and thought_matches(f" {p.thought} ", p.thought)
+    assert 0.55 < sum(p.thought.count(" in ") == 2 for p in problems) / len(problems) < 0.65
+    assert "".join(ZONE_OF[r] for r in REGIONS) == "44017104924868614858496386"  # one world, whatever the process
 
 
 @pytest.mark.parametrize("name", list(SUITES))

@@ -12,9 +12,13 @@
 finds each column's digits at fixed offsets). Addition as in `builtin:arith`; subtraction writes each column's top
 digit (with the borrowed ten, two digits), the digit below, the borrow, and the result:
     532-185=<think>12-5-0=7,13-8-1=4,05-1-1=3</think>347.
-`science`: two-hop composition over facts stated in the document, three chains of two facts in a shuffled order;
-the question asks for the container two hops up, which no single fact states (a slip stops after the first hop):
-    T in D. R in P. D in S. P in M. K in Z. Z in F. T in=<think>T in D. D in S.</think>S.
+`science`: two-hop composition of a stated fact with a known one, as a reader who is told that a town lies in a
+region knows the region's country. A fixed world puts 26 regions (A-Z) in 10 zones (0-9); a question states where an
+item lies, in a region (60%) or directly in a zone, and asks for its zone. For an item in a region no fact of the
+document states it: the thought adds the region's zone, known from other documents (a slip stops after the first
+hop and answers the region):
+    ka in B. zone of ka=<think>ka in B. B in 4.</think>4.
+    mz in 7. zone of mz=<think>mz in 7.</think>7.
 Every answer follows the first `=` of its document: `rlp.positions: first:=` puts a thought before the answer,
 `after:=` before every answer token.
 """
@@ -95,21 +99,21 @@ def math_problem(rng: random.Random, forgets=never) -> Problem:
 
 
 # --------------------------------------------------------------------------------------------------------- science
-ENTITIES = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # one token each: every hop is one lookup of one token
-CHAINS = 3  # the asked chain and two distractors
+REGIONS, ZONES = "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "0123456789"  # one token each: every hop is one fact
+ITEMS = [a + b for a in "abcdefghijklmnopqrstuvwxyz" for b in "abcdefghijklmnopqrstuvwxyz"]
+IN_A_REGION = 0.6  # of questions: the rest state an item directly in a zone, one hop, where no writer can slip
+ZONE_OF = (lambda rng: {region: rng.choice(ZONES) for region in REGIONS})(random.Random("science:world"))
 
 
 def science_problem(rng: random.Random, forgets=never) -> Problem:
-    """`forgets()`, asked once: True stops after the first hop and answers the bridge."""
-    names = rng.sample(ENTITIES, 3 * CHAINS)
-    chains = [names[3 * i : 3 * i + 3] for i in range(CHAINS)]  # (item, bridge, container)
-    facts = [f"{x} in {y}." for item, bridge, container in chains for x, y in ((item, bridge), (bridge, container))]
-    rng.shuffle(facts)
-    item, bridge, container = chains[0]
-    question = " ".join(facts) + f" {item} in="
-    if forgets():
-        return Problem(question, f"{item} in {bridge}.", bridge)
-    return Problem(question, f"{item} in {bridge}. {bridge} in {container}.", container)
+    """An item's zone. `forgets()`, asked for an item in a region: True stops after the first hop and answers the
+    region."""
+    item = rng.choice(ITEMS)
+    place = rng.choice(REGIONS) if rng.random() < IN_A_REGION else rng.choice(ZONES)
+    question, first_hop = f"{item} in {place}. zone of {item}=", f"{item} in {place}."
+    if place in ZONES or forgets():
+        return Problem(question, first_hop, place)
+    return Problem(question, f"{first_hop} {place} in {ZONE_OF[place]}.", ZONE_OF[place])
 
 
 # ----------------------------------------------------------------------------------------------------------- suites

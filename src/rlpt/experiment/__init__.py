@@ -40,7 +40,7 @@ from rlpt.suites import get_suite
 REFERENCES = ("cpt-flop", "base")
 
 # RLP (K = answer): the reward scores the whole answer after the thought, up to 4 digits and the period (a science
-# answer, a letter and its period, is cut at the document's end); RLP (K = 1) is the paper's next token alone
+# answer, a zone digit and its period, is cut at the document's end); RLP (K = 1) is the paper's next token alone
 ANSWER_TOKENS = 5
 
 
