@@ -48,7 +48,7 @@ def test_memory_by_hand_and_the_largest_micro_batch():
     assert parts["update activations (one micro-batch)"] == 10 * 120 * 4 * 2
     assert parts["log-prob chunk"] == 4 * 4 * 10 * 10  # fewer logits than a chunk holds: all of them, 4 copies
     assert parts["output head's gradient of one chunk"] == 0  # float32: added in place
-    assert memory(shape, 3, 5, 7, 2, compute_bytes=2)["output head's gradient of one chunk"] == 2 * 10 * 4
+    assert memory(shape, 3, 5, 7, 2, compute_bytes=2)["output head's gradient of one chunk"] == 2 * 2 * 10 * 4
     checkpointed = memory(shape, group_size=3, thought_tokens=5, doc_tokens=7, micro_batch_thoughts=2, checkpointing=True)
     assert checkpointed["update activations (one micro-batch)"] == 10 * (120 * 4 + 2 * 4 * 4)  # one layer + inputs
     fixed = sum(memory(shape, 3, 5, 7, micro_batch_thoughts=1).values())

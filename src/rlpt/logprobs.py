@@ -115,20 +115,20 @@ class ChunkedLogprobs(torch.autograd.Function):
         grad_weight = torch.zeros_like(weight) if need_weight else None
         grad_bias = torch.zeros_like(bias) if need_bias else None
         device_type, autocast = ctx.autocast
+        compute = torch.get_autocast_dtype(device_type) if autocast else hidden.dtype  # as the forward's linear ran
+        weight_c, bias_c = weight.to(compute), None if bias is None else bias.to(compute)  # cast once, not per chunk
         for piece in chunks(len(targets), weight.shape[0]):
-            with torch.autocast(device_type, enabled=autocast):
-                logits = chunk_logits(hidden[piece], weight, bias, first[piece], ctx.temperature, ctx.banned_first)
+            states = hidden[piece].to(compute)
+            logits = chunk_logits(states, weight_c, bias_c, first[piece], ctx.temperature, ctx.banned_first)
             grad = logits.sub_(torch.logsumexp(logits, dim=-1, keepdim=True)).exp_().mul_(-grad_out[piece, None])
             grad[torch.arange(len(grad), device=grad.device), targets[piece]] += grad_out[piece]
-            grad /= ctx.temperature
-            compute = hidden.dtype if not autocast else torch.get_autocast_dtype(device_type)
-            grad = grad.to(compute)
+            grad = grad.div_(ctx.temperature).to(compute)
             if need_hidden:
-                grad_hidden[piece] = (grad @ weight.to(compute)).to(hidden.dtype)
+                grad_hidden[piece] = (grad @ weight_c).to(hidden.dtype)
             if need_weight and compute == weight.dtype:
-                grad_weight.addmm_(grad.t(), hidden[piece])  # in place: no vocabulary x hidden gradient per chunk
+                grad_weight.addmm_(grad.t(), states)  # in place: no vocabulary x hidden gradient per chunk
             elif need_weight:
-                grad_weight += (grad.t() @ hidden[piece].to(compute)).to(weight.dtype)
+                grad_weight += (grad.t() @ states).to(weight.dtype)
             if need_bias:
                 grad_bias += grad.sum(0).to(bias.dtype)
         return grad_hidden, grad_weight, grad_bias, None, None, None, None

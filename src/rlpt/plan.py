@@ -118,8 +118,8 @@ def memory(shape: Shape, group_size: int, thought_tokens: int, doc_tokens: int, 
         "EMA teacher (float32)": 4 * n,
         "decoding KV cache (document once, G thought rows)": kv * (doc_tokens + group_size * thought_tokens),
         "update activations (one micro-batch)": activations, "log-prob chunk": logits,
-        # float32: added into the gradient in place; bfloat16: the chunk's product, before it is added
-        "output head's gradient of one chunk": 0 if compute_bytes == 4 else compute_bytes * shape.vocab * shape.hidden,
+        # float32: added into the gradient in place; bfloat16: the head's weight cast once, and a chunk's product
+        "output head's gradient of one chunk": 0 if compute_bytes == 4 else 2 * compute_bytes * shape.vocab * shape.hidden,
     }
 
 
