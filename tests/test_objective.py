@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from rlpt.objective import clip_fraction, clipped_surrogate_loss, group_advantages, information_gain, kl_penalty
+from rlpt.objective import (clip_fraction, clipped_surrogate_loss, group_advantages, information_gain, kl_penalty,
+                            rank_advantages)
 
 
 def test_information_gain_is_reasoned_minus_baseline_and_carries_no_gradient():
@@ -31,6 +32,17 @@ def test_group_advantages_g2_and_errors():
     torch.testing.assert_close(group_advantages(torch.tensor([[0.0, 1.0]])), torch.tensor([[-1.0, 1.0]]), atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="G >= 2"):
         group_advantages(torch.tensor([[1.0], [2.0]]))
+
+
+def test_rank_advantages_by_hand():
+    """(wins - losses) / (G - 1), rewards within the tie apart tying: a -20-nat thought is one loss like any other;
+    near-equal rewards give nothing (std normalisation would make them unit-size)."""
+    rewards = torch.tensor([[0.0, 3.0, 3.005, -20.0], [1.0, 1.001, 0.999, 1.0]])
+    expected = torch.tensor([[(1 - 2) / 3, 2 / 3, 2 / 3, -1.0], [0.0, 0.0, 0.0, 0.0]])
+    torch.testing.assert_close(rank_advantages(rewards, tie=0.01), expected)
+    assert rank_advantages(rewards, tie=0.0)[1].abs().sum() > 0  # no tie: the near-equal rewards are ranked
+    with pytest.raises(ValueError, match="G >= 2"):
+        rank_advantages(torch.tensor([[1.0]]), tie=0.01)
 
 
 def test_group_advantages_optional_std_normalisation():

@@ -11,6 +11,7 @@ import torch
 from rlpt import config as config_lib
 from rlpt import objective
 from rlpt.data import Document
+from rlpt.errors import UserError
 from rlpt.models import load_model_and_tokenizer
 from rlpt.rollout.reference import ReferenceEngine
 from rlpt.trainer import SIGNAL_TOLERANCE, RlpTrainer, least_squares_trend
@@ -128,6 +129,14 @@ def test_signal_metrics_are_logged(llama_dir, tmp_path):
     assert metrics["groups_with_signal"] == sum(signal) / len(signal)
     assert metrics["distinct_thoughts_mean"] == sum(len({tuple(t) for t in g}) for g in groups) / len(groups)
     assert metrics["updates"] == 1 and metrics["clip_frac"] == 0  # mu = 1: the ratio is 1, nothing is clipped
+
+
+def test_rank_advantages_option_reaches_the_step(llama_dir, tmp_path):
+    outcome = make_trainer(llama_dir, tmp_path, "rlp.rank_advantages=true").rlp_step(0)
+    torch.testing.assert_close(outcome.advantages, objective.rank_advantages(outcome.rewards, SIGNAL_TOLERANCE))
+    assert not torch.allclose(outcome.advantages, objective.group_advantages(outcome.rewards))
+    with pytest.raises(UserError, match="choose one"):
+        make_trainer(llama_dir, tmp_path, "rlp.rank_advantages=true", "rlp.normalize_advantages=true")
 
 
 def test_several_updates_per_batch_hold_the_ratio_to_theta_old(llama_dir, tmp_path, monkeypatch):

@@ -75,6 +75,9 @@ class RlpConfig:
     document's next token(s), else 0 (the baseline of `rlpt experiment`)."""
     normalize_advantages: bool = False
     """Divide each group's advantages by the group's reward std (off: the paper's advantage)."""
+    rank_advantages: bool = False
+    """Advantages from each thought's standing in its group instead of its reward's distance from the group mean:
+    (wins - losses) / (G - 1), rewards within 0.01 nats tying (off: the paper's advantage)."""
     reward_tokens: int = 1
     """K: the information gain scores x_t .. x_{t+K-1} after the thought (teacher-forced, cut at the document's end)
     against the EMA teacher's no-think log-likelihood of the same tokens; 1 = the paper (the next token alone)."""
@@ -274,6 +277,8 @@ def validate(cfg: Config) -> None:
         (0 <= cfg.rlp.ema_decay < 1, "rlp.ema_decay must be in [0, 1)"),
         (cfg.rlp.kl_coef >= 0, "rlp.kl_coef must be >= 0"),
         (cfg.rlp.reward_tokens >= 1, "rlp.reward_tokens must be >= 1"),
+        (not (cfg.rlp.rank_advantages and cfg.rlp.normalize_advantages),
+         "rlp.rank_advantages and rlp.normalize_advantages are two ways to scale advantages: choose one"),
         (0 < cfg.rlp.reward_discount <= 1, "rlp.reward_discount must be in (0, 1]"),
         (cfg.rlp.updates_per_batch >= 1, "rlp.updates_per_batch must be >= 1"),
         (cfg.rlp.loss_coef >= 0, "rlp.loss_coef must be >= 0"),

@@ -5,7 +5,8 @@
   The reward is a constant for the policy update: it is returned detached.
 - Group-relative advantage (eq. 7): A_i = G/(G-1) * (r_i - mean_j r_j) over the G thoughts of one (document, t).
   The G/(G-1) factor makes the leave-one-out baseline unbiased. Optional (off by default, not in the paper):
-  dividing by the group's reward std.
+  dividing by the group's reward std; or (`rank_advantages`) bounded advantages from each thought's standing in its
+  group.
 - Clipped surrogate (eq. 8): per thought token u, rho_u = exp(logp_theta(u) - logp_old(u)),
   L_i = -(1/|c_i|) sum_u min(rho_u A_i, clip(rho_u, 1-eps_low, 1+eps_high) A_i), L = mean_i L_i.
   The paper does not state eps; we use PPO's 0.2 / 0.2.
@@ -33,6 +34,18 @@ def group_advantages(rewards: torch.Tensor, normalize_std: bool = False, eps: fl
     if normalize_std:
         advantages = advantages / (rewards.std(dim=-1, keepdim=True) + eps)
     return advantages
+
+
+def rank_advantages(rewards: torch.Tensor, tie: float) -> torch.Tensor:
+    """Advantages (B, G) from each thought's standing in its group (not in the paper): (wins - losses) / (G - 1), a win
+    being a reward above another's by more than `tie`; detached. In [-1, 1] and summing to 0 over a group, so a rare
+    catastrophic thought (a wrong thought can cost 20 nats) weighs no more than any other loss, and rewards within
+    `tie` of each other tie (dividing by the std would spread such near-equal rewards to unit size)."""
+    group_size = rewards.shape[-1]
+    if group_size < 2:
+        raise ValueError(f"rank_advantages needs G >= 2 thoughts per group, got G={group_size}")
+    gaps = rewards.detach()[..., :, None] - rewards.detach()[..., None, :]  # (B, G, G): r_i - r_j
+    return ((gaps > tie).sum(-1) - (gaps < -tie).sum(-1)).to(rewards.dtype) / (group_size - 1)
 
 
 def per_thought_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

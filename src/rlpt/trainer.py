@@ -138,7 +138,8 @@ class RlpTrainer:
         with self.autocast(), gathered(self.policy):
             rollouts = self.engine.rollout(self.policy, self.ema.model, contexts, self.spec, sampler)
         rewards = self.rewards(rollouts, docs)  # (B, G)
-        advantages = objective.group_advantages(rewards, normalize_std=cfg.rlp.normalize_advantages)
+        advantages = (objective.rank_advantages(rewards, SIGNAL_TOLERANCE) if cfg.rlp.rank_advantages
+                      else objective.group_advantages(rewards, normalize_std=cfg.rlp.normalize_advantages))
         logp_old = []  # theta_old's log-probs per micro-batch, kept from the first update for the later ones
         attempts, applied = [], 0  # [loss, kl, clipped tokens, tokens, grad norm] of each update tried
         next_token = []  # the next-token term's loss of each update, when there is one
