@@ -43,6 +43,8 @@ def test_rank_advantages_by_hand():
     assert rank_advantages(rewards, tie=0.0)[1].abs().sum() > 0  # no tie: the near-equal rewards are ranked
     with pytest.raises(ValueError, match="G >= 2"):
         rank_advantages(torch.tensor([[1.0]]), tie=0.01)
+    broken = rank_advantages(torch.tensor([[0.0, float("nan")], [0.0, 1.0]]), tie=0.01)
+    assert broken[0].isnan().all() and broken[1].tolist() == [-1.0, 1.0]  # NaN reaches the loss: the step is skipped
 
 
 def test_group_advantages_optional_std_normalisation():

@@ -108,6 +108,9 @@ def test_unknown_suite_is_a_clear_error():
 
     with pytest.raises(UserError, match="unknown suite 'physics'"):
         get_suite("physics")
+    # science has 676 items x 36 places = 24,336 questions: asking more held-out ones than exist is an error, not a hang
+    with pytest.raises(UserError, match=r"2500 distinct held-out questions asked, only \d+ found"):
+        get_suite("science").heldout_problems(2500)
 
 
 def test_math_heldout_additions_were_never_in_the_builtin_tiny_warm_start():

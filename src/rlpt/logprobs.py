@@ -93,8 +93,8 @@ def chunk_logits(hidden, weight, bias, first, temperature: float, banned_first: 
 class ChunkedLogprobs(torch.autograd.Function):
     """Forward: each chunk's logits, the chosen token's log-prob, the logits dropped. Backward: each chunk's logits
     again, d logp / d logits = (onehot(target) - softmax) / temperature, then the chunk's share of the gradients of
-    the hidden states, the head's weight and its bias. Under autocast the backward recomputes in the forward's
-    compute dtype."""
+    the hidden states, the head's weight and its bias. The backward recomputes in the dtype the forward's linear ran
+    in (autocast's, when on), whatever autocast says when the backward runs."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, first, temperature, banned_first):
@@ -104,7 +104,8 @@ class ChunkedLogprobs(torch.autograd.Function):
             out[piece] = logits.gather(1, targets[piece, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
         ctx.save_for_backward(hidden, weight, bias, targets, first)
         ctx.temperature, ctx.banned_first = temperature, banned_first
-        ctx.autocast = hidden.device.type, torch.is_autocast_enabled(hidden.device.type)
+        on = torch.is_autocast_enabled(hidden.device.type)
+        ctx.compute = torch.get_autocast_dtype(hidden.device.type) if on else hidden.dtype
         return out
 
     @staticmethod
@@ -114,23 +115,23 @@ class ChunkedLogprobs(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         grad_weight = torch.zeros_like(weight) if need_weight else None
         grad_bias = torch.zeros_like(bias) if need_bias else None
-        device_type, autocast = ctx.autocast
-        compute = torch.get_autocast_dtype(device_type) if autocast else hidden.dtype  # as the forward's linear ran
+        compute = ctx.compute
         weight_c, bias_c = weight.to(compute), None if bias is None else bias.to(compute)  # cast once, not per chunk
-        for piece in chunks(len(targets), weight.shape[0]):
-            states = hidden[piece].to(compute)
-            logits = chunk_logits(states, weight_c, bias_c, first[piece], ctx.temperature, ctx.banned_first)
-            grad = logits.sub_(torch.logsumexp(logits, dim=-1, keepdim=True)).exp_().mul_(-grad_out[piece, None])
-            grad[torch.arange(len(grad), device=grad.device), targets[piece]] += grad_out[piece]
-            grad = grad.div_(ctx.temperature).to(compute)
-            if need_hidden:
-                grad_hidden[piece] = (grad @ weight_c).to(hidden.dtype)
-            if need_weight and compute == weight.dtype:
-                grad_weight.addmm_(grad.t(), states)  # in place: no vocabulary x hidden gradient per chunk
-            elif need_weight:
-                grad_weight += (grad.t() @ states).to(weight.dtype)
-            if need_bias:
-                grad_bias += grad.sum(0).to(bias.dtype)
+        with torch.autocast(hidden.device.type, enabled=False):  # the forward's dtype, not the caller's autocast
+            for piece in chunks(len(targets), weight.shape[0]):
+                states = hidden[piece].to(compute)
+                logits = chunk_logits(states, weight_c, bias_c, first[piece], ctx.temperature, ctx.banned_first)
+                grad = logits.sub_(torch.logsumexp(logits, dim=-1, keepdim=True)).exp_().mul_(-grad_out[piece, None])
+                grad[torch.arange(len(grad), device=grad.device), targets[piece]] += grad_out[piece]
+                grad = grad.div_(ctx.temperature).to(compute)
+                if need_hidden:
+                    grad_hidden[piece] = (grad @ weight_c).to(hidden.dtype)
+                if need_weight and compute == weight.dtype:
+                    grad_weight.addmm_(grad.t(), states)  # in place: no vocabulary x hidden gradient per chunk
+                elif need_weight:
+                    grad_weight.add_(grad.t() @ states)  # the chunk's product in the compute dtype, added as it is
+                if need_bias:
+                    grad_bias.add_(grad.sum(0))
         return grad_hidden, grad_weight, grad_bias, None, None, None, None
 
 

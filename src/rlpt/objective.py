@@ -44,8 +44,11 @@ def rank_advantages(rewards: torch.Tensor, tie: float) -> torch.Tensor:
     group_size = rewards.shape[-1]
     if group_size < 2:
         raise ValueError(f"rank_advantages needs G >= 2 thoughts per group, got G={group_size}")
-    gaps = rewards.detach()[..., :, None] - rewards.detach()[..., None, :]  # (B, G, G): r_i - r_j
-    return ((gaps > tie).sum(-1) - (gaps < -tie).sum(-1)).to(rewards.dtype) / (group_size - 1)
+    rewards = rewards.detach()
+    gaps = rewards[..., :, None] - rewards[..., None, :]  # (B, G, G): r_i - r_j
+    advantages = ((gaps > tie).sum(-1) - (gaps < -tie).sum(-1)).to(rewards.dtype) / (group_size - 1)
+    # a non-finite reward makes its group's advantages NaN, as the mean-centred ones are: the trainer skips the step
+    return torch.where(torch.isfinite(rewards).all(-1, keepdim=True), advantages, float("nan"))
 
 
 def per_thought_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -13,12 +13,15 @@ finds each column's digits at fixed offsets). Addition as in `builtin:arith`; su
 digit (with the borrowed ten, two digits), the digit below, the borrow, and the result:
     532-185=<think>12-5-0=7,13-8-1=4,05-1-1=3</think>347.
 `science`: two-hop composition of a stated fact with a known one, as a reader who is told that a town lies in a
-region knows the region's country. A fixed world puts 26 regions (A-Z) in 10 zones (0-9); a question states where an
-item lies, in a region (60%) or directly in a zone, and asks for its zone. For an item in a region no fact of the
-document states it: the thought adds the region's zone, known from other documents (a slip stops after the first
-hop and answers the region):
+region knows the region's country. A fixed world puts 26 regions (A-Z) in 10 zones (0-9, unevenly: zone 4 holds six
+regions, zones 2, 3, 5 and 7 one each); a question states where an item lies, in a region (60% of draws; the
+distinct questions of a corpus lean further to regions, 70% of the warm start's) or directly in a zone, and asks for
+its zone. For an item in a region no fact of the document states it: the thought adds the region's zone, known from
+other documents (a slip stops after the first hop and answers the region):
     ka in B. zone of ka=<think>ka in B. B in 4.</think>4.
     mz in 7. zone of mz=<think>mz in 7.</think>7.
+The answer depends on the place alone, so a held-out question differs from training ones only in the item's
+two-letter name (676 items x 36 places: 24,336 questions in all).
 Every answer follows the first `=` of its document: `rlp.positions: first:=` puts a thought before the answer,
 `after:=` before every answer token.
 """
@@ -31,8 +34,10 @@ from dataclasses import dataclass
 
 from rlpt import THINK_CLOSE, THINK_OPEN, arith
 from rlpt.arith import never
+from rlpt.errors import UserError
 
 HELDOUT_PER_MILLE = 100  # ~10% of all problems are held out for evaluation
+MAX_MISSES = 100_000  # draws in a row without a new question: the suite has no more on that side
 
 
 def hashed_heldout(question: str) -> bool:
@@ -126,19 +131,24 @@ class Suite:
     def problems(self, n: int, seed: int, heldout: bool, forgets=never) -> list[Problem]:
         """n distinct problems from one side of the split, in a seeded order (the same order whatever `forgets`)."""
         rng = random.Random(f"{self.name}:{seed}:{heldout}")
-        seen, out = set(), []
+        seen, out, misses = set(), [], 0
         while len(out) < n:
             p = self.make(rng, forgets)
             if p.question not in seen and self.heldout(p.question) == heldout:
                 seen.add(p.question)
                 out.append(p)
+                misses = 0
+            elif (misses := misses + 1) > MAX_MISSES:
+                side = "held-out" if heldout else "training-side"
+                raise UserError(f"suite {self.name}: {n} distinct {side} questions asked, only {len(out)} found")
         return out
 
     def training_documents(self, n: int, seed: int = 0) -> list[str]:
         return [p.plain() for p in self.problems(n, seed, heldout=False)]
 
     def warm_start_documents(self, n: int, seed: int, think_fraction: float, slip: float = 0.0) -> list[str]:
-        """Training-side documents (another seed's draw than the RLP corpus), a `think_fraction` of them worked by a
+        """Training-side documents (another seed's draw than the RLP corpus; science has so few questions that most
+        are in both), a `think_fraction` of them worked by a
         writer who slips with probability `slip` at each chance; the others plain, with the right answer."""
         rng, slips = random.Random(f"{self.name}:warm:{seed}"), random.Random(f"{self.name}:slips:{seed}")
         written = self.problems(n, seed + 10_000, False, forgets=lambda: slips.random() < slip)
@@ -159,8 +169,6 @@ SUITES = {
 
 
 def get_suite(name: str) -> Suite:
-    from rlpt.errors import UserError
-
     if name not in SUITES:
         raise UserError(f"unknown suite {name!r} (known: {', '.join(SUITES)})")
     return SUITES[name]
