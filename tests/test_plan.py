@@ -72,3 +72,20 @@ def test_the_shape_of_a_model_folder_gives_its_parameter_count(llama_dir, capsys
     fits = largest_micro_batch(shape_of(llama_dir), 2**30, group_size=16, thought_tokens=2048, doc_tokens=512)
     assert "update activations (one micro-batch)" in out and f"train.micro_batch_thoughts that fits 1 GiB: {fits}" in out
     assert 0 < fits < 16  # at L = 2048 the activations of 16 thoughts do not fit a GiB, one does
+
+
+def test_plan_gives_memory_alone_from_a_models_sizes(llama_dir, capsys):
+    """No --params/--tokens/--steps: the memory of one GPU only, the parameters counted from the model; asking for
+    neither, or for half a compute plan, is a clear error."""
+    import json
+
+    from rlpt.cli import main
+    from rlpt.plan import shape_of
+
+    assert main(["plan", "--model", llama_dir, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert "flops" not in out and out["memory_bytes"]["weights (float32)"] == 4 * shape_of(llama_dir).params
+    assert main(["plan", "--model", llama_dir, "--tokens", "1e5", "--steps", "10"]) == 0  # N from the model
+    assert "FLOPs" in capsys.readouterr().out
+    assert main(["plan"]) == 2 and "for its memory" in capsys.readouterr().err
+    assert main(["plan", "--tokens", "1e5"]) == 2 and "needs --params" in capsys.readouterr().err

@@ -132,10 +132,17 @@ def largest_micro_batch(shape: Shape, gpu_bytes: float, **kwargs) -> int:
     return best
 
 
+def memory_settings(args) -> dict:
+    return dict(group_size=args.group_size, thought_tokens=args.thought_tokens, doc_tokens=args.doc_tokens,
+                compute_bytes=2 if args.bf16 else 4, checkpointing=args.gradient_checkpointing)
+
+
+def memory_parts(shape: Shape, args) -> dict[str, float]:
+    return memory(shape, micro_batch_thoughts=args.micro_batch_thoughts, **memory_settings(args))
+
+
 def format_memory(shape: Shape, args) -> str:
-    settings = dict(group_size=args.group_size, thought_tokens=args.thought_tokens, doc_tokens=args.doc_tokens,
-                    compute_bytes=2 if args.bf16 else 4, checkpointing=args.gradient_checkpointing)
-    parts = memory(shape, micro_batch_thoughts=args.micro_batch_thoughts, **settings)
+    settings, parts = memory_settings(args), memory_parts(shape, args)
     width = max(len(k) for k in parts)
     lines = [f"memory on one GPU, {shape.params / 1e6:,.1f}M parameters, G = {args.group_size}, L = "
              f"{args.thought_tokens}, {args.micro_batch_thoughts} thoughts a micro-batch:"]
@@ -163,12 +170,13 @@ def format_plan(p: Plan, args) -> str:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--params", type=float, required=True, help="model parameters N, e.g. 1.7e9")
-    parser.add_argument("--tokens", type=float, required=True, help="input tokens T_inp the run reads, e.g. 170e6")
+    parser.add_argument("--params", type=float, help="model parameters N, e.g. 1.7e9 (default: the model's, when its "
+                        "sizes are given)")
+    parser.add_argument("--tokens", type=float, help="input tokens T_inp the run reads, e.g. 170e6")
     parser.add_argument("--group-size", type=int, default=16, help="G, thoughts per context")
     parser.add_argument("--thought-tokens", type=int, default=2048, help="L, the thought length")
     parser.add_argument("--batch", type=int, default=512, help="contexts per step")
-    parser.add_argument("--steps", type=int, required=True, help="optimizer steps")
+    parser.add_argument("--steps", type=int, help="optimizer steps")
     parser.add_argument("--gpus", type=int, default=1)
     parser.add_argument("--mfu", type=float, default=0.4, help="model FLOP utilisation (default 0.4)")
     parser.add_argument("--gpu-flops", type=float, default=H100_BF16_FLOPS, help="peak FLOP/s of one GPU (H100 bf16)")
@@ -186,19 +194,31 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> str:
+    """The compute plan (with --tokens and --steps), the memory of one GPU (with a model's sizes), or both."""
     from rlpt.errors import UserError
 
-    for name in ("params", "tokens", "group_size", "thought_tokens", "batch", "steps", "gpus", "mfu", "gpu_flops"):
-        if getattr(args, name) <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be > 0")
-    p = plan(args.params, args.tokens, args.group_size, args.thought_tokens, args.batch, args.steps, args.gpus,
-             args.mfu, args.count_prompt, args.gpu_flops)
     shape = model_shape(args)
+    params = args.params if args.params is not None else (shape.params if shape else None)
+    computing = args.tokens is not None or args.steps is not None
+    if not computing and shape is None:
+        raise UserError("plan: give --tokens and --steps (and --params or the model) for the compute plan, or the "
+                        "model (--model DIR, or --layers, --hidden, --vocab and --heads) for its memory")
+    if computing and None in (params, args.tokens, args.steps):
+        raise UserError("plan: the compute plan needs --params (or the model), --tokens and --steps")
+    checks = [(name, getattr(args, name)) for name in ("group_size", "thought_tokens", "batch", "gpus", "mfu", "gpu_flops")]
+    if computing:
+        checks = [("params", params), ("tokens", args.tokens), ("steps", args.steps)] + checks
+    for name, value in checks:
+        if value <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be > 0")
+    p = plan(params, args.tokens, args.group_size, args.thought_tokens, args.batch, args.steps, args.gpus, args.mfu,
+             args.count_prompt, args.gpu_flops) if computing else None
     if args.json:
         import json
 
-        return json.dumps(asdict(p), indent=1)
-    return format_plan(p, args) + ("\n" + format_memory(shape, args) if shape else "")
+        return json.dumps({**(asdict(p) if p else {}), **({"memory_bytes": memory_parts(shape, args)} if shape else {})},
+                          indent=1)
+    return "\n".join(([format_plan(p, args)] if p else []) + ([format_memory(shape, args)] if shape else []))
 
 
 def model_shape(args) -> Shape | None:
