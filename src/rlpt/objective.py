@@ -24,11 +24,17 @@ def information_gain(logp_reasoned: torch.Tensor, logp_baseline: torch.Tensor) -
     return (logp_reasoned - logp_baseline[:, None]).detach()
 
 
-def group_advantages(rewards: torch.Tensor, normalize_std: bool = False, eps: float = 1e-6) -> torch.Tensor:
-    """A_i = G/(G-1) * (r_i - mean_j r_j) within each row of (B, G) rewards; detached."""
+def checked_group_size(rewards: torch.Tensor, caller: str) -> int:
+    """G of (B, G) rewards: advantages compare the thoughts of a group, so there must be two."""
     group_size = rewards.shape[-1]
     if group_size < 2:
-        raise ValueError(f"group_advantages needs G >= 2 thoughts per group, got G={group_size}")
+        raise ValueError(f"{caller} needs G >= 2 thoughts per group, got G={group_size}")
+    return group_size
+
+
+def group_advantages(rewards: torch.Tensor, normalize_std: bool = False, eps: float = 1e-6) -> torch.Tensor:
+    """A_i = G/(G-1) * (r_i - mean_j r_j) within each row of (B, G) rewards; detached."""
+    group_size = checked_group_size(rewards, "group_advantages")
     rewards = rewards.detach()
     advantages = group_size / (group_size - 1) * (rewards - rewards.mean(dim=-1, keepdim=True))
     if normalize_std:
@@ -41,9 +47,7 @@ def rank_advantages(rewards: torch.Tensor, tie: float) -> torch.Tensor:
     being a reward above another's by more than `tie`; detached. In [-1, 1] and summing to 0 over a group, so a rare
     catastrophic thought (a wrong thought can cost 20 nats) weighs no more than any other loss, and rewards within
     `tie` of each other tie (dividing by the std would spread such near-equal rewards to unit size)."""
-    group_size = rewards.shape[-1]
-    if group_size < 2:
-        raise ValueError(f"rank_advantages needs G >= 2 thoughts per group, got G={group_size}")
+    group_size = checked_group_size(rewards, "rank_advantages")
     rewards = rewards.detach()
     gaps = rewards[..., :, None] - rewards[..., None, :]  # (B, G, G): r_i - r_j
     advantages = ((gaps > tie).sum(-1) - (gaps < -tie).sum(-1)).to(rewards.dtype) / (group_size - 1)

@@ -142,7 +142,8 @@ def memory_parts(shape: Shape, args) -> dict[str, float]:
 
 
 def format_memory(shape: Shape, args) -> str:
-    settings, parts = memory_settings(args), memory_parts(shape, args)
+    settings = memory_settings(args)
+    parts = memory(shape, micro_batch_thoughts=args.micro_batch_thoughts, **settings)
     width = max(len(k) for k in parts)
     lines = [f"memory on one GPU, {shape.params / 1e6:,.1f}M parameters, G = {args.group_size}, L = "
              f"{args.thought_tokens}, {args.micro_batch_thoughts} thoughts a micro-batch:"]

@@ -107,7 +107,8 @@ def math_problem(rng: random.Random, forgets=never) -> Problem:
 REGIONS, ZONES = "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "0123456789"  # one token each: every hop is one fact
 ITEMS = [a + b for a in "abcdefghijklmnopqrstuvwxyz" for b in "abcdefghijklmnopqrstuvwxyz"]
 IN_A_REGION = 0.6  # of questions: the rest state an item directly in a zone, one hop, where no writer can slip
-ZONE_OF = (lambda rng: {region: rng.choice(ZONES) for region in REGIONS})(random.Random("science:world"))
+WORLD_DRAWS = random.Random("science:world")  # the same world in every process
+ZONE_OF = {region: WORLD_DRAWS.choice(ZONES) for region in REGIONS}
 
 
 def science_problem(rng: random.Random, forgets=never) -> Problem:
@@ -129,7 +130,8 @@ class Suite:
     heldout: callable  # question -> bool: the side of the split
 
     def problems(self, n: int, seed: int, heldout: bool, forgets=never) -> list[Problem]:
-        """n distinct problems from one side of the split, in a seeded order (the same order whatever `forgets`)."""
+        """n distinct problems from one side of the split, in a seeded order (the same order whatever `forgets`); a
+        UserError when the side has fewer."""
         rng = random.Random(f"{self.name}:{seed}:{heldout}")
         seen, out, misses = set(), [], 0
         while len(out) < n:
@@ -148,8 +150,8 @@ class Suite:
 
     def warm_start_documents(self, n: int, seed: int, think_fraction: float, slip: float = 0.0) -> list[str]:
         """Training-side documents (another seed's draw than the RLP corpus; science has so few questions that most
-        are in both), a `think_fraction` of them worked by a
-        writer who slips with probability `slip` at each chance; the others plain, with the right answer."""
+        are in both), a `think_fraction` of them worked by a writer who slips with probability `slip` at each chance;
+        the others plain, with the right answer."""
         rng, slips = random.Random(f"{self.name}:warm:{seed}"), random.Random(f"{self.name}:slips:{seed}")
         written = self.problems(n, seed + 10_000, False, forgets=lambda: slips.random() < slip)
         right = self.problems(n, seed + 10_000, False)
