@@ -46,6 +46,8 @@ def test_experiment_writes_table_results_plots_and_models(tmp_path, capsys):
     means = [s["scores"][m]["Math"]["pass_at_1"] for s in results["seeds"] for m in ("rlp", "cpt-flop")]
     assert abs(paired["mean"] - ((means[0] - means[1]) + (means[2] - means[3])) / 2) < 1e-9
     assert paired["low"] <= paired["mean"] <= paired["high"]
+    shares = paired["variance_shares"]  # how much of the width is seeds, how much questions
+    assert abs(shares["seeds"] + shares["questions"] - 1) < 1e-9 and "the spread between seeds makes" in table
     assert set(results["paired"]["cpt-flop"]["accuracy_think"]) == set(experiment.METHODS) - {"cpt-flop"}
     assert set(results["paired"]["base"]["pass_at_1"]) == set(experiment.METHODS) - {"base"}
     assert "Paired difference to CPT (FLOP-matched)" in table and "Paired difference to Base" in table

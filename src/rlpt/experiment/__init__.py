@@ -28,7 +28,7 @@ from rlpt.baselines import cpt
 from rlpt.cache import build_folder
 from rlpt.errors import UserError
 from rlpt.experiment.budgets import BUDGETS, Budget
-from rlpt.experiment.paired import paired_difference
+from rlpt.experiment.paired import paired_difference, variance_shares
 from rlpt.experiment.report import ABLATION_G, ABLATION_L, LABELS, METHODS, headline, mean_std, plots, report
 from rlpt.experiment.scoring import EvalSet, curve, evaluate_model, file_eval_set, greedy_accuracy_of, suite_eval_set
 from rlpt.models import load_model_and_tokenizer
@@ -214,7 +214,8 @@ def run_ablation(plan: Plan, base_scores: dict) -> tuple[list[dict], float]:
 
 def paired_to_reference(per_seed: list[dict], names: list[str], reference: str) -> dict:
     """Each method's paired difference to `reference` per held-out set and overall, for pass@1 and greedy accuracy
-    with thinking: {metric: {method: {row: {mean, low, high}}}}."""
+    with thinking, and how much of its interval's variance the seeds and the questions make:
+    {metric: {method: {row: {mean, low, high, variance_shares: {seeds, questions}}}}}."""
     rows = {**{f"{name} Avg": [name] for name in names}, "Overall": names}
 
     def scores(method, metric, sets):  # [set][seed][question]
@@ -224,7 +225,9 @@ def paired_to_reference(per_seed: list[dict], names: list[str], reference: str) 
     for metric in ("pass_at_1", "accuracy_think"):
         out[metric] = {}
         for method in (m for m in METHODS if m != reference):
-            out[metric][method] = {row: paired_difference(scores(method, metric, sets), scores(reference, metric, sets))
+            out[metric][method] = {row: {**paired_difference(scores(method, metric, sets), scores(reference, metric, sets)),
+                                         "variance_shares": variance_shares(scores(method, metric, sets),
+                                                                            scores(reference, metric, sets))}
                                    for row, sets in rows.items()}
     return out
 

@@ -51,6 +51,16 @@ def paired_table(paired: dict) -> str:
     return "\n".join(lines)
 
 
+def seed_share_line(paired: dict) -> str:
+    """How much of the intervals' variance the seeds make (the rest: the finite question set), over the table's cells."""
+    shares = sorted(100 * cell["variance_shares"]["seeds"] for rows in paired.values() for cell in rows.values()
+                    if "variance_shares" in cell)
+    if not shares:
+        return ""
+    return (f"Of these intervals' variance, the spread between seeds makes {shares[0]:.0f}-{shares[-1]:.0f}% "
+            f"(median {statistics.median(shares):.0f}%); the finite question set the rest.")
+
+
 def plots(results: dict, folder: Path) -> list[Path]:
     import matplotlib
 
@@ -144,6 +154,8 @@ def report(results: dict, plot_files: list[Path], output: Path) -> str:
         for metric, what in (("pass_at_1", "pass@1 with thinking"), ("accuracy_think", "greedy accuracy with thinking")):
             parts += [f"Paired difference to {LABELS[reference]} (method - {LABELS[reference]}) in {what}, points, "
                       f"with its 95% interval (bootstrap over {resampled}):", "", paired_table(paired[metric]), ""]
+            if len(per_seed) > 1:
+                parts += [seed_share_line(paired[metric]), ""]
     parts += ["Intrinsic: mean log p(x_t) over held-out answer tokens, with a greedy thought / without (nats):", "",
               *table_header()]
     for name in names:
