@@ -51,6 +51,13 @@ def test_memory_by_hand_and_the_largest_micro_batch():
     assert memory(shape, 3, 5, 7, 2, compute_bytes=2)["output head's gradient of one chunk"] == 2 * 2 * 10 * 4
     checkpointed = memory(shape, group_size=3, thought_tokens=5, doc_tokens=7, micro_batch_thoughts=2, checkpointing=True)
     assert checkpointed["update activations (one micro-batch)"] == 10 * (120 * 4 + 2 * 4 * 4)  # one layer + inputs
+    # the next-token term: 4 documents of 7 tokens, each layer keeps 10 * 4 + 4 * 8 + 2 * 2 * 7 = 100 floats a token,
+    # 28 * 100 * 4 * 2 layers = 22,400 bytes; the update's 9,600 are held already. Its 28 tokens' logits (280) make
+    # the chunk
+    with_term = memory(shape, group_size=3, thought_tokens=5, doc_tokens=7, micro_batch_thoughts=2, next_token_documents=4)
+    assert with_term["next-token term's activations beyond the update's"] == 28 * 100 * 4 * 2 - 10 * 120 * 4 * 2
+    assert with_term["log-prob chunk"] == 4 * 4 * 28 * 10
+    assert parts["next-token term's activations beyond the update's"] == 0
     fixed = sum(memory(shape, 3, 5, 7, micro_batch_thoughts=1).values())
     one_more = sum(memory(shape, 3, 5, 7, micro_batch_thoughts=2).values())
     assert largest_micro_batch(shape, (fixed + one_more) / 2, group_size=3, thought_tokens=5, doc_tokens=7) == 1

@@ -221,3 +221,54 @@ def test_next_token_term_adds_its_weighted_gradient_to_rlps(llama_dir, tmp_path)
     for t, p in zip(term_alone, model.parameters()):
         torch.testing.assert_close(t, p.grad, atol=1e-6, rtol=1e-5)
     assert any(r.abs().max() > 0 for r in rlp_alone) and any(t.abs().max() > 0 for t in term_alone)
+
+
+def test_next_token_loss_is_the_cross_entropy_of_the_full_logits(llama_dir):
+    """The chunked next-token loss (from the hidden states) equals cross-entropy over the model's full logits, pads
+    excluded, with its gradients; a micro-batch divided by the whole batch's token count is its share of the mean."""
+    from rlpt.generation import right_pad
+    from rlpt.pretrain import next_token_loss
+
+    model, tok, _ = load_model_and_tokenizer(llama_dir)
+    docs = [tok(t)["input_ids"] for t in ("1+2=<think>1+2=3</think>3.", "4+4=8.", "12+30=42.")]
+    ids, mask = right_pad(docs, tok.pad_token_id)
+    chunked = next_token_loss(model, ids, mask)
+    chunked.backward()
+    chunked_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+    full = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+    full.backward()
+    torch.testing.assert_close(chunked, full, atol=1e-6, rtol=1e-6)
+    for c, f in zip(chunked_grads, model.parameters()):
+        torch.testing.assert_close(c, f.grad, atol=1e-6, rtol=1e-5)
+    total = sum(len(d) - 1 for d in docs)
+    parts = [next_token_loss(model, *right_pad([d], tok.pad_token_id), tokens=total) for d in docs]
+    torch.testing.assert_close(sum(parts), full, atol=1e-6, rtol=1e-6)
+
+
+def test_next_token_term_of_a_model_without_a_split_runs_in_micro_batches(llama_dir, tmp_path, monkeypatch):
+    """A wrapped model (no body/head split: DDP, FSDP) takes its full logits, one document a micro-batch when the
+    logit budget is small: the same gradient as one batch."""
+    from rlpt import trainer as trainer_module
+
+    def term_gradients(patch):
+        trainer = make_trainer(llama_dir, tmp_path, "train.next_token_documents=3")
+        _, tok, _ = load_model_and_tokenizer(llama_dir)
+        trainer.next_token_documents = [Document(tok(t)["input_ids"], f"d{i}") for i, t in enumerate(("1+2=3.", "40+4=44."))]
+        if patch:
+            monkeypatch.setattr(trainer_module, "output_head", lambda model: None)
+            monkeypatch.setattr(trainer_module, "CHUNK_ELEMENTS", 1)
+        calls = []
+        original = trainer_module.next_token_loss
+        monkeypatch.setattr(trainer_module, "next_token_loss", lambda *a, **k: calls.append(1) or original(*a, **k))
+        loss = trainer.next_token_gradients(0, 0)
+        monkeypatch.undo()
+        return loss, [p.grad.clone() for p in trainer.policy.parameters()], len(calls)
+
+    (whole, whole_grads, one), (split, split_grads, three) = term_gradients(False), term_gradients(True)
+    assert (one, three) == (1, 3)
+    assert abs(whole - split) < 1e-6
+    for w, s in zip(whole_grads, split_grads):
+        torch.testing.assert_close(w, s, atol=1e-6, rtol=1e-5)

@@ -97,30 +97,40 @@ LOGIT_COPIES = 4
 
 
 def memory(shape: Shape, group_size: int, thought_tokens: int, doc_tokens: int, micro_batch_thoughts: int,
-           compute_bytes: int = 4, checkpointing: bool = False) -> dict[str, float]:
+           compute_bytes: int = 4, checkpointing: bool = False, next_token_documents: int = 0) -> dict[str, float]:
     """Bytes on one GPU of training one context's group (DDP: every GPU holds all of it), by part. The master
     weights, their gradients, Adam's two moments and the EMA teacher are float32; the KV cache of decoding and the
     activations are in the compute dtype (`compute_bytes`). The update runs `micro_batch_thoughts` thoughts at a time,
-    and takes its log-probs a chunk of at most CHUNK_ELEMENTS logits at a time (`rlpt.logprobs`)."""
+    and takes its log-probs a chunk of at most CHUNK_ELEMENTS logits at a time (`rlpt.logprobs`). The next-token term
+    (`train.next_token_documents` documents of `doc_tokens`, 0: none) runs its forward and backward before the
+    update's, so only what its activations need beyond the update's counts; its log-probs are chunked too. (Under
+    DDP or FSDP the term takes its full logits, in micro-batches of at most CHUNK_ELEMENTS logits, one document at
+    least: 3 float32 copies of those, not counted here.)"""
     from rlpt.logprobs import CHUNK_ELEMENTS
 
     n = shape.params
     kv = 2 * shape.layers * shape.kv_heads * shape.head_dim * compute_bytes  # bytes of one token's keys and values
     tokens = micro_batch_thoughts * thought_tokens
-    context = doc_tokens + thought_tokens
-    per_token_layer = (ACTIVATIONS_PER_HIDDEN * shape.hidden + ACTIVATIONS_PER_INTERMEDIATE * shape.intermediate
-                       + ATTENTION_COPIES * shape.heads * context) * compute_bytes
     kept_layers = 1 if checkpointing else shape.layers  # checkpointed: one layer's at a time, plus every layer input
-    activations = tokens * (per_token_layer * kept_layers + (shape.layers * shape.hidden * compute_bytes if checkpointing else 0))
-    logits = LOGIT_COPIES * 4 * min(CHUNK_ELEMENTS, tokens * shape.vocab)
+    activations = tokens * (token_activations(shape, doc_tokens + thought_tokens, compute_bytes) * kept_layers
+                            + (shape.layers * shape.hidden * compute_bytes if checkpointing else 0))
+    next_token = next_token_documents * doc_tokens * token_activations(shape, doc_tokens, compute_bytes) * shape.layers
+    logits = LOGIT_COPIES * 4 * min(CHUNK_ELEMENTS, max(tokens, next_token_documents * doc_tokens) * shape.vocab)
     return {
         "weights (float32)": 4 * n, "gradients (float32)": 4 * n, "Adam moments (float32)": 8 * n,
         "EMA teacher (float32)": 4 * n,
         "decoding KV cache (document once, G thought rows)": kv * (doc_tokens + group_size * thought_tokens),
-        "update activations (one micro-batch)": activations, "log-prob chunk": logits,
+        "update activations (one micro-batch)": activations,
+        "next-token term's activations beyond the update's": max(0, next_token - activations), "log-prob chunk": logits,
         # float32: added into the gradient in place; bfloat16: the head's weight cast once, and a chunk's product
         "output head's gradient of one chunk": 0 if compute_bytes == 4 else 2 * compute_bytes * shape.vocab * shape.hidden,
     }
+
+
+def token_activations(shape: Shape, context: int, compute_bytes: int) -> int:
+    """Bytes one token keeps for the backward in one layer, attending to `context` tokens."""
+    return (ACTIVATIONS_PER_HIDDEN * shape.hidden + ACTIVATIONS_PER_INTERMEDIATE * shape.intermediate
+            + ATTENTION_COPIES * shape.heads * context) * compute_bytes
 
 
 def largest_micro_batch(shape: Shape, gpu_bytes: float, **kwargs) -> int:
@@ -134,7 +144,8 @@ def largest_micro_batch(shape: Shape, gpu_bytes: float, **kwargs) -> int:
 
 def memory_settings(args) -> dict:
     return dict(group_size=args.group_size, thought_tokens=args.thought_tokens, doc_tokens=args.doc_tokens,
-                compute_bytes=2 if args.bf16 else 4, checkpointing=args.gradient_checkpointing)
+                compute_bytes=2 if args.bf16 else 4, checkpointing=args.gradient_checkpointing,
+                next_token_documents=args.next_token_documents)
 
 
 def memory_parts(shape: Shape, args) -> dict[str, float]:
@@ -191,6 +202,8 @@ def add_arguments(parser) -> None:
     shape.add_argument("--micro-batch-thoughts", type=int, default=16, help="train.micro_batch_thoughts")
     shape.add_argument("--bf16", action="store_true", help="model.dtype bfloat16 (activations and KV cache)")
     shape.add_argument("--gradient-checkpointing", action="store_true", help="train.gradient_checkpointing")
+    shape.add_argument("--next-token-documents", type=int, default=0, help="train.next_token_documents of a "
+                       "next-token term beside RLP (train.next_token_data; default 0: none), each of --doc-tokens")
     shape.add_argument("--gpu-memory", type=float, help="GiB of one GPU: the largest micro-batch that fits")
 
 

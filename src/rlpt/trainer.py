@@ -30,6 +30,7 @@ from rlpt.data import Document, make_contexts
 from rlpt.distributed import World, gathered
 from rlpt.ema import EmaTeacher
 from rlpt.generation import hash_key, right_pad, temperature_sampler
+from rlpt.logprobs import CHUNK_ELEMENTS, output_head
 from rlpt.pretrain import next_token_loss
 from rlpt.rollout import Context, Rollouts, RolloutSpec
 
@@ -252,16 +253,26 @@ class RlpTrainer:
     def next_token_gradients(self, step: int, update: int) -> float:
         """Backward `train.next_token_coef` x the mean next-token loss of `train.next_token_documents` documents of
         `train.next_token_data`, drawn by (seed, step, update, rank); the gradients are reduced over ranks with the
-        RLP micro-batches' last backward. Returns the loss."""
+        RLP micro-batches' last backward. Returns the loss. The log-probs come a chunk of tokens at a time
+        (`next_token_loss`); a wrapped (DDP, FSDP) model, which takes its full logits, runs the documents in
+        micro-batches of at most CHUNK_ELEMENTS logits (one document at least)."""
         cfg = self.cfg.train
         rng = random.Random(f"{cfg.seed}/next-token/{step}/{update}/{self.world.rank}")
         batch = [self.next_token_documents[rng.randrange(len(self.next_token_documents))].ids
                  for _ in range(cfg.next_token_documents)]
-        ids, mask = right_pad(batch, self.tokenizer.pad_token_id)
-        self.sync_gradients(False)
-        loss = next_token_loss(self.policy, ids.to(self.device), mask.to(self.device))
-        (cfg.next_token_coef * loss).backward()
-        return loss.item()
+        predicted = sum(len(ids) - 1 for ids in batch)  # the tokens the loss is a mean over
+        size = len(batch)
+        if output_head(self.policy) is None:
+            vocab = self.policy.config.get_text_config().vocab_size
+            size = max(1, CHUNK_ELEMENTS // (max(len(ids) for ids in batch) * vocab))
+        loss = 0.0
+        for start in range(0, len(batch), size):
+            ids, mask = right_pad(batch[start : start + size], self.tokenizer.pad_token_id)
+            self.sync_gradients(False)
+            part = next_token_loss(self.policy, ids.to(self.device), mask.to(self.device), tokens=predicted)
+            (cfg.next_token_coef * part).backward()
+            loss += part.item()
+        return loss
 
     def sync_gradients(self, sync: bool) -> None:
         if distributed.is_wrapped(self.policy):
