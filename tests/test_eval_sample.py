@@ -86,3 +86,54 @@ def test_sample_uses_the_checkpoint_ema_as_teacher(llama_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(["sample", "--model", str(run), "--prefix", "1+1=", "--next", "2", "--num-thoughts", "2", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["teacher"] == "the checkpoint's EMA teacher"
+
+
+def test_eval_scores_documents_where_and_what_the_run_trained_on(llama_dir, tmp_path, capsys):
+    """A run trained at the first answer token scoring 3 tokens: eval of its folder scores the builtin set's
+    documents there, 3 tokens each, and says so; --positions/--reward-tokens override. The log-likelihood of 3 tokens
+    is the sum of their terms (below the first token's alone)."""
+    run = tmp_path / "run"
+    assert main(["train", "--output", str(run), "--set", f"model.name_or_path={llama_dir}", "--set", "rlp.group_size=2",
+                 "--set", "rlp.max_thought_tokens=3", "--set", "train.max_steps=1", "--set", "eval.tasks=",
+                 "--set", "rlp.positions=first:=", "--set", "rlp.reward_tokens=3", "--set", "train.batch_documents=1",
+                 "--set", "data.path=builtin:arith"]) == 0
+    capsys.readouterr()
+    common = ["eval", "--model", str(run), "--tasks", "builtin:arith", "--max-questions", "6", "--max-thought-tokens", "3"]
+    assert main([*common, "--json"]) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert (trained["position_rule"], trained["reward_tokens"], trained["positions"]) == ("first:=", 3, 6)
+    assert trained["scored_tokens"] == 3 and trained["gain_ci95"] > 0
+    assert main([*common, "--json", "--positions", "first:=", "--reward-tokens", "1"]) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert one["scoring_from"] == "as asked" and one["logp_nothink"] > trained["logp_nothink"]
+    assert main(common) == 0
+    out = capsys.readouterr().out
+    assert "the next 3 tokens" in out and "the first token after '='" in out and "of the run" in out
+    assert main([*common, "--reward-tokens", "0"]) == 2
+
+
+def test_sample_scores_what_the_run_scored(llama_dir, tmp_path, capsys):
+    """A run of rlp.reward_tokens 3: sample of its folder scores the first 3 tokens of --next (S_pred and S_ema sum
+    3 terms, so they lie below those of the first token alone); --reward-tokens overrides."""
+    run = tmp_path / "run"
+    assert main(["train", "--output", str(run), "--set", f"model.name_or_path={llama_dir}", "--set", "rlp.group_size=2",
+                 "--set", "rlp.max_thought_tokens=3", "--set", "train.max_steps=1", "--set", "eval.tasks=",
+                 "--set", "rlp.positions=random:1", "--set", "rlp.reward_tokens=3", "--set", "train.batch_documents=1"]) == 0
+    capsys.readouterr()
+    common = ["sample", "--model", str(run), "--prefix", "12+34=", "--next", "46.", "--num-thoughts", "3", "--json"]
+    assert main(common) == 0
+    three = json.loads(capsys.readouterr().out)
+    assert three["reward_tokens"] == 3 and three["scored"] == "46."
+    assert main([*common, "--reward-tokens", "1"]) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert one["reward_tokens"] == 1 and one["scored"] == "4"
+    assert three["thoughts"][0]["s_ema"] < one["thoughts"][0]["s_ema"]
+    assert main(common[:-1]) == 0
+    assert "3 tokens (the run's rlp.reward_tokens)" in capsys.readouterr().out
+    assert main([*common, "--reward-tokens", "0"]) == 2
+
+
+def test_signed_never_prints_negative_zero():
+    from rlpt.cli import signed
+
+    assert signed(-0.00001) == "+0.000" and signed(-0.5) == "-0.500" and signed(0.25) == "+0.250"

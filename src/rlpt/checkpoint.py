@@ -103,6 +103,20 @@ def source(path: str) -> str:
     return str(latest_checkpoint) if latest_checkpoint is not None else path
 
 
+def run_config(path: str):
+    """The resolved config of the run that a command's model argument belongs to (a run folder, or a checkpoint
+    folder inside one), or None (a model folder, an exported one, a `builtin:` name)."""
+    from rlpt import config as config_lib
+
+    if path.startswith("builtin:"):
+        return None
+    folder = Path(path)
+    for run_dir in (folder, folder.parent.parent):
+        if (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints").is_dir():
+            return config_lib.load(str(run_dir / "config.yaml"))
+    return None
+
+
 def latest(run_dir: Path) -> Path | None:
     """The newest complete checkpoint, or None."""
     pointer = run_dir / "checkpoints" / "latest"

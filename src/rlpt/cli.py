@@ -90,8 +90,10 @@ def cmd_eval(args) -> int:
     from rlpt import checkpoint, evaluate
     from rlpt.models import load_model_and_tokenizer
 
+    if args.reward_tokens is not None and args.reward_tokens < 1:
+        raise UserError("--reward-tokens must be >= 1")
+    questions, documents = evaluate.load_eval_set(args.tasks, args.max_questions)  # read before a model is built
     model, tokenizer, think = load_model_and_tokenizer(checkpoint.source(args.model))
-    questions, documents = evaluate.load_eval_set(args.tasks, args.max_questions)
     result = {"model": args.model, "tasks": args.tasks, "think": args.think}
     if questions:
         qa = evaluate.exact_match_accuracy(model, tokenizer, think, questions, use_thought=args.think,
@@ -102,11 +104,12 @@ def cmd_eval(args) -> int:
             for q, o, c in list(zip(questions, qa["outputs"], qa["correct"]))[:5]
         ]
     if documents:
-        rule = args.positions or ("after:=" if args.tasks.startswith("builtin:") else "all")
-        contexts = evaluate.document_contexts(tokenizer, documents, rule, args.max_positions)
+        rule, tokens, origin = document_scoring(args, checkpoint.run_config(args.model))
+        contexts = evaluate.document_contexts(tokenizer, documents, rule, args.max_positions, tokens)
         if not contexts:
             raise UserError(f"--tasks {args.tasks}: no usable position under rule {rule!r}")
-        result.update(evaluate.intrinsic(model, tokenizer, think, contexts, max_thought_tokens=args.max_thought_tokens))
+        result.update(evaluate.intrinsic(model, tokenizer, think, contexts, max_thought_tokens=args.max_thought_tokens),
+                      position_rule=rule, reward_tokens=tokens, scoring_from=origin)
         if not questions:
             result.update(accuracy=result["next_token_acc_think" if args.think else "next_token_acc"], n=result["positions"])
     text = json.dumps(result, indent=1)
@@ -114,6 +117,33 @@ def cmd_eval(args) -> int:
         Path(args.output).write_text(text + "\n")
     print(text if args.json else eval_summary(result, bool(questions)))
     return 0
+
+
+# the documents of the built-in sets are `question answer.`: a thought before the answer, scoring all of it (up to 4
+# digits and the period, cut at the document's end), as RLP (K = answer) trains in `rlpt experiment`
+BUILTIN_SCORING = ("first:=", 5)
+
+
+def document_scoring(args, run) -> tuple[str, int, str]:
+    """Where and what the intrinsic metric scores: the position rule, the tokens scored from x_t on, and where they
+    come from. By default what the model's run trained on (its rlp.positions and rlp.reward_tokens); for a model of
+    no run, the answer of a built-in set's documents, or every position of one's own documents, one token each.
+    --positions and --reward-tokens override."""
+    if run is not None:
+        rule, tokens, origin = run.rlp.positions, run.rlp.reward_tokens, "rlp.positions and rlp.reward_tokens of the run"
+    elif args.tasks.startswith("builtin:"):
+        (rule, tokens), origin = BUILTIN_SCORING, "the built-in set's answers"
+    else:
+        rule, tokens, origin = "all", 1, "every position"
+    if args.positions or args.reward_tokens:
+        origin = "as asked"
+    return args.positions or rule, args.reward_tokens or tokens, origin
+
+
+def describe_positions(rule: str) -> str:
+    kind, _, text = rule.partition(":")
+    return {"all": "every position", "first": f"the first token after {text!r}",
+            "after": f"every token after {text!r}"}.get(kind, f"positions {rule}")
 
 
 def eval_summary(result: dict, has_questions: bool) -> str:
@@ -129,11 +159,15 @@ def eval_summary(result: dict, has_questions: bool) -> str:
             thought = f" <think>{example['thought']}</think>" if result["think"] else ""
             lines.append(f"    {example['question']}{thought} {example['predicted']}  ({mark}; answer {example['answer']})")
     if "logp_think" in result:
-        gain = result["logp_think"] - result["logp_nothink"]
-        reading = "a thought helps predict it" if gain > 0 else "the model's thoughts do not help it predict it"
-        lines.append(f"  the next token of {result['positions']} document positions: mean log-likelihood "
-                     f"{result['logp_think']:.3f} nats after a greedy thought, {result['logp_nothink']:.3f} without "
-                     f"({gain:+.3f}: {reading})")
+        gain, half = result["logp_think"] - result["logp_nothink"], result["gain_ci95"]
+        reading = ("a thought helps predict it" if gain > half else "a thought makes it less likely" if gain < -half
+                   else "no clear difference")
+        tokens = result["reward_tokens"]
+        what = "the next token" if tokens == 1 else f"the next {tokens} tokens (fewer at a document's end)"
+        lines.append(f"  {what} at {result['positions']} positions, {describe_positions(result['position_rule'])} "
+                     f"({result['scoring_from']}): mean log-likelihood {result['logp_think']:.3f} nats after a "
+                     f"greedy thought, {result['logp_nothink']:.3f} without ({gain:+.3f}, 95% interval +-{half:.3f}: "
+                     f"{reading})")
         lines.append(f"  next-token accuracy: {100 * result['next_token_acc_think']:.1f}% after a thought, "
                      f"{100 * result['next_token_acc']:.1f}% without")
     return "\n".join(lines)
@@ -147,6 +181,11 @@ def cmd_sample(args) -> int:
     from rlpt.rollout import Context, RolloutSpec
     from rlpt.rollout.reference import ReferenceEngine
 
+    if args.reward_tokens is not None and args.reward_tokens < 1:
+        raise UserError("--reward-tokens must be >= 1")
+    run = checkpoint.run_config(args.model)  # score as the run did: its reward's tokens, discount and baseline
+    tokens = args.reward_tokens or (run.rlp.reward_tokens if run else 1)
+    temperature = args.temperature if args.temperature is not None else (run.rlp.temperature if run else 0.7)
     folder = checkpoint.source(args.model)
     model, tokenizer, think = load_model_and_tokenizer(folder)
     teacher, teacher_name = model, "the model itself (the folder has no EMA teacher)"
@@ -157,12 +196,13 @@ def cmd_sample(args) -> int:
     full = tokenizer(args.prefix + args.next)["input_ids"]
     if full[: len(prefix)] != prefix or len(full) <= len(prefix):
         raise UserError("--next: the prefix and next text do not split at a token boundary; choose another split")
-    target = full[len(prefix)]
+    scored = full[len(prefix) : len(prefix) + tokens]
     spec = RolloutSpec(group_size=args.num_thoughts, max_thought_tokens=args.max_thought_tokens,
-                       temperature=args.temperature, think=think, pad_id=tokenizer.pad_token_id)
-    context = Context(doc=0, position=len(prefix), prefix=tuple(prefix), target=target)
-    rollouts = ReferenceEngine().rollout(model, teacher, [context], spec,
-                                         temperature_sampler(args.temperature, args.seed))
+                       temperature=temperature, think=think, pad_id=tokenizer.pad_token_id,
+                       baseline_excludes_think=run.rlp.baseline_excludes_think if run else False,
+                       reward_discount=run.rlp.reward_discount if run else 1.0)
+    context = Context(doc=0, position=len(prefix), prefix=tuple(prefix), target=scored[0], continuation=tuple(scored[1:]))
+    rollouts = ReferenceEngine().rollout(model, teacher, [context], spec, temperature_sampler(temperature, args.seed))
     rewards = information_gain(rollouts.s_pred, rollouts.s_ema)
     advantages = group_advantages(rewards)[0]
     rows = [
@@ -170,18 +210,28 @@ def cmd_sample(args) -> int:
              s_ema=rollouts.s_ema[0].item(), reward=rewards[0, i].item(), advantage=advantages[i].item())
         for i, t in enumerate(rollouts.thoughts)
     ]
+    scored_text = tokenizer.decode(scored)
     if args.json:
-        print(json.dumps(dict(prefix=args.prefix, next_token=tokenizer.decode([target]), teacher=teacher_name,
-                              thoughts=rows), indent=1))
+        print(json.dumps(dict(prefix=args.prefix, next_token=tokenizer.decode(scored[:1]), scored=scored_text,
+                              reward_tokens=len(scored), temperature=temperature, teacher=teacher_name, thoughts=rows),
+                         indent=1))
         return 0
-    print(f"x_<t = {args.prefix!r}   x_t = {tokenizer.decode([target])!r}   teacher: {teacher_name}")
+    source = " (the run's rlp.reward_tokens)" if run and not args.reward_tokens else ""
+    print(f"x_<t = {args.prefix!r}   scored: {scored_text!r}, {len(scored)} token{'s' if len(scored) > 1 else ''}"
+          f"{source}   temperature {temperature:g}   teacher: {teacher_name}")
     print(f"S_ema = {rows[0]['s_ema']:+.3f}")
     for row in sorted(rows, key=lambda r: -r["reward"]):
-        print(f"  reward {row['reward']:+.3f}  advantage {row['advantage']:+.3f}  S_pred {row['s_pred']:+.3f}  "
+        print(f"  reward {signed(row['reward'])}  advantage {signed(row['advantage'])}  S_pred {signed(row['s_pred'])}  "
               f"<think>{row['thought']}")
     if len({tuple(row["thought_ids"]) for row in rows}) == 1:
         print(f"  all {len(rows)} thoughts are the same: their advantages are 0, and RLP learns nothing at this position")
     return 0
+
+
+def signed(value: float, decimals: int = 3) -> str:
+    """`+1.234`; a value that rounds to zero prints `+0.000`, never `-0.000`."""
+    text = f"{value:+.{decimals}f}"
+    return "+" + text[1:] if float(text) == 0 else text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,7 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print the JSON result instead of the summary")
     ev.add_argument("--max-questions", type=int, default=256)
     ev.add_argument("--max-positions", type=int, default=512, help="document positions for the intrinsic metric")
-    ev.add_argument("--positions", help="position rule for documents (default all; after:= for the builtin sets)")
+    ev.add_argument("--positions", help="position rule for documents (default: the run's rlp.positions; first:= for "
+                    "the builtin sets; else all)")
+    ev.add_argument("--reward-tokens", type=int, help="tokens scored from x_t on (default: the run's rlp.reward_tokens; "
+                    "5, the answer, for the builtin sets; else 1)")
     ev.add_argument("--max-thought-tokens", type=int, default=64)
     ev.set_defaults(func=cmd_eval)
 
@@ -226,7 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--next", required=True, help="the text that follows; its first token is x_t")
     sample.add_argument("--num-thoughts", type=int, default=8)
     sample.add_argument("--max-thought-tokens", type=int, default=64)
-    sample.add_argument("--temperature", type=float, default=0.7)
+    sample.add_argument("--temperature", type=float, help="default: the run's rlp.temperature, else 0.7")
+    sample.add_argument("--reward-tokens", type=int, help="tokens of --next scored (default: the run's "
+                        "rlp.reward_tokens, else 1: the next token)")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--json", action="store_true", help="print one JSON object")
     sample.set_defaults(func=cmd_sample)

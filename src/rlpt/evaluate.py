@@ -14,7 +14,7 @@ from rlpt.documents import Document, first_position_after, jsonl_records
 from rlpt.errors import UserError
 from rlpt.generation import Chooser, decode, greedy
 from rlpt.models import ThinkTokens
-from rlpt.rollout.reference import last_token_logprobs
+from rlpt.rollout.reference import continuation_logprobs
 from rlpt.suites import SUITES, thought_matches
 
 MAX_ANSWER_TOKENS = 24
@@ -73,33 +73,48 @@ def exact_match_accuracy(model, tokenizer, think: ThinkTokens, tasks: list[dict]
 
 
 @torch.no_grad()
-def intrinsic(model, tokenizer, think: ThinkTokens, contexts, *, max_thought_tokens: int, batch_size: int = 256) -> dict:
-    """Mean log p(x_t | x_<t) without a thought and with a greedy thought, and next-token accuracy of both, over
-    `contexts` (rlpt.rollout.Context)."""
+def intrinsic(model, tokenizer, think, contexts, *, max_thought_tokens: int, batch_size: int = 256) -> dict:
+    """Over `contexts` (rlpt.rollout.Context): the mean log-likelihood of what each one scores (x_t, and the tokens
+    after it for a reward of K tokens, teacher-forced) without a thought and after a greedy thought, the 95% interval
+    half-width of their mean difference (the information gain of thinking), and the accuracy of both at predicting
+    x_t."""
     pad = tokenizer.pad_token_id
     nothink, withthink, hit_nothink, hit_think = [], [], [], []
     for start in range(0, len(contexts), batch_size):
         chunk = contexts[start : start + batch_size]
         targets = torch.tensor([c.target for c in chunk])
-        plain = last_token_logprobs(model, [list(c.prefix) for c in chunk], pad).cpu()
+        scored = [c.scored for c in chunk]
+        plain, plain_next = continuation_logprobs(model, [list(c.prefix) for c in chunk], scored, pad)
         prompts = [list(c.prefix) + [think.open_id] for c in chunk]
         thoughts = decode(model, prompts, max_new_tokens=max_thought_tokens, stop_ids=[think.close_id], choose=greedy,
                           pad_id=pad, banned_first_ids=[think.close_id])
         closed = [p + t + ([] if t[-1] == think.close_id else [think.close_id]) for p, t in zip(prompts, thoughts)]
-        thought = last_token_logprobs(model, closed, pad).cpu()
-        nothink += plain.gather(1, targets[:, None]).squeeze(1).tolist()
-        withthink += thought.gather(1, targets[:, None]).squeeze(1).tolist()
-        hit_nothink += (plain.argmax(-1) == targets).tolist()
-        hit_think += (thought.argmax(-1) == targets).tolist()
+        thought, thought_next = continuation_logprobs(model, closed, scored, pad)
+        nothink += plain.cpu().tolist()
+        withthink += thought.cpu().tolist()
+        hit_nothink += (plain_next.cpu().argmax(-1) == targets).tolist()
+        hit_think += (thought_next.cpu().argmax(-1) == targets).tolist()
     n = max(1, len(contexts))
+    gains = [w - p for w, p in zip(withthink, nothink)]
     return dict(
-        positions=len(contexts), logp_nothink=sum(nothink) / n, logp_think=sum(withthink) / n,
+        positions=len(contexts), scored_tokens=max((len(c.scored) for c in contexts), default=0),
+        logp_nothink=sum(nothink) / n, logp_think=sum(withthink) / n, gain_ci95=mean_interval(gains),
         next_token_acc=sum(hit_nothink) / n, next_token_acc_think=sum(hit_think) / n,
     )
 
 
-def document_contexts(tokenizer, texts: list[str], rule: str, limit: int) -> list:
-    """The first `limit` (document, position) contexts of `texts` under a position rule (seeded, step 0)."""
+def mean_interval(values: list[float]) -> float:
+    """Half-width of the 95% interval of the mean of `values` (normal approximation; inf for fewer than 2)."""
+    n = len(values)
+    if n < 2:
+        return float("inf")
+    mean = sum(values) / n
+    return 1.96 * (sum((v - mean) ** 2 for v in values) / (n - 1) / n) ** 0.5
+
+
+def document_contexts(tokenizer, texts: list[str], rule: str, limit: int, reward_tokens: int = 1) -> list:
+    """The first `limit` (document, position) contexts of `texts` under a position rule (seeded, step 0), each
+    scoring `reward_tokens` tokens from x_t on."""
     marker = after_marker(rule)
     docs = []
     for text in texts:
@@ -107,7 +122,7 @@ def document_contexts(tokenizer, texts: list[str], rule: str, limit: int) -> lis
         ids = tokenizer(text)["input_ids"]
         if first is not None and len(ids) >= 2:
             docs.append(Document(ids, "eval", first))
-    return make_contexts(docs, rule, seed=0, step=0)[:limit]
+    return make_contexts(docs, rule, seed=0, step=0, reward_tokens=reward_tokens)[:limit]
 
 
 def check_eval_set(spec: str, key: str = "--tasks") -> None:
