@@ -69,3 +69,19 @@ def test_a_corpus_smaller_than_a_batch_still_trains():
 
     batches = shuffled_batches([[1, 2, 3]] * 3, 16, random.Random(0))
     assert sorted(next(batches)) == [0, 1, 2]  # not an endless search for a full batch
+
+
+def test_continued_pretraining_runs_without_dropout_as_rlp_does(tmp_path):
+    """GPT-2 applies dropout 0.1 in training mode; RLP's policy runs without it, so CPT must too: every dropout module
+    it runs is in eval mode."""
+    from conftest import save_tiny
+    from rlpt.models import load_model_and_tokenizer
+
+    model, tok, _ = load_model_and_tokenizer(save_tiny(tmp_path / "gpt2", "gpt2"))
+    seen = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.register_forward_pre_hook(lambda m, args: seen.append(m.training))
+    docs = [tok(f"{a}+{a}={2 * a}.")["input_ids"] for a in range(100, 110)]
+    continued_pretraining(model, docs, 100, batch_size=4, lr=1e-3, pad_id=tok.pad_token_id, seed=0, desc="cpt")
+    assert seen and not any(seen)

@@ -120,3 +120,22 @@ def test_math_heldout_additions_were_never_in_the_builtin_tiny_warm_start():
     seen = {d.split("<think>")[0].split("=")[0] + "=" for d in arith.warm_start_documents(40_000, 0, 0.5)}
     heldout = {q["question"] for q in get_suite("math").heldout_questions(300) if "+" in q["question"]}
     assert len(heldout) > 100 and not heldout & seen
+
+
+def test_no_heldout_question_has_its_commuted_twin_in_a_training_corpus():
+    """`194+641=` held out while `641+194=` is trained on would leak the answer: the split is by the unordered pair,
+    for the math suite and for builtin:arith (builtin:tiny's warm start) alike."""
+    from rlpt import arith
+
+    def twin(question):
+        a, b = question.rstrip("=").split("+")
+        return f"{b}+{a}="
+
+    for heldout, corpora in (
+        ([q["question"] for q in get_suite("math").heldout_questions(300) if "+" in q["question"]],
+         get_suite("math").training_documents(5000) + get_suite("math").warm_start_documents(5000, 0, 0.5)),
+        ([q["question"] for q in arith.heldout_questions(300)],
+         arith.rlp_documents(20_000) + arith.warm_start_documents(40_000, 0, 0.8, 0.6)),
+    ):
+        seen = {d.split("<think>")[0].split("=")[0] + "=" for d in corpora}
+        assert len(heldout) >= 100 and not {twin(q) for q in heldout} & seen

@@ -8,7 +8,8 @@ Three views of the same problems:
   the wrong sums spell, so the model writes right and wrong thoughts and copies its thought's answer;
 - questions `{"question": "347+185=", "answer": "532"}`: the held-out evaluation set.
 
-Problems are split by a hash of the operands, so the held-out questions never appear in either corpus.
+Problems are split by a hash of the unordered operand pair, so neither a held-out question nor its commuted twin
+appears in any corpus.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ HELDOUT_PER_MILLE = 100  # ~10% of all (a, b) pairs are held out for evaluation
 
 
 def is_heldout(a: int, b: int) -> bool:
-    """Deterministic split of operand pairs (Knuth's multiplicative hash)."""
-    return ((a * 1009 + b) * 2654435761) % 2**32 % 1000 < HELDOUT_PER_MILLE
+    """Deterministic split of unordered operand pairs (Knuth's multiplicative hash): `194+641` and `641+194` fall on
+    the same side, so no held-out question has its commuted twin in a training corpus."""
+    low, high = min(a, b), max(a, b)
+    return ((low * 1009 + high) * 2654435761) % 2**32 % 1000 < HELDOUT_PER_MILLE
 
 
 def problems(n: int, seed: int, heldout: bool) -> list[tuple[int, int]]:

@@ -70,13 +70,14 @@ def train_next_token(
 ) -> list[float]:
     """Train `model` for `steps` AdamW steps on shuffled, padded batches of `docs` (epochs repeat as needed).
     Documents are not packed together: a tiny model learns the task far slower when it must also learn to ignore the
-    document before (measured on the arithmetic warm start). `after_step(step, losses)`, when given, is called after
-    every step (1-based), the model in eval mode, e.g. to score it along the way.
-    Returns the loss of every step."""
+    document before (measured on the arithmetic warm start). The model stays in eval mode, without dropout, as RLP's
+    policy runs: CPT and RLP then differ in their objective alone (GPT-2's dropout of 0.1 would otherwise be on in
+    one and off in the other). `after_step(step, losses)`, when given, is called after every step (1-based), e.g. to
+    score the model along the way. Returns the loss of every step."""
     batches = shuffled_batches(docs, batch_size, random.Random(seed))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     losses = []
-    model.train()
+    model.eval()
     bar = tqdm(range(steps), desc=desc, dynamic_ncols=True, mininterval=1.0)
     for step in bar:
         ids, mask = right_pad([docs[i] for i in next(batches)], pad_id)
@@ -91,8 +92,5 @@ def train_next_token(
         if step % 20 == 0:
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         if after_step is not None:
-            model.eval()
             after_step(step + 1, losses)
-            model.train()
-    model.eval()
     return losses

@@ -26,7 +26,7 @@ SPECIAL = ["<pad>", "<bos>", "<eos>", "<unk>", THINK_OPEN, THINK_CLOSE]
 
 RECIPES = {
     "tiny": dict(
-        version=2,
+        version=3,  # 3: the held-out split is by unordered operand pair (no commuted twin in the warm start)
         hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4, max_position_embeddings=512,
         warm_start_documents=40_000, think_fraction=0.8, carry_forgotten=0.6,
         steps=600, batch_size=64, lr=3e-3, seed=0,

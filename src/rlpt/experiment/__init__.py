@@ -30,7 +30,8 @@ from rlpt.errors import UserError
 from rlpt.experiment.budgets import BUDGETS, Budget
 from rlpt.experiment.paired import paired_difference, variance_shares
 from rlpt.experiment.report import ABLATION_G, ABLATION_L, LABELS, METHODS, headline, mean_std, plots, report
-from rlpt.experiment.scoring import EvalSet, curve, evaluate_model, file_eval_set, greedy_accuracy_of, suite_eval_set
+from rlpt.experiment.scoring import (EvalSet, curve, evaluate_model, file_eval_set, greedy_accuracy_of, suite_eval_set,
+                                    suite_training_set)
 from rlpt.models import load_model_and_tokenizer
 from rlpt.suites import get_suite
 
@@ -49,7 +50,8 @@ def warm_start(folder: Path, suites, eval_sets: list[EvalSet], budget: Budget, s
     """Base: next-token training on the suites' warm-start corpora, of `budget.warm_from` (builtin:tiny, which
     already knows addition with worked thoughts: from scratch, a tiny model takes thousands of steps to learn the
     format) or of a freshly initialised model of the same architecture. Its convergence curve, the mean loss and
-    greedy accuracy with thinking on the held-out sets at `budget.curve_points` points, lands in `warm_start.json`."""
+    greedy accuracy with thinking on `eval_sets` (training-side problems, which the budget's length is chosen on, and
+    the held-out sets, for information) at `budget.curve_points` points, lands in `warm_start.json`."""
     from transformers import AutoModelForCausalLM
 
     from rlpt.models import resolve_model_path
@@ -152,7 +154,8 @@ class Plan:
             from rlpt.models import resolve_model_path
 
             return Path(resolve_model_path(self.model))
-        return build_folder(self.models(seed) / "base", lambda tmp: warm_start(tmp, self.suites, self.eval_sets, self.budget, seed))
+        curve_sets = [suite_training_set(s, self.budget.selection_questions) for s in self.suites] + self.eval_sets
+        return build_folder(self.models(seed) / "base", lambda tmp: warm_start(tmp, self.suites, curve_sets, self.budget, seed))
 
     def rl_config(self, base: Path, seed: int, reward: str, **rlp):
         positions = {} if self.suites else {"positions": "all"}  # the suites' answers follow "="; a user corpus: all

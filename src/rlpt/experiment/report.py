@@ -51,6 +51,11 @@ def paired_table(paired: dict) -> str:
     return "\n".join(lines)
 
 
+def curve_names(points: list[dict]) -> list[str]:
+    """The sets a warm-start curve scored (every key of a point but its step and loss)."""
+    return [k for k in points[0] if k not in ("step", "loss")]
+
+
 def seed_share_line(paired: dict) -> str:
     """How much of the intervals' variance the seeds make (the rest: the finite question set), over the table's cells."""
     shares = sorted(100 * cell["variance_shares"]["seeds"] for rows in paired.values() for cell in rows.values()
@@ -106,11 +111,11 @@ def plots(results: dict, folder: Path) -> list[Path]:
         for seed in seeds:
             points = seed["warm_start"]
             loss_ax.plot([p["step"] for p in points], [p["loss"] for p in points], "-o", label=f"seed {seed['seed']}")
-            for name in names:
+            for name in curve_names(points):
                 acc_ax.plot([p["step"] for p in points], [100 * p[name] for p in points], "-o",
                             label=f"{name}, seed {seed['seed']}")
         loss_ax.set(title="Warm start: next-token loss", xlabel="step", ylabel="mean loss since the last point")
-        acc_ax.set(title="Warm start: greedy accuracy, thinking", xlabel="step", ylabel="% of held-out questions")
+        acc_ax.set(title="Warm start: greedy accuracy, thinking", xlabel="step", ylabel="% of questions")
         loss_ax.legend(fontsize=7)
         acc_ax.legend(fontsize=7)
         save(fig, "warm_start.png")
@@ -143,11 +148,14 @@ def report(results: dict, plot_files: list[Path], output: Path) -> str:
     for title, metric in sections:
         parts += [title, "", markdown_table(per_seed, names, metric), ""]
     if per_seed[0].get("warm_start"):
-        parts += ["Base's warm start (seed 0): mean next-token loss since the last point, greedy accuracy with thinking "
-                  "on the held-out questions, %:", "", "| step | loss | " + " | ".join(names) + " |",
-                  "|---" * (len(names) + 2) + "|"]
-        parts += [f"| {p['step']} | {p['loss']:.4f} | " + " | ".join(f"{100 * p[n]:.1f}" for n in names) + " |"
-                  for p in per_seed[0]["warm_start"]]
+        points = per_seed[0]["warm_start"]
+        columns = curve_names(points)
+        parts += ["Base's warm start (seed 0): mean next-token loss since the last point, greedy accuracy with thinking, "
+                  "%, on training-side problems (the budget's length is chosen on these) and on the held-out questions "
+                  "(for information):", "", "| step | loss | " + " | ".join(columns) + " |",
+                  "|---" * (len(columns) + 2) + "|"]
+        parts += [f"| {p['step']} | {p['loss']:.4f} | " + " | ".join(f"{100 * p[n]:.1f}" for n in columns) + " |"
+                  for p in points]
         parts.append("")
     resampled = "questions and seeds" if len(per_seed) > 1 else "questions; one seed"
     for reference, paired in results["paired"].items():

@@ -30,6 +30,15 @@ def suite_eval_set(suite, questions: int) -> EvalSet:
     return EvalSet(suite.name.capitalize(), suite.heldout_problems(questions))
 
 
+SELECTION_SEED = 777  # the training-side problems that settings are judged on (docs/experiments.md)
+
+
+def suite_training_set(suite, questions: int) -> EvalSet:
+    """Training-side problems of a suite, the side its corpora come from: what the warm start's length and other
+    settings are judged on, never the held-out questions."""
+    return EvalSet(f"{suite.name.capitalize()} (training side)", suite.problems(questions, SELECTION_SEED, heldout=False))
+
+
 def file_eval_set(path: str, questions: int) -> EvalSet:
     pairs, _ = load_eval_set(path, questions)
     if not pairs:
