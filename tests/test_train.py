@@ -153,6 +153,40 @@ def test_bad_inputs_fail_before_any_model_is_built(tmp_path, monkeypatch, capsys
     assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()  # nothing built, nothing written
 
 
+@pytest.mark.parametrize("file, content, settings, message", [
+    ("empty.txt", "", [], "empty.txt: the file is empty"),
+    ("bad.jsonl", '{"text": "1+1=2."}\n{oops\n', [], "bad.jsonl:2: malformed JSON line"),
+    ("blank.jsonl", '{"text": "  "}\n', [], "blank.jsonl:1: the document is empty"),
+    ("field.jsonl", '{"body": "1+1=2."}\n', [], "field.jsonl:1: no string field 'text'"),
+    ("nomark.jsonl", '{"text": "no marker here"}\n', ["rlp.positions=first:="], "has no usable position after '='"),
+])
+def test_bad_corpus_content_fails_before_any_model_is_built(tmp_path, monkeypatch, capsys, file, content, settings,
+                                                            message):
+    """An empty file, a malformed JSONL line, an empty document, a missing text field or a marker no document holds:
+    each was found only once the built-in model had been warmed up (minutes on a fresh machine)."""
+    monkeypatch.setenv("RLPT_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / file).write_text(content)
+    for key in ("data.path", "train.next_token_data"):
+        if key == "train.next_token_data" and settings:
+            continue  # a next-token corpus has no positions
+        args = ["train", "--output", str(tmp_path / "run"), "--set", f"{key}={tmp_path / file}"]
+        for setting in settings:
+            args += ["--set", setting]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
+
+
+def test_a_malformed_evaluation_file_fails_before_any_model_is_built(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RLPT_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "qa.jsonl").write_text('{"question": "1+1=", "answer": "2"}\n{"q": 1}\n')
+    assert main(["train", "--output", str(tmp_path / "run"), "--set", f"eval.tasks={tmp_path / 'qa.jsonl'}"]) == 2
+    assert main(["eval", "--model", "builtin:tiny", "--tasks", str(tmp_path / "qa.jsonl")]) == 2
+    assert capsys.readouterr().err.count("qa.jsonl:2: expected") == 2
+    assert not (tmp_path / "cache").exists()
+
+
 def test_pretrain_warm_starts_a_model_on_documents(tmp_path, llama_dir, capsys):
     corpus = tmp_path / "worked.jsonl"
     corpus.write_text("".join(json.dumps({"text": f"{a}+{a}=<think>{a}+{a}={2 * a}</think>{2 * a}."}) + "\n"

@@ -61,7 +61,7 @@ def cmd_pretrain(args) -> int:
     from rlpt.pretrain import train_next_token
 
     check_model_source(args.model)
-    check_corpus(args.data, "--data")
+    check_corpus(DataConfig(path=args.data, max_length=args.max_length), "--data")
     output = Path(args.output)
     if (output / "config.json").is_file():
         raise UserError(f"--output: {output} already holds a model")

@@ -74,16 +74,43 @@ def verne_texts() -> list[tuple[str, str]]:
 BUILTIN_CORPORA = ["arith", "arith-worked", "arith-warm", "shakespeare", "verne", *SUITES]
 
 
-def check_corpus(path: str, key: str = "data.path") -> None:
-    """What `load_documents` would refuse for want of a file or a name, found before any model is built."""
+CHECK_RECORDS = 100_000  # per file: a bad record found in seconds, without reading a huge corpus twice
+
+
+def check_corpus(data_cfg, key: str = "data.path", marker: str | None = None) -> None:
+    """What `load_documents` would refuse, found before any model is built (on a fresh machine, before minutes of
+    warming up `builtin:tiny`): an unknown name, a missing or empty file, a malformed JSONL line or one without its
+    text field, an empty document, and (for `after:`/`first:` rules) a corpus where no document holds `marker`. The
+    records of a text or JSONL file are read as text, the first CHECK_RECORDS of each file; what only the tokenizer
+    can tell (a document shorter than 2 tokens) shows when the corpus is tokenised."""
     from rlpt.corpus import is_saved_dataset
 
+    path = data_cfg.path
     if path.startswith("builtin:"):
         if path.removeprefix("builtin:") not in BUILTIN_CORPORA:
             raise UserError(f"{key}: unknown built-in corpus {path!r} (known: "
                             + ", ".join(f"builtin:{n}" for n in BUILTIN_CORPORA) + ")")
     elif not path.startswith("reasoning_gym:") and not is_saved_dataset(Path(path).expanduser()):
-        resolve_files(path, key)
+        check_records(resolve_files(path, key), data_cfg, key, marker)
+
+
+def check_records(files: list[Path], data_cfg, key: str, marker: str | None) -> None:
+    from rlpt.corpus import is_dataset_file, records, source_name
+
+    marker_seen, read_whole = marker is None, True
+    for file in files:
+        if is_dataset_file(file):  # read through `datasets` when tokenised
+            read_whole = False
+            continue
+        for count, (label, text) in enumerate(records(file, data_cfg)):
+            if not text.strip():
+                raise UserError(f"{source_name(str(file), label)}: the document is empty")
+            marker_seen = marker_seen or marker in text
+            if count + 1 >= CHECK_RECORDS:
+                read_whole = False
+                break
+    if not marker_seen and read_whole:
+        raise UserError(f"{key}: {data_cfg.path} has no usable position after {marker!r} (no document holds it)")
 
 
 def builtin_texts(name: str) -> list[tuple[str, str]]:

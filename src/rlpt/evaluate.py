@@ -126,20 +126,43 @@ def document_contexts(tokenizer, texts: list[str], rule: str, limit: int, reward
 
 
 def check_eval_set(spec: str, key: str = "--tasks") -> None:
-    """What `load_eval_set` would refuse for want of a file or a name, found before any model is built."""
+    """What `load_eval_set` would refuse, found before any model is built: an unknown name, a missing file, a
+    malformed or unrecognised line (the file is read)."""
     name = spec.removeprefix("builtin:")
     if spec.startswith("builtin:") and name != "arith" and name not in SUITES:
         raise UserError(f"{key}: unknown built-in set {spec!r} (known: builtin:arith, "
                         + ", ".join(f"builtin:{s}" for s in SUITES) + ")")
-    if not spec.startswith(("builtin:", "reasoning_gym:")) and not Path(spec).expanduser().is_file():
+    if not spec.startswith(("builtin:", "reasoning_gym:")):
+        read_eval_file(eval_file(spec, key))
+
+
+def eval_file(spec: str, key: str = "--tasks") -> Path:
+    path = Path(spec).expanduser()
+    if not path.is_file():
         raise UserError(f"{key}: {spec} is not a file")
+    return path
+
+
+def read_eval_file(path: Path) -> tuple[list[dict], list[str]]:
+    """(questions, documents) of a JSONL file: lines {"question": ..., "answer": ...} are questions (a "thought"
+    field is kept, to count right thoughts), lines {"text": ...} documents; any other line is an error naming it."""
+    questions, documents = [], []
+    for number, record in jsonl_records(path):
+        if isinstance(record, dict) and "question" in record and "answer" in record:
+            questions.append({"question": str(record["question"]), "answer": str(record["answer"]),
+                              **({"thought": str(record["thought"])} if "thought" in record else {})})
+        elif isinstance(record, dict) and isinstance(record.get("text"), str):
+            documents.append(record["text"])
+        else:
+            raise UserError(f"{path}:{number}: expected {{'question': ..., 'answer': ...}} or {{'text': ...}}")
+    return questions, documents
 
 
 def load_eval_set(spec: str, limit: int | None = None, corpus: str | None = None) -> tuple[list[dict], list[str]]:
     """(questions, documents) of an evaluation set. `builtin:arith`: the held-out questions, and the same problems
     as documents. `reasoning_gym:NAME?size=N&seed=S`: generated problems, scored by the generator's checker, without
     those whose question occurs in `corpus` (the training corpus, when it is a reasoning_gym one). A JSONL
-    file: lines {"question": ..., "answer": ...} are questions, lines {"text": ...} documents."""
+    file: see `read_eval_file`."""
     name = spec.removeprefix("builtin:")
     if spec.startswith("reasoning_gym:"):
         from rlpt import rgym
@@ -149,14 +172,5 @@ def load_eval_set(spec: str, limit: int | None = None, corpus: str | None = None
     if spec.startswith("builtin:") and (name == "arith" or name in SUITES):
         questions = arith.heldout_questions(limit or 256) if name == "arith" else SUITES[name].heldout_questions(limit or 256)
         return questions, [q["question"] + q["answer"] + "." for q in questions]
-    check_eval_set(spec)
-    questions, documents = [], []
-    for number, record in jsonl_records(Path(spec)):
-        if isinstance(record, dict) and "question" in record and "answer" in record:
-            questions.append({"question": str(record["question"]), "answer": str(record["answer"]),
-                              **({"thought": str(record["thought"])} if "thought" in record else {})})
-        elif isinstance(record, dict) and isinstance(record.get("text"), str):
-            documents.append(record["text"])
-        else:
-            raise UserError(f"{spec}:{number}: expected {{'question': ..., 'answer': ...}} or {{'text': ...}}")
+    questions, documents = read_eval_file(eval_file(spec))
     return questions[:limit] if limit else questions, documents[:limit] if limit else documents
