@@ -30,3 +30,20 @@ def test_export_a_run_then_load_it_with_transformers(llama_dir, tmp_path, capsys
     assert "exists and is not empty" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
     assert "neither a run folder with a checkpoint nor a model folder" in capsys.readouterr().err
+
+
+def test_written_model_folders_are_readable_under_the_users_umask(llama_dir, tmp_path):
+    """A folder built through a temporary one (0700), holding weights that safetensors writes 0600, gets the
+    permissions of a new file: 0755 / 0644 under umask 022."""
+    import os
+    import stat
+
+    from rlpt.export import export
+
+    old = os.umask(0o022)
+    try:
+        out = export(llama_dir, tmp_path / "exported")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert stat.S_IMODE((out / "model.safetensors").stat().st_mode) == 0o644

@@ -203,3 +203,32 @@ def test_pretrain_warm_starts_a_model_on_documents(tmp_path, llama_dir, capsys):
     assert main(["pretrain", "--model", llama_dir, "--data", str(corpus), "--output", str(out)]) == 2  # kept
     assert main(["pretrain", "--model", llama_dir, "--data", "nothing.jsonl", "--output", str(tmp_path / "x")]) == 2
     assert "--data: nothing.jsonl is not a file" in capsys.readouterr().err
+
+
+def test_a_run_that_fails_before_its_first_step_leaves_no_folder(llama_dir, tmp_path, monkeypatch, capsys):
+    from rlpt import run as run_module
+    from rlpt.errors import UserError
+
+    def broken(*args, **kwargs):
+        raise UserError("corpus.txt:3: document shorter than 2 tokens")
+
+    monkeypatch.setattr(run_module, "load_documents", broken)
+    assert main(["train", "--output", str(tmp_path / "run"), "--set", f"model.name_or_path={llama_dir}"]) == 2
+    assert "shorter than 2 tokens" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_a_corpus_smaller_than_a_step_is_said_and_one_step_is_singular(llama_dir, tmp_path, capsys):
+    corpus = tmp_path / "one.txt"
+    corpus.write_text("12+34=46.")
+    assert main(["train", "--output", str(tmp_path / "run"), "--set", f"model.name_or_path={llama_dir}",
+                 "--set", f"data.path={corpus}", "--set", "train.batch_documents=2", "--set", "train.max_steps=1",
+                 "--set", "rlp.group_size=2", "--set", "rlp.max_thought_tokens=2", "--set", "rlp.positions=random:1",
+                 "--set", "eval.tasks="]) == 0
+    out = capsys.readouterr().out
+    assert "holds 1 document window and a step takes 2" in out and "finished 1 step ->" in out
+
+
+def test_model_flag_errors_name_the_flag(tmp_path, capsys):
+    for command in (["eval", "--tasks", "builtin:arith"], ["sample", "--prefix", "1+1=", "--next", "2"]):
+        assert main([*command, "--model", str(tmp_path / "nothing")]) == 2
+        assert capsys.readouterr().err.startswith("rlpt: error: --model:")

@@ -227,6 +227,10 @@ def run(args) -> int:
     engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
     if not engines or set(engines) - set(ENGINES):
         raise UserError(f"--engines {args.engines!r}: name engines of " + ", ".join(ENGINES))
+    if args.model and args.model != "builtin:llama-10m":
+        from rlpt.models import check_model_source
+
+        check_model_source(args.model, "--model")
     torch.manual_seed(0)
     chosen = [args.docs, args.positions, args.group_size, args.thought_tokens]
     if args.json or any(v is not None for v in chosen):

@@ -40,6 +40,17 @@ def remove_abandoned_builds(folder: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def usual_permissions(folder: Path) -> None:
+    """Give `folder` and everything in it the permissions a new file or folder gets under the user's umask: a
+    temporary folder is made 0700, and safetensors writes its weights 0600, so a model folder written through one
+    was unreadable to the user's group."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (folder, *folder.rglob("*")):
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 def build_folder(folder: Path, build, marker: str = "config.json") -> Path:
     """A folder written whole or not at all: `build(tmp)` writes into a temporary sibling, which is renamed to
     `folder` when complete. A folder that already holds `marker` (a model's config.json) is kept as it is."""
@@ -50,6 +61,7 @@ def build_folder(folder: Path, build, marker: str = "config.json") -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-pid{os.getpid()}-", dir=folder.parent))
     try:
         build(tmp)
+        usual_permissions(tmp)
         os.replace(tmp, folder)  # also replaces an empty folder
     except OSError:
         if not (folder / marker).is_file():  # a concurrent build may have won the rename

@@ -35,6 +35,7 @@ def save(run_dir: Path, step: int, model, tokenizer, ema, optimizer, state: dict
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
     from rlpt import lora
+    from rlpt.cache import usual_permissions
     from rlpt.distributed import World, barrier
 
     world = world or World()
@@ -67,6 +68,7 @@ def save(run_dir: Path, step: int, model, tokenizer, ema, optimizer, state: dict
         torch.save(rng, tmp / "rng.pt")
         (tmp / "random_state.json").write_text(json.dumps(random.getstate()))
         (tmp / "trainer_state.json").write_text(json.dumps({**state, "step": step}, indent=1))
+        usual_permissions(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

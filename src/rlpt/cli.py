@@ -60,7 +60,7 @@ def cmd_pretrain(args) -> int:
     from rlpt.models import check_model_source, load_model_and_tokenizer
     from rlpt.pretrain import train_next_token
 
-    check_model_source(args.model)
+    check_model_source(args.model, "--model")
     check_corpus(DataConfig(path=args.data, max_length=args.max_length), "--data")
     output = Path(args.output)
     if (output / "config.json").is_file():
@@ -88,10 +88,11 @@ def cmd_pretrain(args) -> int:
 
 def cmd_eval(args) -> int:
     from rlpt import checkpoint, evaluate
-    from rlpt.models import load_model_and_tokenizer
+    from rlpt.models import check_model_source, load_model_and_tokenizer
 
     if args.reward_tokens is not None and args.reward_tokens < 1:
         raise UserError("--reward-tokens must be >= 1")
+    check_model_source(checkpoint.source(args.model), "--model")
     questions, documents = evaluate.load_eval_set(args.tasks, args.max_questions)  # read before a model is built
     model, tokenizer, think = load_model_and_tokenizer(checkpoint.source(args.model))
     result = {"model": args.model, "tasks": args.tasks, "think": args.think}
@@ -176,7 +177,7 @@ def eval_summary(result: dict, has_questions: bool) -> str:
 def cmd_sample(args) -> int:
     from rlpt import checkpoint
     from rlpt.generation import temperature_sampler
-    from rlpt.models import load_model_and_tokenizer, load_teacher
+    from rlpt.models import check_model_source, load_model_and_tokenizer, load_teacher
     from rlpt.objective import group_advantages, information_gain
     from rlpt.rollout import Context, RolloutSpec
     from rlpt.rollout.reference import ReferenceEngine
@@ -187,6 +188,7 @@ def cmd_sample(args) -> int:
     tokens = args.reward_tokens or (run.rlp.reward_tokens if run else 1)
     temperature = args.temperature if args.temperature is not None else (run.rlp.temperature if run else 0.7)
     folder = checkpoint.source(args.model)
+    check_model_source(folder, "--model")
     model, tokenizer, think = load_model_and_tokenizer(folder)
     teacher, teacher_name = model, "the model itself (the folder has no EMA teacher)"
     saved = None if folder.startswith("builtin:") else load_teacher(Path(folder), model)

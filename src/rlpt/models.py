@@ -52,22 +52,23 @@ def resolve_model_path(name_or_path: str) -> str:
     return str(folder)
 
 
-def check_model_source(name_or_path: str) -> None:
-    """What `resolve_model_path` would refuse, found without building, converting or loading anything."""
+def check_model_source(name_or_path: str, key: str = "model.name_or_path") -> None:
+    """What `resolve_model_path` would refuse, found without building, converting or loading anything; the error
+    names `key`, the setting or flag that gave the model."""
     from rlpt import gguf
     from rlpt.tiny import RECIPES
 
     if name_or_path == "builtin:smollm2-135m":
-        gguf.smollm2_file()
+        gguf.smollm2_file(key)
     elif name_or_path.startswith("builtin:"):
         if name_or_path.removeprefix("builtin:") not in RECIPES:
-            raise UserError(f"model.name_or_path: unknown built-in model {name_or_path!r} "
+            raise UserError(f"{key}: unknown built-in model {name_or_path!r} "
                             f"(known: {', '.join('builtin:' + n for n in [*RECIPES, 'smollm2-135m'])})")
     elif name_or_path.endswith(".gguf"):
         if not Path(name_or_path).expanduser().is_file():
-            raise UserError(f"model.name_or_path: {name_or_path} does not exist")
+            raise UserError(f"{key}: {name_or_path} does not exist")
     elif not (Path(name_or_path).expanduser() / "config.json").is_file():
-        raise UserError(f"model.name_or_path: {name_or_path!r} is not a local Hugging Face model folder (no config.json)")
+        raise UserError(f"{key}: {name_or_path!r} is not a local Hugging Face model folder (no config.json)")
 
 
 def load_tokenizer(folder: str):

@@ -108,6 +108,30 @@ def prepare_run_dir(cfg, run_dir: Path, fresh: bool) -> Path | None:
 
 
 def train_in(world: distributed.World, cfg, run_dir: Path, device: torch.device, fresh: bool) -> dict:
+    created = not run_dir.exists()
+    try:
+        return train_in_folder(world, cfg, run_dir, device, fresh)
+    except BaseException:
+        if world.main:
+            discard_if_unstarted(run_dir, created)
+        raise
+
+
+def discard_if_unstarted(run_dir: Path, created: bool) -> None:
+    """A run that failed before its first step (a bad corpus found while tokenising, a model that does not load,
+    Ctrl-C in the warm start) leaves no folder holding only its config.yaml; one with a step or a checkpoint is kept
+    as it is."""
+    metrics = run_dir / "metrics.jsonl"
+    if checkpoint.latest(run_dir) is not None or (metrics.is_file() and metrics.stat().st_size):
+        return
+    for name in ("config.yaml", *RUN_FILES):
+        target = run_dir / name
+        shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+    if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
+
+
+def train_in_folder(world: distributed.World, cfg, run_dir: Path, device: torch.device, fresh: bool) -> dict:
     resume_from = prepare_run_dir(cfg, run_dir, fresh) if world.main else None
     resume_from = distributed.all_gather(resume_from)[0]  # rank 0 decides, every rank follows
     torch.manual_seed(cfg.train.seed)
@@ -121,6 +145,10 @@ def train_in(world: distributed.World, cfg, run_dir: Path, device: torch.device,
         next_token_documents = (load_documents(dataclasses.replace(cfg.data, path=cfg.train.next_token_data), tokenizer)
                                 if cfg.train.next_token_data else [])
     probe = make_contexts(documents[:PROBE_DOCUMENTS], cfg.rlp.positions, cfg.train.seed, step=-1)
+    per_step = cfg.train.batch_documents * world.size
+    if world.main and len(documents) < per_step:
+        print(f"rlpt: note: the corpus holds {len(documents)} document window{'s' if len(documents) != 1 else ''} and a "
+              f"step takes {per_step} (train.batch_documents x processes): windows repeat within a step", flush=True)
 
     engine = make_engine(cfg.rlp.engine, policy, cfg.rlp.compile_decoding)  # probes the unwrapped model
     if cfg.train.gradient_checkpointing and not checkpointing_keeps_dropout_off(policy):
@@ -230,7 +258,7 @@ def format_summary(summary: dict, run_dir: Path) -> str:
         head = (f"rlpt: {run_dir} is already at train.max_steps = {summary['steps']}: nothing to train (raise "
                 "train.max_steps to go on, or --fresh to start over). Its summary:")
     else:
-        head = f"rlpt: finished {summary['steps']} steps -> {run_dir}"
+        head = f"rlpt: finished {summary['steps']} step{'s' if summary['steps'] != 1 else ''} -> {run_dir}"
     lines = [head]
     n = summary.get("window", 10)  # a summary written before the window was recorded: 10 steps
     for key in ("reward_mean_first", "reward_mean_last"):

@@ -256,6 +256,14 @@ def run(suite_names: list[str], seeds: int, budget_name: str, output: Path, abla
         raise UserError("--model is needed when no --suite gives a warm-start corpus")
     if data is None and not suites:
         raise UserError("--data is needed when no --suite gives a training corpus")
+    if model is not None:  # checked before any warm start or training
+        from rlpt.models import check_model_source
+
+        check_model_source(model, "--model")
+    if data is not None:
+        from rlpt.data import check_corpus
+
+        check_corpus(config_lib.DataConfig(path=data), "--data")
     began = time.perf_counter()
     output.mkdir(parents=True, exist_ok=True)
     corpus = data
