@@ -13,21 +13,42 @@ import html
 import json
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 from rlpt.errors import UserError
 
-PLOTS = [  # (title, metrics drawn together)
-    ("reward (information gain, nats)", ["reward_mean"]),
-    ("groups whose rewards differ (the rest teach nothing)", ["groups_with_signal"]),
-    ("S_pred and S_ema (log p of the next token)", ["s_pred_mean", "s_ema_mean"]),
-    ("loss", ["loss"]),
-    ("thought length (tokens)", ["thought_len_mean"]),
-    ("thoughts cut at the limit", ["thought_truncated_frac"]),
-    ("gradient norm", ["grad_norm"]),
-    ("clipped token fraction", ["clip_frac"]),
-    ("seconds per step", ["step_seconds"]),
-]
+@dataclass(frozen=True)
+class Plot:
+    title: str
+    keys: list[str]  # metrics drawn together
+    note: str = ""  # a line under the plot: how to read it
+    from_zero: bool = True  # the y axis includes 0 (a flat series near 27 is not drawn as a 26.96-27.04 swing)
+    least_span: float = 0.0  # the y axis spans at least this much (so float noise around 0 stays flat)
+
+
+def plots_of(cfg) -> list[Plot]:
+    """The metric plots, titled for the run's settings (`cfg`: its config, or None when it cannot be read)."""
+    tokens = cfg.rlp.reward_tokens if cfg else 1
+    scored = "the next token" if tokens == 1 else f"the next {tokens} tokens"
+    one_update = cfg is None or cfg.rlp.updates_per_batch == 1
+    loss_note = ("About 0 by construction: with one update a batch the ratio is 1 and a group's advantages sum to 0, "
+                 "so the loss is 0 up to float noise; its gradient, the policy gradient, is not." if one_update else
+                 "The clipped surrogate, averaged over the updates of a batch.")
+    return [
+        Plot("reward (information gain, nats)", ["reward_mean"], from_zero=False),
+        Plot("groups whose rewards differ (the rest teach nothing)", ["groups_with_signal"], least_span=1.0),
+        Plot(f"S_pred and S_ema (log p of {scored})", ["s_pred_mean", "s_ema_mean"]),
+        Plot("loss", ["loss"], least_span=0.02, note=loss_note),
+        Plot("next-token term's loss (train.next_token_data)", ["next_token_loss"]),
+        Plot("thought length (tokens)", ["thought_len_mean"]),
+        Plot("thoughts cut at the limit", ["thought_truncated_frac"], least_span=1.0),
+        Plot("gradient norm", ["grad_norm"]),
+        Plot("clipped token fraction", ["clip_frac"], least_span=0.01),
+        Plot("seconds per step", ["step_seconds"]),
+    ]
+
+
 SIGNAL_WARNING = 0.5  # below this mean share of groups with signal, most of a run learns nothing
 NO_SIGNAL = ("WARNING: in most groups the rewards are (nearly) equal: the thoughts agree, or differ only where the "
              "scored tokens do not depend on them, so there is nothing to learn from (advantages about 0). Score more "
@@ -60,15 +81,23 @@ def nice_ticks(low: float, high: float, count: int = 4) -> tuple[list[float], in
     return ticks, max(0, -math.floor(math.log10(step) + 1e-9))
 
 
-def svg_plot(title: str, history: list[dict], keys: list[str], width: int = 420, height: int = 200) -> str:
-    """A line plot of `keys` against the step, as an inline SVG, with round ticks on both axes."""
-    series = [(k, [(r["step"], r[k]) for r in history if isinstance(r.get(k), (int, float))]) for k in keys]
+def svg_plot(plot: Plot, history: list[dict], width: int = 420, height: int = 200) -> str:
+    """A line plot of the plot's keys against the step, as an inline SVG, with round ticks on both axes; "" when no
+    row holds them."""
+    series = [(k, [(r["step"], r[k]) for r in history if isinstance(r.get(k), (int, float))]) for k in plot.keys]
     points = [p for _, s in series for p in s]
     if not points:
         return ""
     x_ticks, _ = nice_ticks(min(p[0] for p in points), max(max(p[0] for p in points), min(p[0] for p in points) + 1))
     x_ticks = [t for t in x_ticks if t == int(t)] or x_ticks  # steps are whole numbers
-    y_ticks, decimals = nice_ticks(min(p[1] for p in points), max(p[1] for p in points))
+    low, high = min(p[1] for p in points), max(p[1] for p in points)
+    if plot.from_zero:
+        low, high = min(low, 0.0), max(high, 0.0)
+    if high - low < plot.least_span:  # from 0 where 0 bounds the data, else centred on it
+        middle = (low + high) / 2
+        low, high = (0.0, plot.least_span) if plot.from_zero and low >= 0 else (middle - plot.least_span / 2,
+                                                                             middle + plot.least_span / 2)
+    y_ticks, decimals = nice_ticks(low, high)
     x0, x1, y0, y1 = x_ticks[0], x_ticks[-1], y_ticks[0], y_ticks[-1]
     left, top, plot_w, plot_h = 60, 24, width - 70, height - 50
 
@@ -92,62 +121,93 @@ def svg_plot(title: str, history: list[dict], keys: list[str], width: int = 420,
     legend = " ".join(f'<tspan fill="{COLOURS[i % len(COLOURS)]}">{html.escape(k)}</tspan>' for i, (k, _) in enumerate(series))
     return (
         f'<svg class="plot" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">'
-        f'<title>{html.escape(title)}</title>'
-        f'<text x="{left}" y="14" font-size="12" font-weight="bold">{html.escape(title)}</text>'
+        f'<title>{html.escape(plot.title)}</title>'
+        f'<text x="{left}" y="14" font-size="12" font-weight="bold">{html.escape(plot.title)}</text>'
         f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#bbb"/>' + axes
         + "".join(lines) + f'<text x="{left}" y="{height - 4}" font-size="10">step; {legend}</text></svg>'
     )
 
 
-def gain_by_position(rollouts: list[dict]) -> dict[str, dict[int, tuple[float, int]]]:
-    """doc -> position -> (mean reward over every thought placed there, number of thoughts)."""
+def plot_figure(plot: Plot, history: list[dict]) -> str:
+    """The plot with its note under it; "" when no row holds its metrics."""
+    svg = svg_plot(plot, history)
+    note = f"<figcaption>{html.escape(plot.note)}</figcaption>" if plot.note else ""
+    return f'<figure class="metric">{svg}{note}</figure>' if svg else ""
+
+
+DOCUMENTS_SHOWN = 6  # in "where thinking helps": those with the most positions thought about
+
+
+def gain_by_token(rollouts: list[dict], scored_tokens: int = 1) -> dict[str, dict[int, tuple[float, int]]]:
+    """doc -> token index -> (mean reward of the thoughts whose reward scored that token, their number): a thought at
+    t scores tokens t .. t + scored_tokens - 1 (`rlp.reward_tokens`; the document's end cuts the span, and no token
+    past it is ever asked for)."""
     sums: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for row in rollouts:
-        sums[row["doc"]][row["position"]].append(row["reward"])
+        for k in range(scored_tokens):
+            sums[row["doc"]][row["position"] + k].append(row["reward"])
     return {doc: {t: (sum(v) / len(v), len(v)) for t, v in by_t.items()} for doc, by_t in sums.items()}
 
 
-def document_tokens(run_dir: Path, source: str, longest: int) -> list[str] | None:
-    """The tokens of the run's document `source` (read again through the run's config and tokenizer), or None when
-    the corpus or the tokenizer is not at hand any more."""
-    from rlpt import checkpoint, config as config_lib
+def documents_of_run(run_dir: Path, cfg, sources: list[str]) -> dict[str, list[str]]:
+    """The tokens of the run's documents `sources` (read again through the run's config and tokenizer); none when the
+    corpus or the tokenizer is not at hand any more."""
+    from rlpt import checkpoint
     from rlpt.data import after_marker, load_documents
     from rlpt.models import load_tokenizer, resolve_model_path
 
     try:
-        cfg = config_lib.load(str(run_dir / "config.yaml"))
         latest = checkpoint.latest(run_dir)
         tokenizer = load_tokenizer(str(latest) if latest else resolve_model_path(cfg.model.name_or_path))
         documents = load_documents(cfg.data, tokenizer, after_marker(cfg.rlp.positions))
     except (UserError, OSError):
-        return None
-    match = next((d for d in documents if d.source == source and len(d.ids) > longest), None)
-    return [tokenizer.decode([i]) for i in match.ids] if match else None
+        return {}
+    wanted, found = set(sources), {}
+    for document in documents:
+        if document.source in wanted and document.source not in found:
+            found[document.source] = [tokenizer.decode([i]) for i in document.ids]
+            if len(found) == len(wanted):
+                break
+    return found
 
 
-def where_thinking_helps(run_dir: Path, rollouts: list[dict]) -> str:
-    gains = gain_by_position(rollouts)
-    if not gains:
-        return "<p>No rollouts: train with <code>--set train.dump_rollouts=true</code> to see them here.</p>"
-    source = max(gains, key=lambda d: (len(gains[d]), d))  # the document with the most positions thought about
-    tokens = document_tokens(run_dir, source, max(gains[source]))
-    if tokens is None:
-        return f"<p>The document {html.escape(source)} could not be read again (its corpus or tokenizer is gone).</p>"
-    scale = max(abs(g) for g, _ in gains[source].values()) or 1.0
+def shaded_document(tokens: list[str], gains: dict[int, tuple[float, int]], scale: float) -> str:
     spans = []
     for t, token in enumerate(tokens):
         text = html.escape(token).replace("\n", "&#x21b5;<br>")
-        if t in gains[source]:
-            gain, count = gains[source][t]
+        if t in gains:
+            gain, count = gains[t]
             hue = 210 if gain >= 0 else 25
             alpha = 0.15 + 0.85 * abs(gain) / scale
             spans.append(f'<span class="tok gain" style="background:hsla({hue},80%,50%,{alpha:.2f})" '
-                         f'title="t = {t}: mean information gain {gain:+.4f} nats over {count} thoughts">{text}</span>')
+                         f'title="token {t}: mean information gain {gain:+.4f} nats over {count} thoughts">{text}</span>')
         else:
             spans.append(f'<span class="tok">{text}</span>')
-    return (f"<p>{html.escape(source)}: each token on which thoughts were scored is shaded by the mean information gain "
-            f"of those thoughts (blue: thinking made the token likelier; orange: less likely; the strongest is "
-            f"{scale:.3f} nats). Hover for the numbers.</p><div class=\"doc\">{''.join(spans)}</div>")
+    return "".join(spans)
+
+
+def where_thinking_helps(run_dir: Path, rollouts: list[dict], cfg) -> str:
+    if not rollouts:
+        return "<p>No rollouts: train with <code>--set train.dump_rollouts=true</code> to see them here.</p>"
+    if cfg is None:
+        return "<p>The run's config.yaml could not be read, so its documents cannot be shown.</p>"
+    tokens_scored = cfg.rlp.reward_tokens
+    gains = gain_by_token(rollouts, tokens_scored)
+    positions = defaultdict(set)
+    for row in rollouts:
+        positions[row["doc"]].add(row["position"])
+    shown = sorted(positions, key=lambda d: (-len(positions[d]), d))[:DOCUMENTS_SHOWN]
+    texts = documents_of_run(run_dir, cfg, shown)
+    if not texts:
+        return "<p>The run's documents could not be read again (its corpus or tokenizer is gone).</p>"
+    scale = max(abs(g) for doc in texts for g, _ in gains[doc].values()) or 1.0
+    scored = "the token" if tokens_scored == 1 else f"the {tokens_scored} tokens from it on (rlp.reward_tokens)"
+    blocks = "".join(f'<p class="source">{html.escape(doc)}</p><div class="doc">{shaded_document(texts[doc], gains[doc], scale)}</div>'
+                     for doc in shown if doc in texts)
+    return (f"<p>The {len(texts)} documents with the most positions thought about. A thought placed before a token is "
+            f"rewarded for how much likelier it makes {scored}; each token is shaded by the mean information gain of "
+            f"the thoughts whose reward scored it (blue: thinking made it likelier; orange: less likely; the strongest "
+            f"is {scale:.3f} nats). Hover for the numbers.</p>{blocks}")
 
 
 PAGE = """<!DOCTYPE html>
@@ -160,6 +220,9 @@ td, th {{ border: 1px solid #ddd; padding: 3px 6px; vertical-align: top; }}
 td.thought {{ font-family: monospace; white-space: pre-wrap; max-width: 60em; }}
 .doc {{ font-family: monospace; line-height: 1.8; max-width: 80em; }}
 .tok {{ white-space: pre; }}
+figure.metric {{ margin: 0; max-width: 420px; }}
+figcaption {{ font-size: 12px; color: #555; }}
+p.source {{ font-size: 12px; color: #555; margin-bottom: 0.2em; }}
 </style></head><body>
 <h1>rlpt report: {title}</h1>
 <p>{summary}</p>
@@ -177,6 +240,7 @@ teaches nothing).</p>
 <script type="application/json" id="rollout-data">{rollouts}</script>
 <script>
 const rows = JSON.parse(document.getElementById("rollout-data").textContent);
+function signed(v) {{ const text = v.toFixed(4); return Number(text) === 0 ? "0.0000" : (v > 0 ? "+" : "") + text; }}
 const steps = [...new Set(rows.map(r => r.step))].sort((a, b) => a - b);
 const select = document.getElementById("step");
 for (const s of steps) {{ const o = document.createElement("option"); o.value = s; o.textContent = s; select.appendChild(o); }}
@@ -193,7 +257,7 @@ function show(step) {{
     }}
     for (const [text, cls] of [[`${{r.doc}}, t = ${{r.position}}`, ""], [r.context ?? "", "thought"],
                                [r.scored ?? "", "thought"], [r.thought_text, "thought"],
-                               [r.reward.toFixed(4), ""], [r.advantage.toFixed(4), ""]]) {{
+                               [signed(r.reward), ""], [signed(r.advantage), ""]]) {{
       const td = document.createElement("td"); td.textContent = text; if (cls) td.className = cls; tr.appendChild(td);
     }}
     body.appendChild(tr);
@@ -230,12 +294,30 @@ def build(run_dir: Path) -> str:
                      f"{100 * summary['accuracy_think_after']:.1f}%")
     keys = ("step", "doc", "position", "context", "scored", "thought_text", "reward", "advantage")
     data = json.dumps([{k: r[k] for k in keys if k in r} for r in shown])
+    cfg = run_config(run_dir)
     return PAGE.format(
         title=html.escape(run_dir.name), summary=html.escape("; ".join(facts)),
-        plots="".join(svg_plot(title, history, keys) for title, keys in PLOTS),
-        helps=where_thinking_helps(run_dir, rollouts), rollouts=data.replace("</", "<\\/"),
+        plots="".join(plot_figure(plot, history) for plot in plots_of(cfg)),
+        helps=where_thinking_helps(run_dir, rollouts, cfg), rollouts=script_safe(data),
         floor=ADVANTAGE_FLOOR, full=ADVANTAGE_FULL,
     )
+
+
+def script_safe(data: str) -> str:
+    """JSON to embed in a `<script>` element: every `<` as its JSON escape, so that no text in the data (web text
+    holds `<!--<script>` and `</script>`) can end the element or switch the HTML parser into another state. `<` only
+    occurs inside JSON strings, where `\\u003c` reads back as the same character."""
+    return data.replace("<", "\\u003c")
+
+
+def run_config(run_dir: Path):
+    """The run's config, or None when its config.yaml is missing or no longer reads."""
+    from rlpt import config as config_lib
+
+    try:
+        return config_lib.load(str(run_dir / "config.yaml"))
+    except (UserError, OSError):
+        return None
 
 
 def write(run_dir: Path, out: Path | None = None) -> Path:
