@@ -221,3 +221,65 @@ def test_the_probe_catches_a_window_the_packed_path_gets_wrong(tmp_path, monkeyp
     monkeypatch.setattr(SharedPrefix, "window_masks", no_window)
     assert not supports_shared_prefix(model)
 
+
+
+def test_static_decoding_serves_later_batches_of_the_same_shape(llama_dir, monkeypatch):
+    """Compiled decoding keeps one set of fixed-address inputs per shape (a CUDA graph is captured once per shape, not
+    once per batch): a second batch of the same shapes copies its documents' keys and values, masks and positions
+    in and draws what the eager engine draws; a batch of another shape gets its own. (The step is run uncompiled
+    here: what is tested is the copying.)"""
+    from rlpt.rollout import packed
+
+    monkeypatch.setattr(PackedEngine, "compiled_step", lambda self, device: packed.fixed_width_step)
+    model, tok, think = load_model_and_tokenizer(llama_dir)
+    spec = RolloutSpec(group_size=3, max_thought_tokens=5, temperature=0.7, think=think, pad_id=tok.pad_token_id)
+    engine = PackedEngine(compile_decoding=True)
+    batches = [["123+456=579.", "5+5=10.wxyz"], ["987+654=1641", "3+9=12.abcd"], ["12+34=46."]]  # equal lengths, then not
+    for step, texts in enumerate(batches):
+        docs = [Document(tok(t)["input_ids"], f"d{i}") for i, t in enumerate(texts)]
+        contexts = make_contexts(docs, "list:4,7", seed=0, step=step, reward_tokens=2)
+        eager = PackedEngine().rollout(model, model, contexts, spec, early_ending_sampler(step, think.close_id))
+        static = engine.rollout(model, model, contexts, spec, early_ending_sampler(step, think.close_id))
+        assert static.thoughts == eager.thoughts and len({len(t) for t in eager.thoughts}) >= 2
+        torch.testing.assert_close(static.s_pred, eager.s_pred, atol=1e-5, rtol=0)
+        assert len(engine.static_steps) == (1 if step < 2 else 2)
+
+
+def test_a_failed_capture_restores_the_stream(monkeypatch):
+    """torch raises from capture_end() before it restores the stream: the fallback must not go on running on the
+    capture stream. (CUDA's stream calls are stood in for, so this runs without a GPU.)"""
+    from contextlib import contextmanager
+
+    from rlpt.rollout import packed
+
+    class Stream:
+        def __init__(self, name="side"):
+            self.name = name
+
+        def wait_stream(self, other):
+            pass
+
+    main = Stream("main")
+    current = [main]
+
+    @contextmanager
+    def on(stream):
+        before, current[0] = current[0], stream
+        yield
+        current[0] = before
+
+    @contextmanager
+    def graph(g):
+        current[0] = Stream("capture")
+        yield
+        raise RuntimeError("operation not permitted when stream is capturing")  # capture_end, stream not restored
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: current[0])
+    monkeypatch.setattr(torch.cuda, "set_stream", lambda stream: current.__setitem__(0, stream))
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "stream", on)
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", object)
+    with pytest.warns(UserWarning, match="could not be captured"):
+        assert packed.captured_graph(lambda: torch.zeros(1)) is None
+    assert current[0] is main

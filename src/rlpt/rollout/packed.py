@@ -27,6 +27,8 @@ start-up; the trainer then uses the reference engine and says so.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 from transformers.cache_utils import DynamicCache
 
@@ -57,6 +59,7 @@ def documents_of(contexts, scored: bool = False) -> tuple[list[list[int]], list[
     return [list(longest[doc]) for doc in order], [index[c.doc] for c in contexts]
 
 
+STATIC_SHAPES = 4  # compiled decoding keeps the inputs (and CUDA graph) of this many shapes for later batches
 PROBE_LENGTH = 24  # document tokens beyond the model's sliding window (if any) in the start-up probe
 PROBE_MAX_WINDOW = 4096  # a wider window is probed at this length: the probe stays one short forward
 
@@ -120,35 +123,74 @@ def document_prefix(model, doc_ids, doc_mask, row_doc, row_t) -> SharedPrefix:
     return SharedPrefix(out.get(name), row_doc, row_t)
 
 
-def cuda_graph_of(step, write_at: torch.Tensor, feed_in: torch.Tensor):
-    """`next_logits(feed, step)` replaying `step()` as one CUDA graph: a decoding step of a small model is hundreds
-    of kernel launches, which the GPU otherwise waits on one by one. Captured once per batch (its shapes are fixed
-    for the batch), after two warm-up runs on a side stream that also compile it; the warm-ups write the cache slot
-    of step 0, which step 0 then overwrites. None, with a warning, when the step cannot be captured."""
+def captured_graph(step):
+    """(graph, logits): `step()` captured as one CUDA graph, after two warm-up runs on a side stream (which also
+    compile it); None, with a warning, when it cannot be captured. A decoding step of a small model is hundreds of
+    kernel launches, which the GPU otherwise waits on one by one."""
     import warnings
 
+    stream = torch.cuda.current_stream()
     try:
         side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
+        side.wait_stream(stream)
         with torch.cuda.stream(side):
             for _ in range(2):
                 step()
-        torch.cuda.current_stream().wait_stream(side)
+        stream.wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             logits = step()
     except RuntimeError as exc:
+        torch.cuda.set_stream(stream)  # an invalidated capture raises in capture_end, before the stream is restored
         warnings.warn(f"rlp.compile_decoding: the decoding step could not be captured as a CUDA graph ({exc}); "
-                      "it runs compiled, without a graph", stacklevel=2)
+                      "it runs compiled, without a graph", stacklevel=3)
         return None
+    return graph, logits
 
-    def next_logits(feed, at: int):
-        write_at.fill_(at)
-        feed_in.copy_(feed)
+
+def shape_key(prefix: SharedPrefix, rows: int, capacity: int) -> tuple:
+    """What a decoding step's shapes (and the Python values it is traced with) depend on."""
+    return (rows, capacity, prefix.rows_per_doc, prefix.identity, prefix.keys[0].dtype, prefix.keys[0].device,
+            tuple(k.shape for k in prefix.keys), tuple(v.shape for v in prefix.values), tuple(prefix.doc_mask.shape))
+
+
+class StaticDecoding:
+    """A compiled decoding step whose every input lives at a fixed address: the documents' keys and values, the
+    rows' masks and positions, the own-token cache, the fed token and the slot written. A later batch of the same
+    shapes copies its inputs in (`load`) and runs the same step; on a GPU the step is captured as a CUDA graph once
+    per shape, not once per batch (a capture synchronises the device and empties its cache)."""
+
+    def __init__(self, step_fn, policy, prefix: SharedPrefix, capacity: int, capture: bool):
+        rows, device = prefix.row_t.numel(), prefix.row_t.device
+        self.prefix = prefix  # the first batch's tensors become the fixed ones
+        self.write_at = torch.zeros(1, dtype=torch.long, device=device)
+        self.feed = torch.zeros(rows, dtype=torch.long, device=device)
+        cache, cache_name = own_tokens_cache(prefix, rows, capacity, self.write_at), cache_kwarg(policy)
+        slots = torch.arange(capacity, device=device)
+        dtype = next(policy.parameters()).dtype
+
+        def step():
+            own_mask = additive_mask((slots <= self.write_at)[None, None, :].expand(rows, 1, -1), dtype)
+            return step_fn(policy, self.feed, prefix.row_t + self.write_at, own_mask, cache, prefix, cache_name)
+
+        self.step, self.graph = step, captured_graph(step) if capture else None
+
+    def load(self, prefix: SharedPrefix) -> None:
+        """Copy another batch's inputs (of the same shapes) into the fixed ones."""
+        fixed = self.prefix
+        for mine, theirs in zip(fixed.keys + fixed.values, prefix.keys + prefix.values):
+            mine.copy_(theirs)
+        for name in ("row_t", "slot", "doc_mask"):
+            getattr(fixed, name).copy_(getattr(prefix, name))
+
+    def next_logits(self, feed: torch.Tensor, step: int) -> torch.Tensor:
+        self.write_at.fill_(step)
+        self.feed.copy_(feed)
+        if self.graph is None:
+            return self.step()
+        graph, logits = self.graph
         graph.replay()
         return logits.clone()  # the next replay writes over `logits`
-
-    return next_logits
 
 
 class PackedEngine:
@@ -159,9 +201,10 @@ class PackedEngine:
         # steps in bench/vs_trl.py's dense setting), after 10-60 s of compiling at the first batch and at the first
         # batch of another shape (that one compiles with dynamic shapes, so there is no third). On CPU the graph's
         # wrapper is C++ (`cpp_wrapper`): the Python one adds a fixed cost to every step. On a GPU the compiled step
-        # is also captured as a CUDA graph per batch (`cuda_graph_of`), so a step is one launch.
+        # is also captured as a CUDA graph once per shape (`StaticDecoding`), so a step is one launch.
         self.compile_decoding = compile_decoding
         self.compiled_steps = {}  # device type -> the compiled `fixed_width_step`
+        self.static_steps = OrderedDict()  # shape_key -> StaticDecoding, the most recently used last
 
     def compiled_step(self, device: torch.device):
         if device.type not in self.compiled_steps:
@@ -259,25 +302,18 @@ class PackedEngine:
         if not self.compile_decoding:
             cache = own_tokens_cache(prefix, N, capacity)
             return lambda feed, step: rows_over_documents(policy, feed[:, None], row_t, prefix, cache, True).logits[:, -1]
-        write_at = torch.zeros(1, dtype=torch.long, device=row_t.device)
-        cache, cache_name = own_tokens_cache(prefix, N, capacity, write_at), cache_kwarg(policy)
-        slots = torch.arange(capacity, device=row_t.device)
-        dtype = next(policy.parameters()).dtype
-        step_fn = self.compiled_step(row_t.device)
-        feed_in = torch.zeros(N, dtype=torch.long, device=row_t.device)
-
-        def step_at_write_at():  # every input a tensor at a fixed address: the step can be replayed as a CUDA graph
-            own_mask = additive_mask((slots <= write_at)[None, None, :].expand(N, 1, -1), dtype)
-            return step_fn(policy, feed_in, row_t + write_at, own_mask, cache, prefix, cache_name)
-
-        def next_logits(feed, step):
-            write_at.fill_(step)
-            feed_in.copy_(feed)
-            return step_at_write_at()
-
-        if row_t.device.type == "cuda":
-            return cuda_graph_of(step_at_write_at, write_at, feed_in) or next_logits
-        return next_logits
+        key = shape_key(prefix, N, capacity)
+        static = self.static_steps.get(key)
+        if static is None:
+            static = StaticDecoding(self.compiled_step(row_t.device), policy, prefix, capacity,
+                                    capture=row_t.device.type == "cuda")
+            self.static_steps[key] = static
+            while len(self.static_steps) > STATIC_SHAPES:  # each holds its buffers (and a graph's memory pool)
+                self.static_steps.popitem(last=False)
+        else:
+            static.load(prefix)
+            self.static_steps.move_to_end(key)
+        return static.next_logits
 
     def thought_logprobs(self, model, rollouts: Rollouts, rows: list[int], spec: RolloutSpec):
         """Tempered log-probs (N, L) of the thought tokens of `rows` (with grad) and their mask (N, L).
