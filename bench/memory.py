@@ -96,7 +96,7 @@ def one_step(vocab: int, next_token: bool, full_logits: bool) -> dict:
     model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                          num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True))
     think = ensure_think_tokens(model, tokenizer)
-    cfg = config_lib.load(None, ["rlp.group_size=4", "rlp.max_thought_tokens=16", "rlp.positions=first:=",
+    cfg = config_lib.paper_defaults(["rlp.group_size=4", "rlp.max_thought_tokens=16", "rlp.positions=first:=",
                                  "train.batch_documents=2", "eval.tasks=", "train.next_token_documents=16",
                                  "data.path=builtin:arith"])
     documents = load_documents(cfg.data, tokenizer, "=")

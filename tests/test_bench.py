@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from rlpt.bench import spread_positions
 from rlpt.cli import main
 
@@ -16,6 +18,27 @@ def test_bench_json_keys(llama_dir, capsys):
     assert abs(result["speedup"] - result["reference_step_s"] / result["packed_step_s"]) < 1e-9
     # both engines sampled the same thoughts: the same number of thought tokens
     assert result["reference_thought_tokens"] == result["packed_thought_tokens"]
+
+
+def test_the_benchmarks_workload_is_the_papers_not_the_demos(monkeypatch):
+    """The timed step runs the paper's reward (one token) at temperature 0.7 whatever the built-in demo's settings
+    are: when the demo took a 5-token reward, the benchmark silently ran 4 more decoding steps a batch and read as
+    the packed engine 8-12% slower."""
+    from rlpt import bench, config
+
+    class Seen(Exception):
+        pass
+
+    def trainer(cfg, *args):
+        raise Seen(cfg)
+
+    monkeypatch.setattr(bench, "RlpTrainer", trainer)
+    monkeypatch.setitem(config.BUILTIN_DEFAULT, "rlp", {**config.BUILTIN_DEFAULT["rlp"], "reward_tokens": 7})
+    with pytest.raises(Seen) as seen:
+        bench.time_rlp(None, None, None, None, [None], "list:1", 2, 3, 1, None)
+    cfg = seen.value.args[0]
+    assert (cfg.rlp.reward_tokens, cfg.rlp.temperature, cfg.train.next_token_data) == (1, 0.7, "")
+    assert "rlp.reward_tokens=1" in bench.WORKLOAD
 
 
 def test_spread_positions():

@@ -244,6 +244,16 @@ def is_builtin_demo(path: str | None, overrides: list[str] = ()) -> bool:
     return path is None and not any(text.split("=", 1)[0].strip() == "data.path" for text in overrides)
 
 
+def paper_defaults(overrides: list[str] = ()) -> Config:
+    """The paper's defaults with `overrides` (`key=value`), never the built-in demo's settings: for programs that set
+    up a run of their own (the benchmarks), whose workload must not change when the demo's does."""
+    cfg = Config()
+    for text in overrides:
+        apply(cfg, parse_override(text), f"--set {text}")
+    validate(cfg)
+    return cfg
+
+
 def load(path: str | None = None, overrides: list[str] = ()) -> Config:
     """The config of a run: paper defaults, then the built-in default (the built-in demo) or the YAML file, then
     --set."""
