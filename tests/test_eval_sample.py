@@ -105,10 +105,10 @@ def test_eval_scores_documents_where_and_what_the_run_trained_on(llama_dir, tmp_
     assert trained["scored_tokens"] == 3 and trained["gain_ci95"] > 0
     assert main([*common, "--json", "--positions", "first:=", "--reward-tokens", "1"]) == 0
     one = json.loads(capsys.readouterr().out)
-    assert one["scoring_from"] == "as asked" and one["logp_nothink"] > trained["logp_nothink"]
+    assert one["scoring_from"] == "--positions; --reward-tokens" and one["logp_nothink"] > trained["logp_nothink"]
     assert main(common) == 0
     out = capsys.readouterr().out
-    assert "the next 3 tokens" in out and "the first token after '='" in out and "of the run" in out
+    assert "the next 3 tokens" in out and "the first token after '='" in out and "the run's rlp.positions" in out
     assert main([*common, "--reward-tokens", "0"]) == 2
 
 

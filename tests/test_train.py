@@ -232,3 +232,22 @@ def test_model_flag_errors_name_the_flag(tmp_path, capsys):
     for command in (["eval", "--tasks", "builtin:arith"], ["sample", "--prefix", "1+1=", "--next", "2"]):
         assert main([*command, "--model", str(tmp_path / "nothing")]) == 2
         assert capsys.readouterr().err.startswith("rlpt: error: --model:")
+
+
+def test_a_failed_run_with_a_step_done_is_kept(tmp_path):
+    """Only a run that failed before its first step is cleared away; one with a metrics row (or a checkpoint) stays
+    as it is, resumable."""
+    from rlpt.run import discard_if_unstarted
+
+    started = tmp_path / "started"
+    started.mkdir()
+    (started / "config.yaml").write_text("train: {}\n")
+    (started / "metrics.jsonl").write_text('{"step": 1}\n')
+    discard_if_unstarted(started, created=True)
+    assert (started / "config.yaml").is_file() and (started / "metrics.jsonl").is_file()
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "config.yaml").write_text("train: {}\n")
+    (fresh / "metrics.jsonl").write_text("")
+    discard_if_unstarted(fresh, created=True)
+    assert not fresh.exists()

@@ -40,12 +40,25 @@ def remove_abandoned_builds(folder: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux says it (os.umask can only set it, and a thread
+    writing files in between would get them world-writable)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return umask
+
+
 def usual_permissions(folder: Path) -> None:
     """Give `folder` and everything in it the permissions a new file or folder gets under the user's umask: a
     temporary folder is made 0700, and safetensors writes its weights 0600, so a model folder written through one
     was unreadable to the user's group."""
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = current_umask()
     for path in (folder, *folder.rglob("*")):
         if not path.is_symlink():
             path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)

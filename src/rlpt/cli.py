@@ -127,18 +127,24 @@ BUILTIN_SCORING = ("first:=", 5)
 
 def document_scoring(args, run) -> tuple[str, int, str]:
     """Where and what the intrinsic metric scores: the position rule, the tokens scored from x_t on, and where they
-    come from. By default what the model's run trained on (its rlp.positions and rlp.reward_tokens); for a model of
-    no run, the answer of a built-in set's documents, or every position of one's own documents, one token each.
-    --positions and --reward-tokens override."""
-    if run is not None:
-        rule, tokens, origin = run.rlp.positions, run.rlp.reward_tokens, "rlp.positions and rlp.reward_tokens of the run"
+    come from. By default what the model's run trained on: its rlp.reward_tokens, and its rlp.positions where the rule
+    reads the text (all, every:, after:, first:) or the set is the run's own (its data.path or eval.tasks: a list or
+    random rule names places in the run's documents only). Otherwise the answer of a built-in set's documents, or
+    every position of one's own documents, one token each. --positions and --reward-tokens override."""
+    own_set = run is not None and args.tasks in (run.data.path, run.eval.tasks)
+    if run is not None and (own_set or not run.rlp.positions.startswith(("list:", "random:"))):
+        rule, where = run.rlp.positions, "the run's rlp.positions"
     elif args.tasks.startswith("builtin:"):
-        (rule, tokens), origin = BUILTIN_SCORING, "the built-in set's answers"
+        rule, where = BUILTIN_SCORING[0], "the built-in set's answers"
     else:
-        rule, tokens, origin = "all", 1, "every position"
-    if args.positions or args.reward_tokens:
-        origin = "as asked"
-    return args.positions or rule, args.reward_tokens or tokens, origin
+        rule, where = "all", "every position"
+    tokens, what = (run.rlp.reward_tokens, "the run's rlp.reward_tokens") if run is not None else (
+        (BUILTIN_SCORING[1], "the built-in set's answers") if args.tasks.startswith("builtin:") else (1, "the next token"))
+    if args.positions:
+        rule, where = args.positions, "--positions"
+    if args.reward_tokens:
+        tokens, what = args.reward_tokens, "--reward-tokens"
+    return rule, tokens, where if where == what else f"{where}; {what}"
 
 
 def describe_positions(rule: str) -> str:
@@ -161,14 +167,17 @@ def eval_summary(result: dict, has_questions: bool) -> str:
             lines.append(f"    {example['question']}{thought} {example['predicted']}  ({mark}; answer {example['answer']})")
     if "logp_think" in result:
         gain, half = result["logp_think"] - result["logp_nothink"], result["gain_ci95"]
-        reading = ("a thought helps predict it" if gain > half else "a thought makes it less likely" if gain < -half
-                   else "no clear difference")
+        if half is None:
+            interval, reading = "", "one position: no interval"
+        else:
+            interval = f", 95% interval +-{half:.3f}"
+            reading = ("a thought helps predict it" if gain > half else "a thought makes it less likely" if gain < -half
+                       else "no clear difference")
         tokens = result["reward_tokens"]
         what = "the next token" if tokens == 1 else f"the next {tokens} tokens (fewer at a document's end)"
         lines.append(f"  {what} at {result['positions']} positions, {describe_positions(result['position_rule'])} "
                      f"({result['scoring_from']}): mean log-likelihood {result['logp_think']:.3f} nats after a "
-                     f"greedy thought, {result['logp_nothink']:.3f} without ({gain:+.3f}, 95% interval +-{half:.3f}: "
-                     f"{reading})")
+                     f"greedy thought, {result['logp_nothink']:.3f} without ({gain:+.3f}{interval}: {reading})")
         lines.append(f"  next-token accuracy: {100 * result['next_token_acc_think']:.1f}% after a thought, "
                      f"{100 * result['next_token_acc']:.1f}% without")
     return "\n".join(lines)

@@ -247,7 +247,11 @@ def is_builtin_demo(path: str | None, overrides: list[str] = ()) -> bool:
 def paper_defaults(overrides: list[str] = ()) -> Config:
     """The paper's defaults with `overrides` (`key=value`), never the built-in demo's settings: for programs that set
     up a run of their own (the benchmarks), whose workload must not change when the demo's does."""
-    cfg = Config()
+    return with_overrides(Config(), overrides)
+
+
+def with_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """`cfg` with each `key=value` of `overrides` applied, then validated."""
     for text in overrides:
         apply(cfg, parse_override(text), f"--set {text}")
     validate(cfg)
@@ -272,10 +276,7 @@ def load(path: str | None = None, overrides: list[str] = ()) -> Config:
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             raise UserError(f"--config {path}{where}: not valid YAML ({problem})") from exc
         apply(cfg, values or {}, str(path))
-    for text in overrides:
-        apply(cfg, parse_override(text), f"--set {text}")
-    validate(cfg)
-    return cfg
+    return with_overrides(cfg, overrides)
 
 
 def validate(cfg: Config) -> None:

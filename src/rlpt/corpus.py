@@ -91,7 +91,8 @@ def tokenizer_key(tokenizer) -> str:
     return hashlib.sha256(vocab + type(tokenizer).__name__.encode()).hexdigest()[:16]
 
 
-INDEX_COLUMNS = 5  # per window: start in ids.u32, length, first position, holds the marker, record label (in the key:
+INDEX_COLUMNS = 6  # per window: start in ids.u32, length, first position, holds the marker, record label, offset of
+# the window in its record's tokens (in the key:
 # a cache written with another layout is another folder)
 
 
@@ -122,12 +123,13 @@ class CachedDocuments(Sequence):
         return len(self.index)
 
     def __getitem__(self, i):
-        from rlpt.documents import Document
+        from rlpt.documents import Document, window_source
 
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        start, length, first, holds_marker, label = (int(v) for v in self.index[i])
-        return Document(self.ids[start : start + length].tolist(), source_name(self.name, label), first, bool(holds_marker))
+        start, length, first, holds_marker, label, offset = (int(v) for v in self.index[i])
+        return Document(self.ids[start : start + length].tolist(), window_source(source_name(self.name, label), offset),
+                        first, bool(holds_marker), offset)
 
 
 def tokenise_into(folder: Path, source: Path, tokenizer, data_cfg, after_text: str | None) -> None:
@@ -142,7 +144,7 @@ def tokenise_into(folder: Path, source: Path, tokenizer, data_cfg, after_text: s
         for label, text in records(source, data_cfg):
             for doc in windows(text, source_name(str(source), label), tokenizer, data_cfg.max_length, after_text):
                 out.write(np.asarray(doc.ids, dtype=np.uint32).tobytes())
-                index.append((written, len(doc.ids), doc.first_position, doc.holds_marker, label))
+                index.append((written, len(doc.ids), doc.first_position, doc.holds_marker, label, doc.offset))
                 written += len(doc.ids)
     np.save(folder / "index.npy", np.asarray(index, dtype=np.int64).reshape(-1, INDEX_COLUMNS))
 

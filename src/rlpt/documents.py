@@ -17,10 +17,17 @@ JSONL_SUFFIXES = {".jsonl", ".json"}
 @dataclass
 class Document:
     ids: list[int]
-    source: str  # file:line (or builtin name) for error messages and rollout dumps
+    source: str  # file:line (or builtin name), `@N` after it for a window from token N of its text: error messages,
+    # rollout dumps, and the report's reading of a document again name one window
     first_position: int = 1  # smallest usable t (after:TEXT moves it)
     holds_marker: bool = True  # False for the windows of a long text after the one whose first_position follows
     # the marker: `first:TEXT` takes a position only in the window that holds the first token after TEXT
+    offset: int = 0  # the window's first token in its text
+
+
+def window_source(source: str, offset: int) -> str:
+    """The name of the window of `source` that starts at token `offset`: the text's own name for its first window."""
+    return source if offset == 0 else f"{source}@{offset}"
 
 
 def read_nonempty(file: Path) -> str:
@@ -79,5 +86,6 @@ def windows(text: str, source: str, tokenizer, max_length: int, after_text: str 
     for start in range(0, len(ids), max_length):
         window = ids[start : start + max_length]
         if len(window) >= 2 and start + len(window) > first:
-            out.append(Document(window, source, max(1, first - start), holds_marker=first - start >= 1))
+            out.append(Document(window, window_source(source, start), max(1, first - start),
+                                holds_marker=first - start >= 1, offset=start))
     return out

@@ -103,11 +103,11 @@ def intrinsic(model, tokenizer, think, contexts, *, max_thought_tokens: int, bat
     )
 
 
-def mean_interval(values: list[float]) -> float:
-    """Half-width of the 95% interval of the mean of `values` (normal approximation; inf for fewer than 2)."""
+def mean_interval(values: list[float]) -> float | None:
+    """Half-width of the 95% interval of the mean of `values` (normal approximation; None for fewer than 2)."""
     n = len(values)
     if n < 2:
-        return float("inf")
+        return None
     mean = sum(values) / n
     return 1.96 * (sum((v - mean) ** 2 for v in values) / (n - 1) / n) ** 0.5
 

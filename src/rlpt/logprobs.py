@@ -115,8 +115,9 @@ class ChunkedLogprobs(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         # the head's gradient sums hundreds of chunks: in float32 even when the weights are bfloat16 (FSDP's unsharded
         # parameters, a bfloat16 model), where a bfloat16 buffer lost ~1e-2 of it over 300 chunks
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
-        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if need_bias else None
+        summed = torch.promote_types(weight.dtype, torch.float32)
+        grad_weight = torch.zeros_like(weight, dtype=summed) if need_weight else None
+        grad_bias = torch.zeros_like(bias, dtype=summed) if need_bias else None
         compute = ctx.compute
         weight_c, bias_c = weight.to(compute), None if bias is None else bias.to(compute)  # cast once, not per chunk
         with torch.autocast(hidden.device.type, enabled=False):  # the forward's dtype, not the caller's autocast
@@ -128,12 +129,12 @@ class ChunkedLogprobs(torch.autograd.Function):
                 grad = grad.div_(ctx.temperature).to(compute)
                 if need_hidden:
                     grad_hidden[piece] = (grad @ weight_c).to(hidden.dtype)
-                if need_weight and compute == torch.float32:
+                if need_weight and compute == summed:
                     grad_weight.addmm_(grad.t(), states)  # in place: no vocabulary x hidden gradient per chunk
                 elif need_weight:
                     grad_weight.add_(grad.t() @ states)  # the chunk's product in the compute dtype, summed in float32
                 if need_bias:
-                    grad_bias.add_(grad.sum(0, dtype=torch.float32))
+                    grad_bias.add_(grad.sum(0, dtype=summed))
         return (grad_hidden, grad_weight if grad_weight is None else grad_weight.to(weight.dtype),
                 grad_bias if grad_bias is None else grad_bias.to(bias.dtype), None, None, None, None)
 

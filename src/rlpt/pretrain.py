@@ -23,7 +23,8 @@ def next_token_loss(model, ids: torch.Tensor, mask: torch.Tensor, tokens: int | 
     batch's own count when given (a micro-batch's share of a larger batch's mean). From the final hidden states a
     chunk of tokens at a time where `rlpt.logprobs.output_head` allows (the full logits of 16 documents of 512 tokens
     at a 151k vocabulary are 5 GB in float32), else from the model's logits."""
-    targets, keep = ids[:, 1:], mask[:, 1:].float()
+    keep = mask[:, 1:].float()
+    targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, 0)  # a pad id may lie outside the vocabulary
     split = output_head(model)
     if split is not None:
         body, head = split

@@ -31,10 +31,10 @@ def plots_of(cfg) -> list[Plot]:
     """The metric plots, titled for the run's settings (`cfg`: its config, or None when it cannot be read)."""
     tokens = cfg.rlp.reward_tokens if cfg else 1
     scored = "the next token" if tokens == 1 else f"the next {tokens} tokens"
-    one_update = cfg is None or cfg.rlp.updates_per_batch == 1
+    one_update = cfg is None or (cfg.rlp.updates_per_batch == 1 and cfg.rlp.kl_coef == 0)
     loss_note = ("About 0 by construction: with one update a batch the ratio is 1 and a group's advantages sum to 0, "
                  "so the loss is 0 up to float noise; its gradient, the policy gradient, is not." if one_update else
-                 "The clipped surrogate, averaged over the updates of a batch.")
+                 "The clipped surrogate (plus the KL term), averaged over the updates of a batch.")
     return [
         Plot("reward (information gain, nats)", ["reward_mean"], from_zero=False),
         Plot("groups whose rewards differ (the rest teach nothing)", ["groups_with_signal"], least_span=1.0),

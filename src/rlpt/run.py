@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import shutil
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ import yaml
 
 from rlpt import checkpoint, config as config_lib, distributed, lora
 from rlpt.data import after_marker, load_documents, make_contexts
-from rlpt.evaluate import exact_match_accuracy, load_eval_set
+from rlpt.evaluate import exact_match_accuracy, load_eval_set, mean_interval
 from rlpt.models import load_model_and_tokenizer
 from rlpt.report import NO_SIGNAL, SIGNAL_WARNING
 from rlpt.rollout import make_engine
@@ -224,22 +223,19 @@ def summarize(history: list[dict], eval_before: dict | None, eval_after: dict | 
     return summary
 
 
-def paired_interval(before: list[bool], after: list[bool]) -> float:
+def paired_interval(before: list[bool], after: list[bool]) -> float | None:
     """Half-width of the 95% interval of the mean per-question change in correctness (normal approximation)."""
-    changes = [float(a) - float(b) for a, b in zip(after, before)]
-    n = len(changes)
-    if n < 2:
-        return float("inf")
-    mean = sum(changes) / n
-    variance = sum((c - mean) ** 2 for c in changes) / (n - 1)
-    return 1.96 * math.sqrt(variance / n)
+    return mean_interval([float(a) - float(b) for a, b in zip(after, before)])
 
 
 def change_reading(summary: dict) -> str:
     """' (+8.2 points, 95% interval +-3.1: a real change)', or '...: within the noise', for the accuracy line."""
     if "accuracy_change_ci95" not in summary:
         return ""
-    change, half = 100 * (summary["accuracy_think_after"] - summary["accuracy_think_before"]), 100 * summary["accuracy_change_ci95"]
+    change = 100 * (summary["accuracy_think_after"] - summary["accuracy_think_before"])
+    if summary["accuracy_change_ci95"] is None:
+        return f" ({change:+.1f} points; no interval from fewer than 2 questions)"
+    half = 100 * summary["accuracy_change_ci95"]
     verdict = "a real change" if abs(change) > half else "within the noise"
     return f" ({change:+.1f} points, 95% interval +-{half:.1f}: {verdict})"
 

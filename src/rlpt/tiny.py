@@ -26,10 +26,13 @@ SPECIAL = ["<pad>", "<bos>", "<eos>", "<unk>", THINK_OPEN, THINK_CLOSE]
 
 RECIPES = {
     "tiny": dict(
-        version=3,  # 3: the held-out split is by unordered operand pair (no commuted twin in the warm start)
+        # 3: the held-out split is by unordered operand pair (no commuted twin in the warm start), and 900 steps: with
+        # that corpus, 600 steps left two of three seeds still misreading digits (forgetting every carry, as meant, in
+        # 32% and 39% of 256 training-side questions, seed 2 in 95%); 900 steps give 100% for seeds 0, 1 and 2
+        version=3,
         hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4, max_position_embeddings=512,
         warm_start_documents=40_000, think_fraction=0.8, carry_forgotten=0.6,
-        steps=600, batch_size=64, lr=3e-3, seed=0,
+        steps=900, batch_size=64, lr=3e-3, seed=0,
     ),
 }
 

@@ -263,7 +263,7 @@ def run(suite_names: list[str], seeds: int, budget_name: str, output: Path, abla
     if data is not None:
         from rlpt.data import check_corpus
 
-        check_corpus(config_lib.DataConfig(path=data), "--data")
+        check_corpus(config_lib.paper_defaults([f"data.path={data}", *overrides]).data, "--data")  # with --set data.*
     began = time.perf_counter()
     output.mkdir(parents=True, exist_ok=True)
     corpus = data

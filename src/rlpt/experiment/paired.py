@@ -7,7 +7,7 @@ seed. The interval therefore draws seeds with replacement and, once per resample
 the same question draw for every drawn seed, and takes the 2.5th and 97.5th percentiles of the mean difference: both
 the spread between seeds and the finite question set widen it. (Drawing the questions anew for each seed would
 average the question effect over the seeds and shrink its share of the variance by their number: with 3 seeds, such
-a "95%" interval covered the true difference about 77% of the time in a simulation where the effect is per question.)
+a "95%" interval covered the true difference 72-77% of the time in simulations where the effect is per question.)
 `variance_shares` says how much of the width each source makes."""
 
 from __future__ import annotations

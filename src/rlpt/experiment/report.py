@@ -59,7 +59,7 @@ def curve_names(points: list[dict]) -> list[str]:
 def seed_share_line(paired: dict) -> str:
     """How much of the intervals' variance the seeds make (the rest: the finite question set), over the table's cells."""
     shares = sorted(100 * cell["variance_shares"]["seeds"] for rows in paired.values() for cell in rows.values()
-                    if "variance_shares" in cell)
+                    if sum(cell.get("variance_shares", {}).values()) > 0)  # a cell without spread has no shares
     if not shares:
         return ""
     return (f"Of these intervals' variance, the spread between seeds makes {shares[0]:.0f}-{shares[-1]:.0f}% "

@@ -59,7 +59,9 @@ def documents_of(contexts, scored: bool = False) -> tuple[list[list[int]], list[
     return [list(longest[doc]) for doc in order], [index[c.doc] for c in contexts]
 
 
-STATIC_SHAPES = 4  # compiled decoding keeps the inputs (and CUDA graph) of this many shapes for later batches
+# compiled decoding keeps the inputs (and CUDA graph) of the last shape for the next batch: one batch's decoding cache
+# stays allocated between batches (at the paper's shape on a GPU, gigabytes); more shapes would hold more
+STATIC_SHAPES = 1
 PROBE_LENGTH = 24  # document tokens beyond the model's sliding window (if any) in the start-up probe
 PROBE_MAX_WINDOW = 4096  # a wider window is probed at this length: the probe stays one short forward
 
@@ -148,9 +150,10 @@ def captured_graph(step):
     return graph, logits
 
 
-def shape_key(prefix: SharedPrefix, rows: int, capacity: int) -> tuple:
-    """What a decoding step's shapes (and the Python values it is traced with) depend on."""
-    return (rows, capacity, prefix.rows_per_doc, prefix.identity, prefix.keys[0].dtype, prefix.keys[0].device,
+def shape_key(policy, prefix: SharedPrefix, rows: int, capacity: int) -> tuple:
+    """What a decoding step's shapes (and the Python values it is traced with) depend on, and the model it runs (kept
+    alive by the entry, so its id names it)."""
+    return (id(policy), rows, capacity, prefix.rows_per_doc, prefix.identity, prefix.keys[0].dtype, prefix.keys[0].device,
             tuple(k.shape for k in prefix.keys), tuple(v.shape for v in prefix.values), tuple(prefix.doc_mask.shape))
 
 
@@ -302,7 +305,7 @@ class PackedEngine:
         if not self.compile_decoding:
             cache = own_tokens_cache(prefix, N, capacity)
             return lambda feed, step: rows_over_documents(policy, feed[:, None], row_t, prefix, cache, True).logits[:, -1]
-        key = shape_key(prefix, N, capacity)
+        key = shape_key(policy, prefix, N, capacity)
         static = self.static_steps.get(key)
         if static is None:
             static = StaticDecoding(self.compiled_step(row_t.device), policy, prefix, capacity,
