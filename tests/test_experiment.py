@@ -85,3 +85,35 @@ def test_experiment_on_your_own_model_data_and_questions(llama_dir, tmp_path):
     assert "| qa Avg |" in (out / "table.md").read_text()
     assert results["seeds"][0]["scores"]["rlp"]["qa"]["thought_correct"] is None  # no worked thoughts to check
     assert not (out / "models" / "base").exists()  # the given model is Base
+
+
+def test_experiment_runs_the_methods_asked_for(llama_dir, tmp_path):
+    """--methods base,cpt-flop,rlp-answer on one's own model and a suite (the recipe of a real model): one RL run,
+    CPT matched to it, three columns, the paired differences to CPT (FLOP) and to Base, the information gain's too."""
+    out = tmp_path / "some"
+    results = experiment.run(["wordsum"], 1, "test", out, model=llama_dir, methods=["rlp-answer", "cpt-flop"])
+    assert results["methods"] == ["base", "cpt-flop", "rlp-answer"]
+    assert set(results["seeds"][0]["scores"]) == {"base", "cpt-flop", "rlp-answer"}
+    assert [p.name for p in (out / "runs" / "seed-0").iterdir()] == ["rlp-answer"]
+    paired = results["paired"]["cpt-flop"]
+    assert set(paired["pass_at_1"]) == {"base", "rlp-answer"} and "Wordsum Avg" in paired["information_gain"]["rlp-answer"]
+    table = (out / "table.md").read_text()
+    assert "RPT" not in table and "RLP (K = 1, the paper)" not in table and "information gain of thinking" in table
+    import yaml
+
+    assert yaml.safe_load((out / "runs" / "seed-0" / "rlp-answer" / "config.yaml").read_text())["rlp"]["positions"] == \
+        "first:The answer is"  # the suite's marker
+
+
+def test_methods_are_checked():
+    import pytest
+
+    from rlpt.errors import UserError
+
+    assert experiment.chosen_methods(["rlp"], False) == ["base", "rlp"]
+    with pytest.raises(UserError, match="unknown rlp-k5"):
+        experiment.chosen_methods(["rlp-k5"], False)
+    with pytest.raises(UserError, match="CPT is matched to an RLP run"):
+        experiment.chosen_methods(["cpt-flop", "rpt"], False)
+    with pytest.raises(UserError, match="different markers"):
+        experiment.run(["math", "wordsum"], 1, "test", __import__("pathlib").Path("unused"))

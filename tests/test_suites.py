@@ -97,7 +97,8 @@ def test_heldout_questions_never_appear_in_either_corpus(name):
     suite = get_suite(name)
     heldout = {q["question"] for q in suite.heldout_questions(300)}
     assert len(heldout) == 300
-    questions = lambda docs: {d.split(THINK_OPEN)[0] if THINK_OPEN in d else d[: d.index("=") + 1] for d in docs}
+    marker = suite.marker
+    questions = lambda docs: {d.split(THINK_OPEN)[0] if THINK_OPEN in d else d[: d.index(marker) + len(marker)] for d in docs}
     for seed in (0, 1, 2):
         assert not heldout & questions(suite.training_documents(5000, seed))
         assert not heldout & questions(suite.warm_start_documents(5000, seed, 0.25))
@@ -139,3 +140,35 @@ def test_no_heldout_question_has_its_commuted_twin_in_a_training_corpus():
     ):
         seen = {d.split("<think>")[0].split("=")[0] + "=" for d in corpora}
         assert len(heldout) >= 100 and not {twin(q) for q in heldout} & seen
+
+
+def test_wordsum_by_hand():
+    """A story around a two-digit and a one-digit number; the thought is their sum, a slip forgets the carried ten
+    (only where the units carry), and the document puts a space before the answer."""
+    from rlpt.suites import wordsum_problem
+
+    for seed in range(50):
+        right, slipped = wordsum_problem(random.Random(seed)), wordsum_problem(random.Random(seed), forgets=lambda: True)
+        a, b = (int(x) for x in re.findall(r"\d+", right.question))
+        assert right.thought == f"{a}+{b}={a + b}" and right.answer == str(a + b)
+        assert slipped.question == right.question
+        assert slipped.answer == str(a + b - 10 if a % 10 + b >= 10 else a + b)
+        assert right.question.endswith("The answer is") and right.plain() == f"{right.question} {a + b}."
+        assert right.worked() == f"{right.question}<think>{a}+{b}={a + b}</think> {a + b}."
+
+
+def test_wordsum_holds_out_operand_pairs_and_has_its_corpora():
+    """Every story of a held-out pair is held out; the warm-start corpus is a builtin corpus; the held-out set's
+    documents are its plain texts."""
+    from rlpt.data import builtin_texts
+    from rlpt.evaluate import load_eval_set
+
+    suite = get_suite("wordsum")
+    pair = lambda text: tuple(int(x) for x in re.findall(r"\d+", text)[:2])  # noqa: E731
+    held = {pair(p.question) for p in suite.heldout_problems(300)}
+    trained = {pair(d) for d in suite.training_documents(3000)}
+    assert len(held) > 100 and not held & trained
+    warm = [t for t, _ in builtin_texts("wordsum-warm")]
+    assert 0.75 < sum(THINK_OPEN in d for d in warm) / len(warm) < 0.85
+    questions, documents = load_eval_set("builtin:wordsum", 5)
+    assert documents == [f"{q['question']} {q['answer']}." for q in questions]

@@ -22,11 +22,16 @@ LOW, HIGH = 100, 999  # 3-digit operands: ~1% whole answers right without a thou
 HELDOUT_PER_MILLE = 100  # ~10% of all (a, b) pairs are held out for evaluation
 
 
-def is_heldout(a: int, b: int) -> bool:
-    """Deterministic split of unordered operand pairs (Knuth's multiplicative hash): `194+641` and `641+194` fall on
-    the same side, so no held-out question has its commuted twin in a training corpus."""
+def pair_hash(a: int, b: int) -> int:
+    """A deterministic hash of the unordered operand pair (Knuth's multiplicative hash): `194+641` and `641+194` hash
+    alike, so no held-out question has its commuted twin in a training corpus."""
     low, high = min(a, b), max(a, b)
-    return ((low * 1009 + high) * 2654435761) % 2**32 % 1000 < HELDOUT_PER_MILLE
+    return ((low * 1009 + high) * 2654435761) % 2**32
+
+
+def is_heldout(a: int, b: int) -> bool:
+    """Deterministic split of unordered operand pairs, `HELDOUT_PER_MILLE` of them held out."""
+    return pair_hash(a, b) % 1000 < HELDOUT_PER_MILLE
 
 
 def problems(n: int, seed: int, heldout: bool) -> list[tuple[int, int]]:

@@ -109,8 +109,9 @@ def cmd_eval(args) -> int:
         contexts = evaluate.document_contexts(tokenizer, documents, rule, args.max_positions, tokens)
         if not contexts:
             raise UserError(f"--tasks {args.tasks}: no usable position under rule {rule!r}")
-        result.update(evaluate.intrinsic(model, tokenizer, think, contexts, max_thought_tokens=args.max_thought_tokens),
-                      position_rule=rule, reward_tokens=tokens, scoring_from=origin)
+        metric = evaluate.intrinsic(model, tokenizer, think, contexts, max_thought_tokens=args.max_thought_tokens)
+        metric.pop("gains")  # per position: the means and their interval are the result
+        result.update(metric, position_rule=rule, reward_tokens=tokens, scoring_from=origin)
         if not questions:
             result.update(accuracy=result["next_token_acc_think" if args.think else "next_token_acc"], n=result["positions"])
     text = json.dumps(result, indent=1)
@@ -120,9 +121,12 @@ def cmd_eval(args) -> int:
     return 0
 
 
-# the documents of the built-in sets are `question answer.`: a thought before the answer, scoring all of it (up to 4
-# digits and the period, cut at the document's end), as RLP (K = answer) trains in `rlpt experiment`
-BUILTIN_SCORING = ("first:=", 5)
+def builtin_rule(tasks: str) -> str:
+    """`first:MARKER` of a built-in set: the text its answers follow."""
+    from rlpt.suites import SUITES
+
+    suite = SUITES.get(tasks.removeprefix("builtin:"))
+    return f"first:{suite.marker if suite else '='}"
 
 
 def document_scoring(args, run) -> tuple[str, int, str]:
@@ -131,15 +135,17 @@ def document_scoring(args, run) -> tuple[str, int, str]:
     reads the text (all, every:, after:, first:) or the set is the run's own (its data.path or eval.tasks: a list or
     random rule names places in the run's documents only). Otherwise the answer of a built-in set's documents, or
     every position of one's own documents, one token each. --positions and --reward-tokens override."""
+    from rlpt.suites import ANSWER_TOKENS  # a built-in set's documents are scored on their whole answer
+
     own_set = run is not None and args.tasks in (run.data.path, run.eval.tasks)
     if run is not None and (own_set or not run.rlp.positions.startswith(("list:", "random:"))):
         rule, where = run.rlp.positions, "the run's rlp.positions"
     elif args.tasks.startswith("builtin:"):
-        rule, where = BUILTIN_SCORING[0], "the built-in set's answers"
+        rule, where = builtin_rule(args.tasks), "the built-in set's answers"
     else:
         rule, where = "all", "every position"
     tokens, what = (run.rlp.reward_tokens, "the run's rlp.reward_tokens") if run is not None else (
-        (BUILTIN_SCORING[1], "the built-in set's answers") if args.tasks.startswith("builtin:") else (1, "the next token"))
+        (ANSWER_TOKENS, "the built-in set's answers") if args.tasks.startswith("builtin:") else (1, "the next token"))
     if args.positions:
         rule, where = args.positions, "--positions"
     if args.reward_tokens:
@@ -277,8 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print the JSON result instead of the summary")
     ev.add_argument("--max-questions", type=int, default=256)
     ev.add_argument("--max-positions", type=int, default=512, help="document positions for the intrinsic metric")
-    ev.add_argument("--positions", help="position rule for documents (default: the run's rlp.positions; first:= for "
-                    "the builtin sets; else all)")
+    ev.add_argument("--positions", help="position rule for documents (default: the run's rlp.positions; first:MARKER, "
+                    "the answer, for the builtin sets; else all)")
     ev.add_argument("--reward-tokens", type=int, help="tokens scored from x_t on (default: the run's rlp.reward_tokens; "
                     "5, the answer, for the builtin sets; else 1)")
     ev.add_argument("--max-thought-tokens", type=int, default=64)
@@ -306,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--model", help="your Base model (HF folder); default: warm-start the tiny model on the suites")
     exp.add_argument("--data", help="your training corpus (any data.path); default: the suites' corpora")
     exp.add_argument("--tasks", help="your held-out question/answer JSONL, evaluated beside the suites")
+    exp.add_argument("--methods", help="run only these, comma-separated, of base, cpt-token, cpt-flop, rpt, rlp, "
+                     "rlp-answer (default all; Base always; CPT needs an RLP run)")
     exp.set_defaults(func=cmd_experiment)
 
     export = sub.add_parser("export", help="a clean HF folder (model, tokenizer with think tags, generation config)")
@@ -338,8 +346,9 @@ def cmd_experiment(args) -> int:
 
     suites = [s.strip() for s in args.suite.split(",") if s.strip()]
     output = Path(args.output)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     experiment.run(suites, args.seeds, args.budget, output, ablate=args.ablate, overrides=args.set or [],
-                   model=args.model, data=args.data, tasks=args.tasks)
+                   model=args.model, data=args.data, tasks=args.tasks, methods=methods)
     print((output / "table.md").read_text())
     return 0
 

@@ -71,7 +71,10 @@ def verne_texts() -> list[tuple[str, str]]:
     return [(story, "builtin:verne/in_the_year_2889")]
 
 
-BUILTIN_CORPORA = ["arith", "arith-worked", "arith-warm", "shakespeare", "verne", *SUITES]
+BUILTIN_CORPORA = ["arith", "arith-worked", "arith-warm", "shakespeare", "verne", *SUITES, *(f"{s}-warm" for s in SUITES)]
+# `builtin:SUITE-warm`: a suite's warm-start documents as `rlpt experiment --budget small` writes them (80% worked, the
+# writer slipping at 60% of the chances), for warming up a model of one's own with `rlpt pretrain`
+WARM_THINK_FRACTION, WARM_SLIP = 0.8, 0.6
 
 
 CHECK_RECORDS = 100_000  # per file: a bad record found in seconds, without reading a huge corpus twice
@@ -116,8 +119,9 @@ def check_records(files: list[Path], data_cfg, key: str, marker: str | None) -> 
 def builtin_texts(name: str) -> list[tuple[str, str]]:
     """`builtin:arith` (3-digit addition), `builtin:arith-worked` (the same problems, every one with its worked
     thought), `builtin:arith-warm` (the warm-start corpus of `builtin:tiny`, whose worked thoughts forget most carries;
-    these two are next-token corpora for beside RLP, `train.next_token_data`), the training corpus of a suite of `rlpt experiment` (`builtin:math`,
-    `builtin:science`), `builtin:shakespeare` (42 plays) or `builtin:verne` (one story)."""
+    these two are next-token corpora for beside RLP, `train.next_token_data`), the training corpus of a suite of
+    `rlpt experiment` (`builtin:math`, `builtin:science`, `builtin:wordsum`) and its warm-start corpus
+    (`builtin:math-warm`, ...), `builtin:shakespeare` (42 plays) or `builtin:verne` (one story)."""
     if name == "shakespeare":
         return shakespeare_texts()
     if name == "verne":
@@ -132,6 +136,9 @@ def builtin_texts(name: str) -> list[tuple[str, str]]:
         texts = warm_start_texts()
     elif name in SUITES:
         texts = SUITES[name].training_documents(BUILTIN_ARITH_DOCUMENTS)
+    elif name.removesuffix("-warm") in SUITES:
+        texts = SUITES[name.removesuffix("-warm")].warm_start_documents(BUILTIN_ARITH_DOCUMENTS, 0, WARM_THINK_FRACTION,
+                                                                         WARM_SLIP)
     else:
         raise UserError(f"data.path: unknown built-in corpus 'builtin:{name}' (known: "
                         + ", ".join(f"builtin:{n}" for n in BUILTIN_CORPORA) + ")")

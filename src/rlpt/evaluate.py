@@ -75,9 +75,9 @@ def exact_match_accuracy(model, tokenizer, think: ThinkTokens, tasks: list[dict]
 @torch.no_grad()
 def intrinsic(model, tokenizer, think, contexts, *, max_thought_tokens: int, batch_size: int = 256) -> dict:
     """Over `contexts` (rlpt.rollout.Context): the mean log-likelihood of what each one scores (x_t, and the tokens
-    after it for a reward of K tokens, teacher-forced) without a thought and after a greedy thought, the 95% interval
-    half-width of their mean difference (the information gain of thinking), and the accuracy of both at predicting
-    x_t."""
+    after it for a reward of K tokens, teacher-forced) without a thought and after a greedy thought, each context's
+    difference (`gains`: the information gain of thinking) and the 95% interval half-width of their mean, and the
+    accuracy of both at predicting x_t."""
     pad = tokenizer.pad_token_id
     nothink, withthink, hit_nothink, hit_think = [], [], [], []
     for start in range(0, len(contexts), batch_size):
@@ -99,7 +99,7 @@ def intrinsic(model, tokenizer, think, contexts, *, max_thought_tokens: int, bat
     return dict(
         positions=len(contexts), scored_tokens=max((len(c.scored) for c in contexts), default=0),
         logp_nothink=sum(nothink) / n, logp_think=sum(withthink) / n, gain_ci95=mean_interval(gains),
-        next_token_acc=sum(hit_nothink) / n, next_token_acc_think=sum(hit_think) / n,
+        next_token_acc=sum(hit_nothink) / n, next_token_acc_think=sum(hit_think) / n, gains=gains,
     )
 
 
@@ -169,8 +169,11 @@ def load_eval_set(spec: str, limit: int | None = None, corpus: str | None = None
 
         # the same problems as questions and as documents
         return rgym.questions(spec, limit, corpus), [rgym.document(entry) for entry in rgym.heldout(spec, limit, corpus)]
-    if spec.startswith("builtin:") and (name == "arith" or name in SUITES):
-        questions = arith.heldout_questions(limit or 256) if name == "arith" else SUITES[name].heldout_questions(limit or 256)
+    if spec.startswith("builtin:") and name == "arith":
+        questions = arith.heldout_questions(limit or 256)
         return questions, [q["question"] + q["answer"] + "." for q in questions]
+    if spec.startswith("builtin:") and name in SUITES:
+        problems = SUITES[name].heldout_problems(limit or 256)
+        return [p.task() for p in problems], [p.plain() for p in problems]
     questions, documents = read_eval_file(eval_file(spec))
     return questions[:limit] if limit else questions, documents[:limit] if limit else documents

@@ -22,8 +22,12 @@ other documents (a slip stops after the first hop and answers the region):
     mz in 7. zone of mz=<think>mz in 7.</think>7.
 The answer depends on the place alone, so a held-out question differs from training ones only in the item's
 two-letter name (676 items x 36 places: 24,336 questions in all).
-Every answer follows the first `=` of its document: `rlp.positions: first:=` puts a thought before the answer,
-`after:=` before every answer token.
+`wordsum`: a two-digit and a one-digit number added in a short English story, for a real pretrained model (its
+tokenizer reads words): the thought is the sum, a slip forgets the carried ten, and the answer follows the
+question's closing "The answer is" (144 of the 720 operand pairs held out, every story of a pair on one side):
+    Tom has 47 pens. He gets 8 more. How many pens does Tom have now? The answer is<think>47+8=55</think> 55.
+Every answer follows the first `=` of its document (`wordsum`: "The answer is", the suite's `marker`):
+`rlp.positions: first:=` puts a thought before the answer, `after:=` before every answer token.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from rlpt.arith import never
 from rlpt.errors import UserError
 
 HELDOUT_PER_MILLE = 100  # ~10% of all problems are held out for evaluation
+ANSWER_TOKENS = 5  # a suite answer's tokens after its marker: up to 4 digits and the period (fewer: cut at the end)
 MAX_MISSES = 100_000  # draws in a row without a new question: the suite has no more on that side
 
 
@@ -55,9 +60,10 @@ def thought_matches(thought: str, worked: str) -> bool:
 
 @dataclass(frozen=True)
 class Problem:
-    question: str  # ends with "=": the answer follows
+    question: str  # ends where the answer follows ("=", or "The answer is")
     thought: str  # the worked thought
     answer: str
+    sep: str = ""  # between the question and the answer in a document (after the thought's `</think>` too)
 
     def task(self) -> dict:
         """The question/answer pair, as `rlpt eval` and `exact_match_accuracy` take it, with the worked thought when
@@ -65,10 +71,10 @@ class Problem:
         return {"question": self.question, "answer": self.answer, **({"thought": self.thought} if self.thought else {})}
 
     def plain(self) -> str:
-        return f"{self.question}{self.answer}."
+        return f"{self.question}{self.sep}{self.answer}."
 
     def worked(self) -> str:
-        return f"{self.question}{THINK_OPEN}{self.thought}{THINK_CLOSE}{self.answer}."
+        return f"{self.question}{THINK_OPEN}{self.thought}{THINK_CLOSE}{self.sep}{self.answer}."
 
 
 # ------------------------------------------------------------------------------------------------------------ math
@@ -122,12 +128,46 @@ def science_problem(rng: random.Random, forgets=never) -> Problem:
     return Problem(question, f"{first_hop} {place} in {ZONE_OF[place]}.", ZONE_OF[place])
 
 
+# ------------------------------------------------------------------------------------------------------- word sums
+NAMES = {"Mia": "She", "Tom": "He", "Ana": "She", "Ben": "He", "Lily": "She", "Sam": "He", "Nora": "She", "Leo": "He",
+         "Zoe": "She", "Max": "He"}
+THINGS = ["apples", "pens", "stickers", "marbles", "cards", "books", "shells", "coins"]
+STORIES = [  # {name} {pron} {things} {a} {b}; each ends where the answer follows
+    "{name} has {a} {things}. {pron} gets {b} more. How many {things} does {name} have now? The answer is",
+    "There are {a} {things} in a box. {name} puts {b} more {things} in the box. How many {things} are in the box now? "
+    "The answer is",
+    "{name} read {a} pages on Monday and {b} pages on Tuesday. How many pages did {name} read in all? The answer is",
+    "A class has {a} students. Then {b} new students join the class. How many students are in the class now? "
+    "The answer is",
+    "{name} walked for {a} minutes in the morning and {b} minutes in the evening. How many minutes did {name} walk in "
+    "all? The answer is",
+]
+WORDSUM_HELDOUT_PER_MILLE = 200  # of operand pairs: 144 of 720 held out, so 200 held-out questions span many sums
+
+
+def wordsum_heldout(question: str) -> bool:
+    """The split by the operand pair a question adds (all its stories on one side)."""
+    a, b = (int(x) for x in re.findall(r"\d+", question))
+    return arith.pair_hash(a, b) % 1000 < WORDSUM_HELDOUT_PER_MILLE
+
+
+def wordsum_problem(rng: random.Random, forgets=never) -> Problem:
+    """A two-digit and a one-digit number added in a short story, in English: the thought is the sum (`47+8=55`), the
+    answer its result. `forgets()`, asked when the units carry: True forgets the carried ten (`47+8=45`)."""
+    a, b = rng.randint(10, 99), rng.randint(2, 9)
+    name = rng.choice(list(NAMES))
+    question = rng.choice(STORIES).format(name=name, pron=NAMES[name], things=rng.choice(THINGS), a=a, b=b)
+    total = a + b - (10 if a % 10 + b >= 10 and forgets() else 0)
+    return Problem(question, f"{a}+{b}={total}", str(total), sep=" ")
+
+
 # ----------------------------------------------------------------------------------------------------------- suites
 @dataclass(frozen=True)
 class Suite:
     name: str
     make: callable  # (rng, forgets) -> Problem, as written by a writer who slips whenever forgets() says so
     heldout: callable  # question -> bool: the side of the split
+    marker: str = "="  # every answer follows the first occurrence of this text: `rlp.positions: first:MARKER`
 
     def problems(self, n: int, seed: int, heldout: bool, forgets=never) -> list[Problem]:
         """n distinct problems from one side of the split, in a seeded order (the same order whatever `forgets`); a
@@ -167,6 +207,7 @@ class Suite:
 SUITES = {
     "math": Suite("math", math_problem, math_heldout),
     "science": Suite("science", science_problem, hashed_heldout),
+    "wordsum": Suite("wordsum", wordsum_problem, wordsum_heldout, marker="The answer is"),
 }
 
 

@@ -33,16 +33,15 @@ from rlpt.experiment.report import ABLATION_G, ABLATION_L, LABELS, METHODS, head
 from rlpt.experiment.scoring import (EvalSet, curve, evaluate_model, file_eval_set, greedy_accuracy_of, suite_eval_set,
                                     suite_training_set)
 from rlpt.models import load_model_and_tokenizer
-from rlpt.suites import get_suite
+from rlpt.suites import ANSWER_TOKENS, get_suite
 
 
 
 # each method's gain is measured against Base given as much compute of next-token training, and against Base itself
 REFERENCES = ("cpt-flop", "base")
 
-# RLP (K = answer): the reward scores the whole answer after the thought, up to 4 digits and the period (a science
-# answer, a zone digit and its period, is cut at the document's end); RLP (K = 1) is the paper's next token alone
-ANSWER_TOKENS = 5
+# RLP (K = answer): the reward scores the whole answer after the thought, ANSWER_TOKENS (a science answer, a zone
+# digit and its period, is cut at the document's end); RLP (K = 1) is the paper's next token alone
 
 
 # ---------------------------------------------------------------------------------------------------- the models
@@ -85,7 +84,7 @@ def rl_config(base: Path, corpus: str, budget: Budget, seed: int, reward: str, o
     config_lib.apply(cfg, {
         "model": {"name_or_path": str(base)},
         "data": {"path": str(corpus)},
-        "rlp": {"group_size": budget.group_size, "max_thought_tokens": budget.thought_tokens, "positions": "first:=",
+        "rlp": {"group_size": budget.group_size, "max_thought_tokens": budget.thought_tokens,
                 "temperature": budget.temperature, "reward": reward, **rlp},
         "train": {"lr": budget.lr, "batch_documents": budget.batch_documents, "max_steps": budget.rl_steps,
                   "seed": seed, "checkpoint_every": max(1, budget.rl_steps // budget.curve_points)},
@@ -145,6 +144,7 @@ class Plan:
     corpus: str  # data.path of the RL and CPT runs
     model: str | None  # a given Base, or None: warm-start one per seed
     overrides: list[str]
+    methods: list[str]  # of METHODS, in its order; Base always
 
     def models(self, seed: int) -> Path:
         return self.output / "models" / f"seed-{seed}" if self.seeds > 1 else self.output / "models"
@@ -158,7 +158,8 @@ class Plan:
         return build_folder(self.models(seed) / "base", lambda tmp: warm_start(tmp, self.suites, curve_sets, self.budget, seed))
 
     def rl_config(self, base: Path, seed: int, reward: str, **rlp):
-        positions = {} if self.suites else {"positions": "all"}  # the suites' answers follow "="; a user corpus: all
+        # a thought before each suite document's answer (after its marker); a user corpus: every position
+        positions = {"positions": f"first:{self.suites[0].marker}" if self.suites else "all"}
         return rl_config(base, self.corpus, self.budget, seed, reward, self.overrides, **{**positions, **rlp})
 
 
@@ -176,23 +177,28 @@ def run_seed(plan: Plan, seed: int) -> dict:
     configs = {"rlp": plan.rl_config(base, seed, "information_gain"),
                "rlp-answer": plan.rl_config(base, seed, "information_gain", reward_tokens=ANSWER_TOKENS),
                "rpt": plan.rl_config(base, seed, "rpt")}
+    configs = {m: cfg for m, cfg in configs.items() if m in plan.methods}
     histories = {}
     for method, cfg in configs.items():
         print(f"rlpt experiment: seed {seed}: {LABELS[method]}", flush=True)
         histories[method] = timed(method, lambda: rl_run(runs / method, cfg))
         export_checkpoint(runs / method, models / method)
-    rlp = configs["rlp"]
-    counters = max((cpt.budgets_from_run(histories[m], rlp.rlp.group_size, rlp.rlp.max_thought_tokens)
-                    for m in ("rlp", "rlp-answer")), key=lambda c: c["flop_matched"])  # CPT matches the larger
+    rlp_runs = [m for m in ("rlp", "rlp-answer") if m in configs]
+    reference = configs[rlp_runs[0]]
+    counters = max((cpt.budgets_from_run(histories[m], reference.rlp.group_size, reference.rlp.max_thought_tokens)
+                    for m in rlp_runs), key=lambda c: c["flop_matched"])  # CPT matches the larger
     cpt_runs = {}
     for method, tokens in (("cpt-token", counters["token_matched"]), ("cpt-flop", counters["flop_matched"])):
-        print(f"rlpt experiment: seed {seed}: {LABELS[method]} ({tokens} tokens)", flush=True)
-        cpt_runs[method] = timed(method, lambda: continued_pretraining(base, models / method, rlp, tokens, plan.budget, seed, method))
+        if method in plan.methods:
+            print(f"rlpt experiment: seed {seed}: {LABELS[method]} ({tokens} tokens)", flush=True)
+            cpt_runs[method] = timed(method, lambda: continued_pretraining(base, models / method, reference, tokens,
+                                                                           plan.budget, seed, method))
     print(f"rlpt experiment: seed {seed}: evaluating", flush=True)
-    folders = {m: (base if m == "base" else models / m) for m in METHODS}
-    scores = timed("evaluation", lambda: {m: evaluate_model(folders[m], plan.eval_sets, plan.budget, seed) for m in METHODS})
+    folders = {m: (base if m == "base" else models / m) for m in plan.methods}
+    scores = timed("evaluation", lambda: {m: evaluate_model(folders[m], plan.eval_sets, plan.budget, seed)
+                                          for m in plan.methods})
     curves = timed("curves", lambda: {m: curve(runs / m, scores["base"], scores[m], plan.eval_sets, plan.budget)
-                                      for m in ("rlp", "rlp-answer", "rpt")})
+                                      for m in configs})
     warm_curve = base / "warm_start.json"
     return dict(seed=seed, scores=scores, curves=curves, cpt_budget=counters, cpt=cpt_runs, seconds=timings,
                 warm_start=json.loads(warm_curve.read_text()) if warm_curve.is_file() else None,
@@ -215,9 +221,10 @@ def run_ablation(plan: Plan, base_scores: dict) -> tuple[list[dict], float]:
     return rows, headline(base_scores, names)["Overall"]
 
 
-def paired_to_reference(per_seed: list[dict], names: list[str], reference: str) -> dict:
+def paired_to_reference(per_seed: list[dict], names: list[str], reference: str, methods: list[str]) -> dict:
     """Each method's paired difference to `reference` per held-out set and overall, for pass@1 and greedy accuracy
-    with thinking, and how much of its interval's variance the seeds and the questions make:
+    with thinking and the information gain of thinking, and how much of its interval's variance the seeds and the
+    questions make:
     {metric: {method: {row: {mean, low, high, variance_shares: {seeds, questions}}}}}."""
     rows = {**{f"{name} Avg": [name] for name in names}, "Overall": names}
 
@@ -225,9 +232,9 @@ def paired_to_reference(per_seed: list[dict], names: list[str], reference: str) 
         return [[s["scores"][method][name]["per_question"][metric] for s in per_seed] for name in sets]
 
     out = {}
-    for metric in ("pass_at_1", "accuracy_think"):
+    for metric in ("pass_at_1", "accuracy_think", "information_gain"):
         out[metric] = {}
-        for method in (m for m in METHODS if m != reference):
+        for method in (m for m in methods if m != reference):
             out[metric][method] = {row: {**paired_difference(scores(method, metric, sets), scores(reference, metric, sets)),
                                          "variance_shares": variance_shares(scores(method, metric, sets),
                                                                             scores(reference, metric, sets))}
@@ -235,9 +242,26 @@ def paired_to_reference(per_seed: list[dict], names: list[str], reference: str) 
     return out
 
 
+def chosen_methods(names: list[str] | None, ablate: bool) -> list[str]:
+    """The methods to run, in METHODS' order: all by default; Base always; CPT needs an RLP run to match."""
+    if not names:
+        return list(METHODS)
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise UserError(f"--methods: unknown {', '.join(unknown)} (known: {', '.join(METHODS)})")
+    chosen = [m for m in METHODS if m in names or m == "base"]
+    if any(m.startswith("cpt") for m in chosen) and not any(m.startswith("rlp") for m in chosen):
+        raise UserError("--methods: CPT is matched to an RLP run's budget: add rlp or rlp-answer")
+    if ablate and "rlp" not in chosen:
+        raise UserError("--ablate varies RLP (K = 1): add rlp to --methods")
+    return chosen
+
+
 def run(suite_names: list[str], seeds: int, budget_name: str, output: Path, ablate: bool = False,
-        overrides: list[str] = (), model: str | None = None, data: str | None = None, tasks: str | None = None) -> dict:
-    """The whole comparison; writes table.md, results.json and plots/ under `output` and returns the results."""
+        overrides: list[str] = (), model: str | None = None, data: str | None = None, tasks: str | None = None,
+        methods: list[str] | None = None) -> dict:
+    """The whole comparison; writes table.md, results.json and plots/ under `output` and returns the results.
+    `methods`: a subset of METHODS (default all)."""
     try:
         import matplotlib  # noqa: F401  (checked first: the plots come last, after minutes of training)
     except ImportError as exc:
@@ -246,7 +270,11 @@ def run(suite_names: list[str], seeds: int, budget_name: str, output: Path, abla
         raise UserError(f"--budget: unknown budget {budget_name!r} (known: {', '.join(BUDGETS)})")
     if seeds < 1:
         raise UserError("--seeds must be >= 1")
+    methods = chosen_methods(methods, ablate)
     suites = [get_suite(name) for name in suite_names]
+    if len({s.marker for s in suites}) > 1:  # one position rule serves the whole corpus
+        raise UserError("--suite: " + ", ".join(f"{s.name} puts its answers after {s.marker!r}" for s in suites)
+                        + "; run suites with different markers apart")
     budget = BUDGETS[budget_name]
     eval_sets = [suite_eval_set(s, budget.eval_questions) for s in suites]
     eval_sets += [file_eval_set(tasks, budget.eval_questions)] if tasks else []
@@ -272,20 +300,21 @@ def run(suite_names: list[str], seeds: int, budget_name: str, output: Path, abla
         path.parent.mkdir(exist_ok=True)
         path.write_text("".join(json.dumps({"text": d}) + "\n" for s in suites for d in s.training_documents(budget.corpus_documents)))
         corpus = str(path)
-    plan = Plan(output, seeds, budget, suites, eval_sets, corpus, model, list(overrides))
+    plan = Plan(output, seeds, budget, suites, eval_sets, corpus, model, list(overrides), methods)
 
     per_seed = [run_seed(plan, seed) for seed in range(seeds)]
     names = [e.name for e in eval_sets]
     results = dict(suites=suite_names, eval_sets=names, seeds=per_seed, budget=budget_name,
                    settings=dataclasses.asdict(budget), overrides=list(overrides), model=model, data=data, tasks=tasks,
-                   methods=METHODS)
+                   methods=methods)
     if ablate:
         results["ablation"], results["ablation_base_overall"] = run_ablation(plan, per_seed[0]["scores"]["base"])
     results["summary"] = {
         m: {row: mean_std([headline(s["scores"][m], names)[row] for s in per_seed]) for row in headline(per_seed[0]["scores"][m], names)}
-        for m in METHODS
+        for m in methods
     }
-    results["paired"] = {reference: paired_to_reference(per_seed, names, reference) for reference in REFERENCES}
+    results["paired"] = {reference: paired_to_reference(per_seed, names, reference, methods)
+                         for reference in REFERENCES if reference in methods}
     results["wall_seconds"] = time.perf_counter() - began
     (output / "results.json").write_text(json.dumps(results, indent=1))
     written = plots(results, output / "plots")

@@ -34,17 +34,16 @@ class Budget:
     eval_questions: int  # per suite
     selection_questions: int  # training-side problems per suite in the warm-start curve (the length is chosen on them)
     samples: int  # k of pass@1
-    intrinsic_positions: int  # per suite
     curve_points: int  # checkpoints of each RL run that are evaluated
 
 
 BUDGETS = {
     "test": Budget(warm_from=None, warm_documents=300, warm_steps=20, warm_batch=16, warm_lr=3e-3, think_fraction=0.25, slip=0.6,
                    corpus_documents=100, rl_steps=2, batch_documents=2, group_size=2, thought_tokens=24, lr=1e-5, temperature=0.7,
-                   cpt_batch=16, eval_questions=6, selection_questions=4, samples=2, intrinsic_positions=8, curve_points=2),
+                   cpt_batch=16, eval_questions=6, selection_questions=4, samples=2, curve_points=2),
     "small": Budget(warm_from="builtin:tiny", warm_documents=20_000, warm_steps=2000, warm_batch=64, warm_lr=3e-3,
                     think_fraction=0.8, slip=0.6, corpus_documents=10_000, rl_steps=30, batch_documents=24,
                     group_size=8, thought_tokens=32, lr=1e-4, temperature=1.0, cpt_batch=64, eval_questions=200,
                     selection_questions=100,
-                    samples=4, intrinsic_positions=200, curve_points=5),
+                    samples=4, curve_points=5),
 }

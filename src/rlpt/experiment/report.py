@@ -11,9 +11,9 @@ LABELS = {"base": "Base", "cpt-token": "CPT (token-matched)", "cpt-flop": "CPT (
 ABLATION_G, ABLATION_L = (2, 4, 8, 16), (8, 16, 32, 64)
 
 
-def table_header() -> list[str]:
+def table_header(methods: list[str]) -> list[str]:
     """The first two lines of a Markdown table with one column per method."""
-    return ["| | " + " | ".join(LABELS[m] for m in METHODS) + " |", "|---" * (len(METHODS) + 1) + "|"]
+    return ["| | " + " | ".join(LABELS[m] for m in methods) + " |", "|---" * (len(methods) + 1) + "|"]
 
 
 def headline(scores: dict, names: list[str], metric: str = "pass_at_1") -> dict:
@@ -27,26 +27,33 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def markdown_table(per_seed: list[dict], names: list[str], metric: str = "pass_at_1") -> str:
+def markdown_table(per_seed: list[dict], names: list[str], methods: list[str], metric: str = "pass_at_1") -> str:
     """Rows `NAME Avg` per held-out set and Overall, columns the methods; mean +- std over seeds, in percent."""
-    lines = table_header()
+    lines = table_header(methods)
     for row in headline(per_seed[0]["scores"]["base"], names, metric):
         cells = []
-        for method in METHODS:
+        for method in methods:
             mean, std = mean_std([100 * headline(seed["scores"][method], names, metric)[row] for seed in per_seed])
             cells.append(f"{mean:.1f} ± {std:.1f}" if len(per_seed) > 1 else f"{mean:.1f}")
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def paired_table(paired: dict) -> str:
-    """Rows per held-out set and Overall, a column per method: `+d [low, high]` in points."""
+# the paired differences of the table: (per-question score, what it is, its unit)
+PAIRED_METRICS = [("pass_at_1", "pass@1 with thinking", "points"),
+                  ("accuracy_think", "greedy accuracy with thinking", "points"),
+                  ("information_gain", "the information gain of thinking (nats of the answer)", "nats")]
+
+
+def paired_table(paired: dict, scale: float = 100) -> str:
+    """Rows per held-out set and Overall, a column per method: `+d [low, high]`, times `scale` (100: points)."""
     methods = list(paired)
     rows = list(paired[methods[0]])
-    lines = ["| | " + " | ".join(LABELS[m] for m in methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    lines = table_header(methods)
+    decimals = 1 if scale == 100 else 2
     for row in rows:
-        cells = [f"{100 * paired[m][row]['mean']:+.1f} [{100 * paired[m][row]['low']:+.1f}, {100 * paired[m][row]['high']:+.1f}]"
-                 for m in methods]
+        cells = [f"{scale * paired[m][row]['mean']:+.{decimals}f} [{scale * paired[m][row]['low']:+.{decimals}f}, "
+                 f"{scale * paired[m][row]['high']:+.{decimals}f}]" for m in methods]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -82,8 +89,11 @@ def plots(results: dict, folder: Path) -> list[Path]:
         fig.savefig(written[-1], dpi=100)
         plt.close(fig)
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for ax, method, unit in ((axes[0], "rlp", "information gain (nats)"), (axes[1], "rpt", "RPT reward (0/1)")):
+    rl_methods = [m for m in ("rlp", "rlp-answer", "rpt") if m in results["methods"]]
+    units = {"rlp": "information gain (nats)", "rlp-answer": "information gain (nats)", "rpt": "RPT reward (0/1)"}
+    fig, axes = plt.subplots(1, len(rl_methods), figsize=(5 * len(rl_methods), 3.5), squeeze=False)
+    for ax, method in zip(axes[0], rl_methods):
+        unit = units[method]
         for seed in seeds:
             history = seed["rewards"][method]
             ax.plot(range(1, len(history) + 1), history, alpha=0.8, label=f"seed {seed['seed']}")
@@ -95,11 +105,15 @@ def plots(results: dict, folder: Path) -> list[Path]:
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.5), squeeze=False)
     for ax, name in zip(axes[0], names):
         for method, style in (("rlp", "-o"), ("rlp-answer", "-^"), ("rpt", "-s")):
+            if method not in rl_methods:
+                continue
             steps = [p["step"] for p in seeds[0]["curves"][method]]
             mean = [statistics.mean(seed["curves"][method][i][name] for seed in seeds) for i in range(len(steps))]
             ax.plot(steps, [100 * v for v in mean], style, label=LABELS[method])
-        last = seeds[0]["curves"]["rlp"][-1]["step"]
+        last = seeds[0]["curves"][rl_methods[0]][-1]["step"]
         for method, style in (("cpt-token", ":"), ("cpt-flop", "--")):
+            if method not in results["methods"]:
+                continue
             value = statistics.mean(seed["scores"][method][name]["accuracy_think"] for seed in seeds)
             ax.hlines(100 * value, 0, last, linestyles=style, colors="gray", label=f"{LABELS[method]} (end)")
         ax.set(title=f"{name}: greedy accuracy, thinking", xlabel="RL step", ylabel="% (mean of seeds)")
@@ -145,8 +159,9 @@ def report(results: dict, plot_files: list[Path], output: Path) -> str:
     if all(per_seed[0]["scores"]["base"][n]["thought_correct"] is not None for n in names):
         sections.append(("Greedy thoughts that are the correct worked thought, %:", "thought_correct"))
     parts = [f"# rlpt experiment: {', '.join(names)}; budget `{results['budget']}`; {len(per_seed)} seed(s)", ""]
+    methods = results["methods"]
     for title, metric in sections:
-        parts += [title, "", markdown_table(per_seed, names, metric), ""]
+        parts += [title, "", markdown_table(per_seed, names, methods, metric), ""]
     if per_seed[0].get("warm_start"):
         points = per_seed[0]["warm_start"]
         columns = curve_names(points)
@@ -159,18 +174,20 @@ def report(results: dict, plot_files: list[Path], output: Path) -> str:
         parts.append("")
     resampled = "questions and seeds" if len(per_seed) > 1 else "questions; one seed"
     for reference, paired in results["paired"].items():
-        for metric, what in (("pass_at_1", "pass@1 with thinking"), ("accuracy_think", "greedy accuracy with thinking")):
-            parts += [f"Paired difference to {LABELS[reference]} (method - {LABELS[reference]}) in {what}, points, "
-                      f"with its 95% interval (bootstrap over {resampled}):", "", paired_table(paired[metric]), ""]
+        for metric, what, unit in PAIRED_METRICS:
+            parts += [f"Paired difference to {LABELS[reference]} (method - {LABELS[reference]}) in {what}, {unit}, "
+                      f"with its 95% interval (bootstrap over {resampled}):", "",
+                      paired_table(paired[metric], scale=100 if unit == "points" else 1), ""]
             if len(per_seed) > 1:
                 parts += [seed_share_line(paired[metric]), ""]
-    parts += ["Intrinsic: mean log p(x_t) over held-out answer tokens, with a greedy thought / without (nats):", "",
-              *table_header()]
+    parts += ["The information gain of thinking at the trained position: the log-likelihood of each held-out answer "
+              "(its first 5 tokens, fewer at the document's end) after a greedy thought / without one, mean over "
+              "questions (nats):", "", *table_header(methods)]
     for name in names:
         cells = [
             f"{statistics.mean(s['scores'][m][name]['logp_think'] for s in per_seed):.3f} / "
             f"{statistics.mean(s['scores'][m][name]['logp_nothink'] for s in per_seed):.3f}"
-            for m in METHODS
+            for m in methods
         ]
         parts.append(f"| {name} | " + " | ".join(cells) + " |")
     counters = per_seed[0]["cpt_budget"]

@@ -6,13 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlpt import checkpoint
-from rlpt.data import Document, make_contexts
+from rlpt.data import Context
 from rlpt.errors import UserError
 from rlpt.evaluate import exact_match_accuracy, intrinsic, load_eval_set
 from rlpt.experiment.budgets import Budget
 from rlpt.generation import temperature_sampler
 from rlpt.models import load_model_and_tokenizer
-from rlpt.suites import Problem
+from rlpt.suites import ANSWER_TOKENS, Problem
 
 
 @dataclass(frozen=True)
@@ -47,9 +47,14 @@ def file_eval_set(path: str, questions: int) -> EvalSet:
 
 
 def answer_contexts(tokenizer, problems: list[Problem]) -> list:
-    """Every position of each answer (`question answer.`, t from the first answer token on): the intrinsic metric."""
-    docs = [Document(tokenizer(p.plain())["input_ids"], "eval", len(tokenizer(p.question)["input_ids"])) for p in problems]
-    return make_contexts(docs, "all", seed=0, step=0)
+    """One context per problem, at the first token of its answer (where RLP puts its thought), scoring the whole
+    answer (ANSWER_TOKENS, cut at the document's end): the information gain of thinking there."""
+    contexts = []
+    for i, p in enumerate(problems):
+        ids, t = tokenizer(p.plain())["input_ids"], len(tokenizer(p.question)["input_ids"])
+        contexts.append(Context(doc=i, position=t, prefix=tuple(ids[:t]), target=ids[t],
+                                continuation=tuple(ids[t + 1 : t + ANSWER_TOKENS])))
+    return contexts
 
 
 def evaluate_model(folder: Path, eval_sets: list[EvalSet], budget: Budget, seed: int) -> dict:
@@ -69,14 +74,16 @@ def evaluate_model(folder: Path, eval_sets: list[EvalSet], budget: Budget, seed:
         samples = [accuracy(True, choose_thought=temperature_sampler(0.7, seed * 1000 + k))["correct"]
                    for k in range(budget.samples)]
         per_question = [sum(hits) / len(hits) for hits in zip(*samples)]  # pass@1 of each question
-        contexts = answer_contexts(tokenizer, problems)[: budget.intrinsic_positions]
+        gains = intrinsic(model, tokenizer, think, answer_contexts(tokenizer, problems),
+                          max_thought_tokens=budget.thought_tokens)
         first = greedy["outputs"][0]
         out[eval_set.name] = dict(
             accuracy_think=greedy["accuracy"], pass_at_1=sum(per_question) / len(per_question),
-            per_question=dict(pass_at_1=per_question, accuracy_think=[float(c) for c in greedy["correct"]]),
+            per_question=dict(pass_at_1=per_question, accuracy_think=[float(c) for c in greedy["correct"]],
+                              information_gain=gains.pop("gains")),
             accuracy_nothink=accuracy(False)["accuracy"],
             thought_correct=greedy.get("thought_correct"),  # None without worked thoughts (a user's question set)
-            **intrinsic(model, tokenizer, think, contexts, max_thought_tokens=budget.thought_tokens),
+            **gains,
             example=dict(question=tasks[0]["question"], thought=first["thought"], answer=first["answer"],
                          expected=tasks[0]["answer"]),
         )
