@@ -102,7 +102,7 @@ def test_experiment_runs_the_methods_asked_for(llama_dir, tmp_path):
     import yaml
 
     assert yaml.safe_load((out / "runs" / "seed-0" / "rlp-answer" / "config.yaml").read_text())["rlp"]["positions"] == \
-        "first:The answer is"  # the suite's marker
+        "first:The answer is "  # the suite's marker
 
 
 def test_methods_are_checked():

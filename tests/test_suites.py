@@ -144,7 +144,7 @@ def test_no_heldout_question_has_its_commuted_twin_in_a_training_corpus():
 
 def test_wordsum_by_hand():
     """A story around a two-digit and a one-digit number; the thought is their sum, a slip forgets the carried ten
-    (only where the units carry), and the document puts a space before the answer."""
+    (only where the units carry), and the question ends with the marker, its space included."""
     from rlpt.suites import wordsum_problem
 
     for seed in range(50):
@@ -153,8 +153,8 @@ def test_wordsum_by_hand():
         assert right.thought == f"{a}+{b}={a + b}" and right.answer == str(a + b)
         assert slipped.question == right.question
         assert slipped.answer == str(a + b - 10 if a % 10 + b >= 10 else a + b)
-        assert right.question.endswith("The answer is") and right.plain() == f"{right.question} {a + b}."
-        assert right.worked() == f"{right.question}<think>{a}+{b}={a + b}</think> {a + b}."
+        assert right.question.endswith("The answer is ") and right.plain() == f"{right.question}{a + b}."
+        assert right.worked() == f"{right.question}<think>{a}+{b}={a + b}</think>{a + b}."
 
 
 def test_wordsum_holds_out_operand_pairs_and_has_its_corpora():
@@ -171,4 +171,4 @@ def test_wordsum_holds_out_operand_pairs_and_has_its_corpora():
     warm = [t for t, _ in builtin_texts("wordsum-warm")]
     assert 0.75 < sum(THINK_OPEN in d for d in warm) / len(warm) < 0.85
     questions, documents = load_eval_set("builtin:wordsum", 5)
-    assert documents == [f"{q['question']} {q['answer']}." for q in questions]
+    assert documents == [f"{q['question']}{q['answer']}." for q in questions]

@@ -24,9 +24,9 @@ The answer depends on the place alone, so a held-out question differs from train
 two-letter name (676 items x 36 places: 24,336 questions in all).
 `wordsum`: a two-digit and a one-digit number added in a short English story, for a real pretrained model (its
 tokenizer reads words): the thought is the sum, a slip forgets the carried ten, and the answer follows the
-question's closing "The answer is" (144 of the 720 operand pairs held out, every story of a pair on one side):
-    Tom has 47 pens. He gets 8 more. How many pens does Tom have now? The answer is<think>47+8=55</think> 55.
-Every answer follows the first `=` of its document (`wordsum`: "The answer is", the suite's `marker`):
+question's closing "The answer is " (144 of the 720 operand pairs held out, every story of a pair on one side):
+    Tom has 47 pens. He gets 8 more. How many pens does Tom have now? The answer is <think>47+8=55</think>55.
+Every answer follows the first `=` of its document (`wordsum`: "The answer is ", the suite's `marker`):
 `rlp.positions: first:=` puts a thought before the answer, `after:=` before every answer token.
 """
 
@@ -60,10 +60,9 @@ def thought_matches(thought: str, worked: str) -> bool:
 
 @dataclass(frozen=True)
 class Problem:
-    question: str  # ends where the answer follows ("=", or "The answer is")
+    question: str  # ends where the answer follows ("=", or "The answer is ")
     thought: str  # the worked thought
     answer: str
-    sep: str = ""  # between the question and the answer in a document (after the thought's `</think>` too)
 
     def task(self) -> dict:
         """The question/answer pair, as `rlpt eval` and `exact_match_accuracy` take it, with the worked thought when
@@ -71,10 +70,10 @@ class Problem:
         return {"question": self.question, "answer": self.answer, **({"thought": self.thought} if self.thought else {})}
 
     def plain(self) -> str:
-        return f"{self.question}{self.sep}{self.answer}."
+        return f"{self.question}{self.answer}."
 
     def worked(self) -> str:
-        return f"{self.question}{THINK_OPEN}{self.thought}{THINK_CLOSE}{self.sep}{self.answer}."
+        return f"{self.question}{THINK_OPEN}{self.thought}{THINK_CLOSE}{self.answer}."
 
 
 # ------------------------------------------------------------------------------------------------------------ math
@@ -132,15 +131,15 @@ def science_problem(rng: random.Random, forgets=never) -> Problem:
 NAMES = {"Mia": "She", "Tom": "He", "Ana": "She", "Ben": "He", "Lily": "She", "Sam": "He", "Nora": "She", "Leo": "He",
          "Zoe": "She", "Max": "He"}
 THINGS = ["apples", "pens", "stickers", "marbles", "cards", "books", "shells", "coins"]
+WORDSUM_MARKER = "The answer is "  # the answer follows it: the space before the number belongs to the question, so a
+# thought goes where the number starts (SmolLM2's tokenizer reads " 30" as " ", "3", "0")
 STORIES = [  # {name} {pron} {things} {a} {b}; each ends where the answer follows
-    "{name} has {a} {things}. {pron} gets {b} more. How many {things} does {name} have now? The answer is",
-    "There are {a} {things} in a box. {name} puts {b} more {things} in the box. How many {things} are in the box now? "
-    "The answer is",
-    "{name} read {a} pages on Monday and {b} pages on Tuesday. How many pages did {name} read in all? The answer is",
-    "A class has {a} students. Then {b} new students join the class. How many students are in the class now? "
-    "The answer is",
+    "{name} has {a} {things}. {pron} gets {b} more. How many {things} does {name} have now? ",
+    "There are {a} {things} in a box. {name} puts {b} more {things} in the box. How many {things} are in the box now? ",
+    "{name} read {a} pages on Monday and {b} pages on Tuesday. How many pages did {name} read in all? ",
+    "A class has {a} students. Then {b} new students join the class. How many students are in the class now? ",
     "{name} walked for {a} minutes in the morning and {b} minutes in the evening. How many minutes did {name} walk in "
-    "all? The answer is",
+    "all? ",
 ]
 WORDSUM_HELDOUT_PER_MILLE = 200  # of operand pairs: 144 of 720 held out, so 200 held-out questions span many sums
 
@@ -156,9 +155,9 @@ def wordsum_problem(rng: random.Random, forgets=never) -> Problem:
     answer its result. `forgets()`, asked when the units carry: True forgets the carried ten (`47+8=45`)."""
     a, b = rng.randint(10, 99), rng.randint(2, 9)
     name = rng.choice(list(NAMES))
-    question = rng.choice(STORIES).format(name=name, pron=NAMES[name], things=rng.choice(THINGS), a=a, b=b)
+    story = rng.choice(STORIES).format(name=name, pron=NAMES[name], things=rng.choice(THINGS), a=a, b=b)
     total = a + b - (10 if a % 10 + b >= 10 and forgets() else 0)
-    return Problem(question, f"{a}+{b}={total}", str(total), sep=" ")
+    return Problem(story + WORDSUM_MARKER, f"{a}+{b}={total}", str(total))
 
 
 # ----------------------------------------------------------------------------------------------------------- suites
@@ -207,7 +206,7 @@ class Suite:
 SUITES = {
     "math": Suite("math", math_problem, math_heldout),
     "science": Suite("science", science_problem, hashed_heldout),
-    "wordsum": Suite("wordsum", wordsum_problem, wordsum_heldout, marker="The answer is"),
+    "wordsum": Suite("wordsum", wordsum_problem, wordsum_heldout, marker=WORDSUM_MARKER),
 }
 
 
