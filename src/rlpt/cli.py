@@ -303,9 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--json", action="store_true", help="print one JSON object")
     sample.set_defaults(func=cmd_sample)
     exp = sub.add_parser("experiment", help="the paper's comparison: Base vs CPT (token/FLOP-matched) vs RPT vs RLP")
-    exp.add_argument("--suite", default="math,science", help="comma-separated built-in suites (math, science)")
+    exp.add_argument("--suite", default="math,science", help="comma-separated built-in suites (math, science; wordsum apart: its answers follow another marker)")
     exp.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1; the table gives mean +- std")
-    exp.add_argument("--budget", default="small", help="small (the README's run) or test (seconds; for checks)")
+    exp.add_argument("--budget", default="small", help="small (the README's run), smollm2 (a real 135M model on "
+                     "--suite wordsum: docs/smollm2.md) or test (seconds; for checks)")
     exp.add_argument("--output", default="runs/experiment", help="folder for table.md, results.json, plots/, models/")
     exp.add_argument("--ablate", action="store_true", help="also RLP over G in {2,4,8,16} and L in {8,16,32,64}")
     exp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of the RL runs, e.g. train.lr=3e-5")

@@ -46,21 +46,18 @@ REFERENCES = ("cpt-flop", "base")
 
 # ---------------------------------------------------------------------------------------------------- the models
 def warm_start(folder: Path, suites, eval_sets: list[EvalSet], budget: Budget, seed: int) -> None:
-    """Base: next-token training on the suites' warm-start corpora, of `budget.warm_from` (builtin:tiny, which
-    already knows addition with worked thoughts: from scratch, a tiny model takes thousands of steps to learn the
-    format) or of a freshly initialised model of the same architecture. Its convergence curve, the mean loss and
-    greedy accuracy with thinking on `eval_sets` (training-side problems, which the budget's length is chosen on, and
-    the held-out sets, for information) at `budget.curve_points` points, lands in `warm_start.json`."""
-    from transformers import AutoModelForCausalLM
-
-    from rlpt.models import resolve_model_path
+    """Base: next-token training on the suites' warm-start corpora, of `budget.warm_from` (a model name: builtin:tiny,
+    which already knows addition with worked thoughts, or builtin:smollm2-135m) or, without one, of a freshly
+    initialised model of builtin:tiny's architecture. Its convergence curve, the mean loss and greedy accuracy with
+    thinking on `eval_sets` (training-side problems, which the budget's length is chosen on, and the held-out sets, for
+    information) at `budget.curve_points` points, lands in `warm_start.json`."""
     from rlpt.pretrain import tokenize_documents, train_next_token
     from rlpt.tiny import RECIPES, build_model, char_tokenizer
 
-    tokenizer = char_tokenizer()
     if budget.warm_from:
-        model = AutoModelForCausalLM.from_pretrained(resolve_model_path(budget.warm_from))
+        model, tokenizer, _ = load_model_and_tokenizer(budget.warm_from)
     else:
+        tokenizer = char_tokenizer()
         model = build_model({**RECIPES["tiny"], "seed": seed}, tokenizer)
     texts = [d for s in suites for d in s.warm_start_documents(budget.warm_documents, seed, budget.think_fraction, budget.slip)]
     every, curve_points = max(1, budget.warm_steps // budget.curve_points), []
