@@ -5,10 +5,8 @@ import warnings
 import pytest
 import torch
 
-from rlpt import objective
 from rlpt.data import Document, make_contexts
 from rlpt.errors import UserError
-from rlpt.generation import temperature_sampler
 from rlpt.models import load_model_and_tokenizer
 from rlpt.rollout import RolloutSpec, make_engine
 from rlpt.generation import right_pad
@@ -16,7 +14,7 @@ from rlpt.rollout.packed import PackedEngine, document_prefix, rows_over_documen
 from rlpt.rollout.shared_prefix import SharedPrefix
 from rlpt.rollout.reference import ReferenceEngine
 
-from conftest import save_tiny
+from conftest import early_ending_sampler, run_engine, save_tiny
 
 TEXTS = ["123+456=579.", "98+7=105. and a longer tail", "5+5=10.", "777+1=778."]
 
@@ -24,30 +22,6 @@ TEXTS = ["123+456=579.", "98+7=105. and a longer tail", "5+5=10.", "777+1=778."]
 @pytest.fixture(scope="module", params=["llama", "qwen2", "qwen3", "gpt2", "gpt_neox", "mistral", "qwen2-sliding", "gemma3"])
 def arch_dir(request, tmp_path_factory):
     return save_tiny(tmp_path_factory.mktemp(request.param), request.param, seed=1)
-
-
-def early_ending_sampler(seed, close_id, boost=2.5):
-    """The tempered sampler with </think> made likelier, so thoughts end early and have ragged lengths."""
-    base = temperature_sampler(0.7, seed)
-
-    def choose(logits, step):
-        logits = logits.clone()
-        logits[:, close_id] += boost
-        return base(logits, step)
-
-    return choose
-
-
-def run_engine(engine, model, contexts, spec, seed):
-    rollouts = engine.rollout(model, model, contexts, spec, early_ending_sampler(seed, spec.think.close_id))
-    rewards = objective.information_gain(rollouts.s_pred, rollouts.s_ema)
-    advantages = objective.group_advantages(rewards).flatten()
-    logp, mask = engine.thought_logprobs(model, rollouts, list(range(len(rollouts.thoughts))), spec)
-    loss = objective.clipped_surrogate_loss(logp, logp.detach(), advantages, mask)
-    model.zero_grad(set_to_none=True)
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return rollouts, rewards, logp.detach(), mask, loss.item(), grads
 
 
 @pytest.mark.parametrize("excludes_think, reward_tokens, discount", [(False, 1, 1.0), (True, 1, 1.0), (True, 3, 0.8)])

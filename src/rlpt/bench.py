@@ -1,9 +1,9 @@
 """Side-by-side benchmark of one full RLP step (sample, score, update, optimizer, EMA) in one process, on the same
 model and the same batch: the reference engine, the packed engine (and, with `--engines packed,compiled`, the packed
-engine with `rlp.compile_decoding`), and plain next-token training (forward, backward, AdamW) over as many tokens as the
-RLP step holds (documents + thoughts).
+engine with `rlp.compile_decoding`; with `recurrent`, the engine of models with recurrent state), and plain next-token
+training (forward, backward, AdamW) over as many tokens as the RLP step holds (documents + thoughts).
 
-efficiency = packed thought tokens/s / next-token tokens/s. A thought token costs one forward to sample and one
+efficiency = the first fast engine's thought tokens/s / next-token tokens/s. A thought token costs one forward to sample and one
 forward+backward to learn from, so ~0.75 is the ceiling; the context should cost almost nothing on top.
 Times are medians over `--steps` steps after one warm-up step. Compare ratios, not absolute times.
 """
@@ -31,7 +31,24 @@ from rlpt.trainer import RlpTrainer
 
 SHAPES = [(4, 16, 4, 32), (2, 64, 8, 16)]  # (documents, positions per document, G, L)
 MODELS = ["builtin:tiny", "builtin:llama-10m"]
-ENGINES = ("reference", "packed", "compiled")
+ENGINES = ("reference", "packed", "compiled", "recurrent")
+
+
+def engine_named(name: str, model):
+    """The engine called `name` for `model`; a UserError where the model fails that engine's probe (the trainer would
+    fall back to another: a benchmark of it would time the wrong thing)."""
+    from rlpt.rollout.packed import supports_shared_prefix
+    from rlpt.rollout.recurrent import RecurrentEngine, supports_recurrent_rows
+
+    if name in ("packed", "compiled") and not supports_shared_prefix(model):
+        raise UserError(f"--engines {name}: {type(model).__name__} fails the packed engine's shared-prefix probe (a model "
+                        "with recurrent state takes --engines recurrent,reference)")
+    if name == "recurrent" and (why_not := supports_recurrent_rows(model)) is not None:
+        raise UserError(f"--engines recurrent: {type(model).__name__} fails the recurrent engine's probe ({why_not})")
+    return {"reference": ReferenceEngine, "packed": PackedEngine, "compiled": lambda: PackedEngine(compile_decoding=True),
+            "recurrent": RecurrentEngine}[name]()
+
+
 MICRO_BATCH = 256  # thoughts per forward/backward chunk, both engines (the reference engine needs it to fit in memory)
 
 
@@ -163,16 +180,18 @@ def compare(model_name: str, docs_n: int, positions: int, G: int, L: int, doc_to
                   doc_tokens=length, positions_rule=rule, params=sum(p.numel() for p in model.parameters()), device=str(device),
                   workload=WORKLOAD)
     for name in engines:  # packed first: on CPU the resident-set peak of a later engine includes the earlier one's
-        engine = ReferenceEngine() if name == "reference" else PackedEngine(compile_decoding=name == "compiled")
+        engine = engine_named(name, model)
         timing = time_rlp(engine, model, tokenizer, think, docs, rule, G, L, steps, device)
         result.update({f"{name}_{k}": v for k, v in timing.items()})
     thoughts = docs_n * positions * G
-    rlp_tokens = docs_n * length + thoughts + result["packed_thought_tokens"]  # documents, <think> tags, thoughts
+    fast = next((e for e in engines if e != "reference"), "reference")  # the engine the efficiency is of
+    result["fast_engine"] = fast
+    rlp_tokens = docs_n * length + thoughts + result[f"{fast}_thought_tokens"]  # documents, <think> tags, thoughts
     ntp = time_next_token(model, tokenizer, rlp_tokens, length, steps, device)
     result.update(ntp_step_s=ntp["step_s"], ntp_tokens=ntp["tokens"], ntp_tokens_per_s=ntp["tokens_per_s"])
-    result["efficiency"] = result["packed_thought_tokens_per_s"] / result["ntp_tokens_per_s"]
-    if "reference_step_s" in result:
-        result["speedup"] = result["reference_step_s"] / result["packed_step_s"]
+    result["efficiency"] = result[f"{fast}_thought_tokens_per_s"] / result["ntp_tokens_per_s"]
+    if "reference_step_s" in result and fast != "reference":
+        result["speedup"] = result["reference_step_s"] / result[f"{fast}_step_s"]
     return result
 
 
@@ -197,14 +216,14 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def scaling_table(model_name, G, total_thought_tokens, doc_tokens, steps, device, loaded) -> str:
+def scaling_table(model_name, G, total_thought_tokens, doc_tokens, steps, device, loaded, fast="packed") -> str:
     """Positions per document doubling at fixed thought tokens (L halves): the context cost should stay flat."""
-    lines = ["| positions x L (1 document, G = %d) | reference s/step | packed s/step |" % G, "|---|---|---|"]
+    lines = [f"| positions x L (1 document, G = {G}) | reference s/step | {fast} s/step |", "|---|---|---|"]
     for positions in (4, 8, 16, 32):
         L = max(1, total_thought_tokens // (positions * G))
-        r = compare(model_name, 1, positions, G, L, doc_tokens, steps, device, loaded)
-        lines.append(f"| {positions} x {L} ({r['packed_thought_tokens']} thought tokens) | {r['reference_step_s']:.3f} | "
-                     f"{r['packed_step_s']:.3f} |")
+        r = compare(model_name, 1, positions, G, L, doc_tokens, steps, device, loaded, engines=(fast, "reference"))
+        lines.append(f"| {positions} x {L} ({r[f'{fast}_thought_tokens']} thought tokens) | {r['reference_step_s']:.3f} | "
+                     f"{r[f'{fast}_step_s']:.3f} |")
     return "\n".join(lines)
 
 
@@ -252,8 +271,9 @@ def run(args) -> int:
         for shape in SHAPES:
             rows.append(compare(name, *shape, args.doc_tokens, args.steps, device, loaded, engines=engines))
             print(table(rows[-1:]), flush=True)
-        if name == ([args.model] if args.model else MODELS)[0] and not args.no_scaling:
-            print(scaling_table(name, 4, 1024, args.doc_tokens, args.steps, device, loaded), flush=True)
+        fast = next((e for e in engines if e != "reference"), None)
+        if name == ([args.model] if args.model else MODELS)[0] and not args.no_scaling and fast is not None:
+            print(scaling_table(name, 4, 1024, args.doc_tokens, args.steps, device, loaded, fast), flush=True)
     print()
     print(table(rows))
     return 0

@@ -65,7 +65,9 @@ class RlpConfig:
     positions: str = "all"
     """Which positions t get thoughts: all, every:K, random:N, list:T1,T2,..., after:TEXT, first:TEXT."""
     engine: str = "packed"
-    """Thought engine: `packed` (one forward per document; fast) or `reference` (one row per thought; the oracle)."""
+    """Thought engine: `packed` (one forward per document; fast; a model with recurrent state gets `recurrent`, its
+    equivalent, and one neither can serve `reference`), `recurrent`, or `reference` (one row per thought; the
+    oracle)."""
     compile_decoding: bool = False
     """Compile the packed engine's decoding step with `torch.compile`. It pays where decoding is bound by per-step
     overhead (few rows a step: ~1.25x faster steps in `bench/vs_trl.py`), not where it is bound by arithmetic; compiling
@@ -297,7 +299,8 @@ def validate(cfg: Config) -> None:
         (cfg.train.next_token_documents >= 1, "train.next_token_documents must be >= 1"),
         (bool(POSITION_RULE.match(cfg.rlp.positions)),
          f"rlp.positions: {cfg.rlp.positions!r} is not all, every:K, random:N, list:T1,T2,..., after:TEXT or first:TEXT"),
-        (cfg.rlp.engine in ("reference", "packed"), f"rlp.engine: {cfg.rlp.engine!r} is not reference or packed"),
+        (cfg.rlp.engine in ("reference", "packed", "recurrent"),
+         f"rlp.engine: {cfg.rlp.engine!r} is not packed, recurrent or reference"),
         (cfg.rlp.reward in ("information_gain", "rpt"), f"rlp.reward: {cfg.rlp.reward!r} is not information_gain or rpt"),
         (cfg.data.format in ("auto", "text", "jsonl"), f"data.format: {cfg.data.format!r} is not auto, text or jsonl"),
         (cfg.data.max_length >= 2, "data.max_length must be >= 2"),

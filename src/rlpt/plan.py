@@ -58,13 +58,24 @@ class Shape:
     kv_heads: int
     head_dim: int
     intermediate: int
+    attention_layers: int | None = None  # layers with a KV cache (a hybrid model's attention layers); None: all
+    conv_state: int = 0  # per row: the recurrent layers' convolution states, values (in the compute dtype)
+    ssm_state: int = 0  # per row: their SSM / linear-attention states, float32 values
+    counted_params: int | None = None  # the model's own count, where known
 
     @property
     def params(self) -> int:
-        """Weights of a Llama-like model with tied embeddings (attention, gated MLP, two norms a layer, a final one)."""
+        """The model's own count when known; else the weights of a Llama-like model with tied embeddings (attention,
+        gated MLP, two norms a layer, a final one)."""
+        if self.counted_params is not None:
+            return self.counted_params
         attention = self.hidden * self.head_dim * (2 * self.heads + 2 * self.kv_heads)
         layer = attention + 3 * self.hidden * self.intermediate + 2 * self.hidden
         return self.vocab * self.hidden + self.layers * layer + self.hidden
+
+    @property
+    def kv_layers(self) -> int:
+        return self.layers if self.attention_layers is None else self.attention_layers
 
 
 def shape_of(folder: str) -> Shape:
@@ -78,12 +89,76 @@ def shape_of(folder: str) -> Shape:
     except OSError as exc:
         raise UserError(f"--model: {folder} has no readable config.json") from exc
     config = config.get("text_config", config)
-    heads = config.get("num_attention_heads") or config.get("n_head")
+    heads = config.get("num_attention_heads") or config.get("n_head") or 1
     hidden = config.get("hidden_size") or config.get("n_embd")
-    return Shape(layers=config.get("num_hidden_layers") or config.get("n_layer"), hidden=hidden,
-                 vocab=config["vocab_size"], heads=heads, kv_heads=config.get("num_key_value_heads") or heads,
-                 head_dim=config.get("head_dim") or hidden // heads,
-                 intermediate=config.get("intermediate_size") or config.get("n_inner") or 4 * hidden)
+    layers = config.get("num_hidden_layers") or config.get("n_layer") or len(layer_types(config))
+    return Shape(layers=layers, hidden=hidden, vocab=config["vocab_size"], heads=heads,
+                 kv_heads=config.get("num_key_value_heads") or heads, head_dim=config.get("head_dim") or hidden // heads,
+                 intermediate=config.get("intermediate_size") or config.get("n_inner") or 4 * hidden,
+                 **recurrent_sizes(config, layers), counted_params=parameter_count(folder))
+
+
+def layer_types(config: dict) -> list[str]:
+    """Each layer's kind, as transformers' hybrid configs name them (`linear_attention`, `full_attention`, `hybrid`:
+    both, `mlp`, `moe`); [] for a model of attention layers only."""
+    if config.get("layer_types"):
+        return list(config["layer_types"])
+    if config.get("layers_block_type"):
+        return list(config["layers_block_type"])
+    pattern = config.get("hybrid_override_pattern")
+    if pattern:
+        return [{"M": "linear_attention", "*": "full_attention", "-": "mlp", "E": "moe"}.get(c, "mlp") for c in pattern]
+    kind = config.get("model_type")
+    if kind == "falcon_h1":
+        return ["hybrid"] * config["num_hidden_layers"]
+    if kind in ("mamba2", "mamba"):
+        return ["linear_attention"] * config["num_hidden_layers"]
+    return []
+
+
+def recurrent_sizes(config: dict, layers: int) -> dict:
+    """The recurrent layers' states per batch row, summed over layers (Mamba-2 mixers: a convolution over its input,
+    B and C, and an SSM state per head; gated DeltaNet: a convolution over q, k, v and a state per value head), and
+    how many layers keep keys and values."""
+    kinds = layer_types(config)
+    if not kinds:
+        return {}
+    recurrent = sum(k in ("linear_attention", "hybrid") for k in kinds)
+    attention = sum(k in ("full_attention", "hybrid", "attention") for k in kinds)
+    if config.get("linear_num_value_heads"):  # gated DeltaNet (Qwen3Next)
+        key_dim = config["linear_num_key_heads"] * config["linear_key_head_dim"]
+        value_dim = config["linear_num_value_heads"] * config["linear_value_head_dim"]
+        conv = (2 * key_dim + value_dim) * config["linear_conv_kernel_dim"]
+        ssm = config["linear_num_value_heads"] * config["linear_key_head_dim"] * config["linear_value_head_dim"]
+    else:  # a Mamba-2 mixer, under each family's names
+        first = lambda *names: next(config[n] for n in names if config.get(n) not in (None, "auto"))  # noqa: E731
+        heads = first("mamba_num_heads", "mamba_n_heads", "num_heads")
+        state = first("ssm_state_size", "mamba_d_state", "state_size")
+        groups = first("n_groups", "mamba_n_groups")
+        kernel = first("conv_kernel", "mamba_d_conv")
+        if config.get("model_type") == "mamba2":
+            head_dim = config["head_dim"]
+        elif config.get("mamba_head_dim"):  # NemotronH
+            head_dim = config["mamba_head_dim"]
+        else:  # FalconH1: given, or "auto" (the SSM width over the heads)
+            head_dim = config.get("mamba_d_head") if config.get("mamba_d_head") != "auto" else config["mamba_d_ssm"] // heads
+        conv = (heads * head_dim + 2 * groups * state) * kernel
+        ssm = heads * head_dim * state
+    return dict(attention_layers=attention, conv_state=recurrent * conv, ssm_state=recurrent * ssm)
+
+
+def parameter_count(folder: str) -> int | None:
+    """The model's own parameter count, built without memory (on the meta device); None where that fails."""
+    try:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        return sum(p.numel() for p in model.parameters())
+    except Exception:  # an unknown architecture: the Llama-like count
+        return None
 
 
 # float32 values the update keeps per thought token and layer for the backward, besides attention: the layer's input,
@@ -109,7 +184,8 @@ def memory(shape: Shape, group_size: int, thought_tokens: int, doc_tokens: int, 
     from rlpt.logprobs import CHUNK_ELEMENTS
 
     n = shape.params
-    kv = 2 * shape.layers * shape.kv_heads * shape.head_dim * compute_bytes  # bytes of one token's keys and values
+    kv = 2 * shape.kv_layers * shape.kv_heads * shape.head_dim * compute_bytes  # bytes of one token's keys and values
+    states = shape.conv_state * compute_bytes + shape.ssm_state * 4  # bytes of one row's recurrent states
     tokens = micro_batch_thoughts * thought_tokens
     kept_layers = 1 if checkpointing else shape.layers  # checkpointed: one layer's at a time, plus every layer input
     activations = tokens * (token_activations(shape, doc_tokens + thought_tokens, compute_bytes) * kept_layers
@@ -120,6 +196,8 @@ def memory(shape: Shape, group_size: int, thought_tokens: int, doc_tokens: int, 
         "weights (float32)": 4 * n, "gradients (float32)": 4 * n, "Adam moments (float32)": 8 * n,
         "EMA teacher (float32)": 4 * n,
         "decoding KV cache (document once, G thought rows)": kv * (doc_tokens + group_size * thought_tokens),
+        # the recurrent engine: the states at the context's position, and each of the G rows' own
+        "recurrent states (conv and SSM; the position's and G rows')": states * (1 + group_size),
         "update activations (one micro-batch)": activations,
         "next-token term's activations beyond the update's": max(0, next_token - activations), "log-prob chunk": logits,
         # float32: added into the gradient in place; bfloat16: the head's weight cast once, and a chunk's product

@@ -150,6 +150,8 @@ def train_in_folder(world: distributed.World, cfg, run_dir: Path, device: torch.
               f"step takes {per_step} (train.batch_documents x processes): windows repeat within a step", flush=True)
 
     engine = make_engine(cfg.rlp.engine, policy, cfg.rlp.compile_decoding)  # probes the unwrapped model
+    if world.main:
+        print(f"rlpt: engine: {engine.name}", flush=True)
     if cfg.train.gradient_checkpointing and not checkpointing_keeps_dropout_off(policy):
         raise UserError("train.gradient_checkpointing: this model's layers apply dropout themselves once checkpointing "
                         "marks them as training (OPT and Falcon do), so the update would score thoughts with noise; "
@@ -190,6 +192,7 @@ def train_in_folder(world: distributed.World, cfg, run_dir: Path, device: torch.
         summary["s_ema_drift_abs"] = sum(abs(d) for d in drift) / len(drift)
     summary["train_seconds_this_session"] = train_seconds
     summary["processes"] = world.size
+    summary["engine"] = engine.name
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 

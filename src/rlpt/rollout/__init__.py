@@ -2,6 +2,8 @@
 
 - `reference`: every (context, thought) its own row; simple and obviously right, the oracle.
 - `packed`: one forward per document for the context KV and for the update; the fast one (DESIGN.md section 4).
+- `recurrent`: the same for models with recurrent state (hybrid Mamba-attention, linear attention): one pass over each
+  document in segments that end at the chosen positions.
 """
 
 from __future__ import annotations
@@ -17,24 +19,29 @@ __all__ = ["Context", "RolloutSpec", "Rollouts", "make_engine"]
 
 
 def make_engine(name: str, model, compile_decoding: bool = False):
-    """The engine called `name` for `model` (`compile_decoding`: see `PackedEngine`); `packed` falls back to
-    `reference`, with a warning, for a model whose attention cannot take the shared document prefix (never silently
-    to wrong results)."""
+    """The engine called `name` for `model` (`compile_decoding`: see `PackedEngine`). `packed` is the default: for a
+    model whose attention cannot take the shared document prefix it becomes `recurrent` where the model carries
+    recurrent state that engine reproduces (hybrid Mamba-attention models), else `reference`, with a warning that
+    says why (never silently to wrong results)."""
     from rlpt.rollout.packed import PackedEngine, supports_shared_prefix
+    from rlpt.rollout.recurrent import RecurrentEngine, supports_recurrent_rows
     from rlpt.rollout.reference import ReferenceEngine
 
-    if name == "packed":
-        if supports_shared_prefix(model):
-            if compile_decoding and next(model.parameters()).device.type == "cpu" and not has_cxx_compiler():
-                raise UserError("rlp.compile_decoding: torch.compile builds CPU kernels with a C++ compiler, and there "
-                                "is none ($CXX unset; no g++, c++ or clang++ on PATH): install g++ or set "
-                                "rlp.compile_decoding=false")
-            return PackedEngine(compile_decoding)
-        warnings.warn(
-            f"rlp.engine=packed: {type(model).__name__} failed the shared-prefix attention probe "
-            f"(attn_implementation={model.config._attn_implementation!r}); using the reference engine",
-            stacklevel=2,
-        )
+    if name == "reference":
+        return ReferenceEngine()
+    if name == "packed" and supports_shared_prefix(model):
+        if compile_decoding and next(model.parameters()).device.type == "cpu" and not has_cxx_compiler():
+            raise UserError("rlp.compile_decoding: torch.compile builds CPU kernels with a C++ compiler, and there "
+                            "is none ($CXX unset; no g++, c++ or clang++ on PATH): install g++ or set "
+                            "rlp.compile_decoding=false")
+        return PackedEngine(compile_decoding)
+    why_not = supports_recurrent_rows(model)
+    if why_not is None:
+        return RecurrentEngine()
+    shared = "" if name == "recurrent" else (f"{type(model).__name__} failed the shared-prefix attention probe "
+                                             f"(attn_implementation={model.config._attn_implementation!r}) and ")
+    warnings.warn(f"rlp.engine={name}: {shared}the recurrent-state probe ({why_not}); using the reference engine",
+                  stacklevel=2)
     return ReferenceEngine()
 
 

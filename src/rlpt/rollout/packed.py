@@ -91,6 +91,35 @@ def supports_shared_prefix(model) -> bool:
     return bool(torch.allclose(shared.float(), alone.float(), atol=1e-3, rtol=1e-3))
 
 
+@torch.no_grad()
+def documents_and_baseline(teacher, contexts, spec: RolloutSpec):
+    """The document pieces the contexts need (with the tokens the reward teacher-forces), right-padded on the teacher's
+    device, each context's piece, its scored tokens (B, K) and their counts (B,), and S_ema (B,): one teacher forward
+    per document, the logits at t - 1 + k predicting x_{t+k}."""
+    device = next(teacher.parameters()).device
+    think = spec.think
+    docs, doc_of_context = documents_of(contexts, scored=True)
+    ids, pad_mask = (x.to(device) for x in right_pad(docs, spec.pad_id))
+    positions = torch.tensor([c.position for c in contexts], device=device)
+    context_doc = torch.tensor(doc_of_context, device=device)
+    scored = [c.scored for c in contexts]
+    width = max(len(s) for s in scored)
+    answers = torch.tensor([list(s) + [spec.pad_id] * (width - len(s)) for s in scored], device=device)  # (B, K)
+    at = (positions[:, None] - 1 + torch.arange(width, device=device)[None, :]).clamp(max=ids.size(1) - 1)  # (B, K)
+    split = output_head(teacher)
+    if split is not None:  # the head only where a context reads it, not over every document token
+        body, head = split
+        hidden = body(input_ids=ids, attention_mask=pad_mask).last_hidden_state
+        teacher_logits = head(hidden[context_doc[:, None], at])
+    else:
+        teacher_logits = teacher(input_ids=ids, attention_mask=pad_mask).logits[context_doc[:, None], at]
+    excluded = [think.open_id, think.close_id] if spec.baseline_excludes_think else []
+    teacher_logprobs = torch.log_softmax(teacher_logits.float(), -1)  # (B, K, V)
+    s_ema = discounted_scores(teacher_logprobs, scored, spec.reward_discount, excluded)
+    lengths = torch.tensor([len(s) for s in scored], device=device)
+    return docs, doc_of_context, ids, pad_mask, answers, lengths, s_ema
+
+
 def rows_over_documents(model, inputs, row_t, prefix: SharedPrefix, cache=None, use_cache=False, run=None):
     """Forward thought rows `inputs` (N, W) over their documents' shared prefix: row i sees its document's keys before
     row_t[i] and its own tokens causally (those in `cache` too); its positions continue from row_t[i] + len(cache).
@@ -153,7 +182,7 @@ def captured_graph(step):
 def shape_key(policy, prefix: SharedPrefix, rows: int, capacity: int) -> tuple:
     """What a decoding step's shapes (and the Python values it is traced with) depend on, and the model it runs (kept
     alive by the entry, so its id names it)."""
-    return (id(policy), rows, capacity, prefix.rows_per_doc, prefix.identity, prefix.keys[0].dtype, prefix.keys[0].device,
+    return (id(policy), rows, capacity, prefix.rows_per_doc, prefix.identity, prefix.first_keys.dtype, prefix.first_keys.device,
             tuple(k.shape for k in prefix.keys), tuple(v.shape for v in prefix.values), tuple(prefix.doc_mask.shape))
 
 
@@ -218,32 +247,13 @@ class PackedEngine:
     @torch.no_grad()
     def rollout(self, policy, teacher, contexts, spec: RolloutSpec, choose: Chooser) -> Rollouts:
         device = next(policy.parameters()).device
-        think, G = spec.think, spec.group_size
-        docs, doc_of_context = documents_of(contexts, scored=True)
-        ids, pad_mask = (x.to(device) for x in right_pad(docs, spec.pad_id))
+        G = spec.group_size
+        docs, doc_of_context, ids, pad_mask, answers, answer_lengths, s_ema = documents_and_baseline(teacher, contexts, spec)
         positions = torch.tensor([c.position for c in contexts], device=device)
         context_doc = torch.tensor(doc_of_context, device=device)
-        scored = [c.scored for c in contexts]
-        width = max(len(s) for s in scored)
-        answers = torch.tensor([list(s) + [spec.pad_id] * (width - len(s)) for s in scored], device=device)  # (B, K)
-
-        # S_ema: one teacher forward per document; the logits at t - 1 + k predict x_{t+k}
-        at = (positions[:, None] - 1 + torch.arange(width, device=device)[None, :]).clamp(max=ids.size(1) - 1)  # (B, K)
-        split = output_head(teacher)
-        if split is not None:  # the head only where a context reads it, not over every document token
-            body, head = split
-            hidden = body(input_ids=ids, attention_mask=pad_mask).last_hidden_state
-            teacher_logits = head(hidden[context_doc[:, None], at])
-        else:
-            teacher_logits = teacher(input_ids=ids, attention_mask=pad_mask).logits[context_doc[:, None], at]
-        excluded = [think.open_id, think.close_id] if spec.baseline_excludes_think else []
-        teacher_logprobs = torch.log_softmax(teacher_logits.float(), -1)  # (B, K, V)
-        s_ema = discounted_scores(teacher_logprobs, scored, spec.reward_discount, excluded)
-
         row_context = torch.arange(len(contexts), device=device).repeat_interleave(G)  # (N,) rows in context order
         row_t = positions[row_context]
         prefix = document_prefix(policy, ids, pad_mask, context_doc[row_context], row_t)
-        answer_lengths = torch.tensor([len(s) for s in scored], device=device)
         thoughts, s_pred, predicted = self.decode_thoughts(
             policy, prefix, row_t, answers[row_context], answer_lengths[row_context], spec, choose)
         shape = (len(contexts), G)

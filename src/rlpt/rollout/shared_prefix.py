@@ -27,9 +27,11 @@ class SharedPrefix:
 
     def __init__(self, cache, row_doc: torch.Tensor, row_t: torch.Tensor):
         self.row_t = row_t  # a row's own token j sits at position row_t + j
-        self.keys = [layer.keys for layer in cache.layers]  # (B, H_kv, T, D) each
-        self.values = [layer.values for layer in cache.layers]
-        docs = self.keys[0].shape[0]
+        # (B, H_kv, T, D) each, by layer index; None for a layer without attention (a hybrid model's Mamba layers)
+        self.keys = [getattr(layer, "keys", None) for layer in cache.layers]
+        self.values = [getattr(layer, "values", None) for layer in cache.layers]
+        first = next(k for k in self.keys if k is not None)
+        docs = first.shape[0]
         counts = torch.bincount(row_doc, minlength=docs)
         self.rows_per_doc = int(counts.max())
         first_row = torch.cumsum(counts, 0) - counts
@@ -40,21 +42,26 @@ class SharedPrefix:
         # rows already laid out as the grid (each document's rows together, as many for each): no copies needed
         self.identity = bool((self.slot == torch.arange(row_doc.numel(), device=row_doc.device)).all()) and (
             row_doc.numel() == docs * self.rows_per_doc)
-        length = self.keys[0].shape[2]
+        length = first.shape[2]
         allowed = torch.arange(length, device=row_t.device)[None, :] < row_t[:, None]  # (N, T): keys before t
-        mask = torch.zeros(allowed.shape, dtype=self.keys[0].dtype, device=row_t.device).masked_fill_(~allowed, float("-inf"))
+        mask = torch.zeros(allowed.shape, dtype=first.dtype, device=row_t.device).masked_fill_(~allowed, float("-inf"))
         # additive, per grid slot (an empty slot sees every key: its scores are computed, then dropped)
         self.doc_mask = self.to_grid(mask[:, None, None, :]).view(docs, 1, self.rows_per_doc, 1, length)  # (B, 1, R, 1, T)
+
+    @property
+    def first_keys(self) -> torch.Tensor:
+        """The keys of the first attention layer: what the shapes and the dtype are read from."""
+        return next(k for k in self.keys if k is not None)
 
     def window_masks(self, query_positions: torch.Tensor, window: int, width: int):
         """A sliding-window layer's additive masks (a query at position p sees keys at positions > p - window): over
         the document's keys in the grid layout (B, 1, R, q, T), and over the row's own keys (N, 1, q, width)."""
-        length = self.keys[0].shape[2]
+        length = self.first_keys.shape[2]
         lowest = query_positions[:, :, None] - window  # (N, q, 1): keys at or below this position are out of sight
         doc_far = torch.arange(length, device=lowest.device)[None, None, :] <= lowest  # (N, q, T)
         own_positions = self.row_t[:, None, None] + torch.arange(width, device=lowest.device)[None, None, :]
         own_far = own_positions <= lowest  # (N, q, width)
-        dtype = self.keys[0].dtype
+        dtype = self.first_keys.dtype
         doc = torch.zeros(doc_far.shape, dtype=dtype, device=lowest.device).masked_fill_(doc_far, float("-inf"))
         own = torch.zeros(own_far.shape, dtype=dtype, device=lowest.device).masked_fill_(own_far, float("-inf"))
         q = query_positions.shape[1]
@@ -64,7 +71,7 @@ class SharedPrefix:
         """(N, H, q, X) -> (B, H, R * q, X), zeros in empty slots."""
         n, heads, q, x = rows.shape
         if not self.identity:
-            rows = rows.new_zeros(self.keys[0].shape[0] * self.rows_per_doc, heads, q, x).index_copy(0, self.slot, rows)
+            rows = rows.new_zeros(self.first_keys.shape[0] * self.rows_per_doc, heads, q, x).index_copy(0, self.slot, rows)
         return rows.view(-1, self.rows_per_doc, heads, q, x).transpose(1, 2).reshape(-1, heads, self.rows_per_doc * q, x)
 
     def from_grid(self, grid: torch.Tensor, q: int) -> torch.Tensor:
@@ -125,7 +132,13 @@ def repeat_heads(states: torch.Tensor, groups: int) -> torch.Tensor:
     return states if groups == 1 else states.repeat_interleave(groups, dim=1)
 
 
+ACTIVE: list = []  # the prefix of the innermost `shared_prefix_attention(model, prefix)` block, for models that cannot
+# take it as a forward keyword (a hybrid model's Mamba mixers pass every keyword on to kernels that refuse it)
+
+
 def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, shared_prefix=None, **kwargs):
+    if shared_prefix is None and ACTIVE:
+        shared_prefix = ACTIVE[-1]  # None outside a block that names one
     if shared_prefix is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
     unsupported = [name for name in ("softcap", "s_aux") if kwargs.get(name) is not None]
@@ -166,10 +179,12 @@ AttentionInterface.register(NAME, attention)
 
 
 @contextmanager
-def shared_prefix_attention(model):
-    """Route the model's attention through `attention` for the calls inside the block."""
+def shared_prefix_attention(model, prefix: SharedPrefix | None = None):
+    """Route the model's attention through `attention` for the calls inside the block; with `prefix`, every call
+    reads that shared prefix (else each call passes its own `shared_prefix` keyword)."""
     configs = [c for c in (model.config, getattr(model.config, "text_config", None)) if c is not None]
     saved = [c._attn_implementation for c in configs]
+    ACTIVE.append(prefix)
     try:
         for c in configs:
             c._attn_implementation = NAME
@@ -177,3 +192,4 @@ def shared_prefix_attention(model):
     finally:
         for c, name in zip(configs, saved):
             c._attn_implementation = name
+        ACTIVE.pop()

@@ -1,0 +1,397 @@
+"""The recurrent engine: dense RLP for models that carry recurrent state (Mamba-2 mixers, gated DeltaNet linear
+attention, short convolutions), with or without attention layers beside them: NemotronH, FalconH1, Qwen3Next, Mamba2.
+
+A thought at position t continues the model's state after x_<t: the recurrent layers' conv and SSM states there, and
+the attention layers' keys and values before t. The packed engine gets every position's keys from one forward over
+the document, because causal attention makes them the same as the prefix's own; a recurrent layer keeps only its last
+state, so here one pass over each document runs in segments that end at the chosen positions, continuing the model's
+own cache (`DynamicCache`), and the state at the end of each segment is that position's. So the context is encoded
+once per document, not once per thought:
+- sampling: the segments end at every chosen position; G rows per position start from its states (the recurrent
+  layers' states copied to the rows, the attention layers' document keys kept once, `shared_prefix.py`) and decode
+  together, S_pred read from the logits after `</think>` as in the packed engine;
+- the update: the same pass, with gradients, in segments of at least MIN_SEGMENT tokens (a one-token forward takes
+  the mixers' in-place single-step path, which autograd cannot differentiate; and each segment is a forward and a
+  backward of the whole model, whose fixed cost dominates short ones). A position that falls closer than that to the
+  previous segment's end starts its row there and carries the context tokens between in the row itself;
+  every thought row then runs in one forward over `x_s .. x_{t-1} <think> c[:-1]` from its states, and the gradient
+  flows from the rows into the segments' states and the document's keys.
+The cache's recurrent layers are made to assign their new states instead of copying them into fixed buffers
+(`assigning`), so that a state taken at a segment's end is not overwritten by the next segment and carries its
+gradient. The teacher scores S_ema with one forward over each document, as in the packed engine.
+
+A model this engine cannot serve fails a probe at start-up (`supports_recurrent_rows`) and falls back to the reference
+engine.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from types import MethodType
+
+import torch
+import torch.nn.functional as F
+from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer, LinearAttentionCacheLayerMixin
+
+from rlpt.generation import cache_kwarg, right_pad
+from rlpt.logprobs import chosen_logprobs
+from rlpt.rollout.base import Rollouts, RolloutSpec
+from rlpt.rollout.packed import PackedEngine, additive_mask, documents_and_baseline
+from rlpt.rollout.shared_prefix import SharedPrefix, shared_prefix_attention
+
+MIN_SEGMENT = 16  # tokens at least in a segment of the update's pass (see `update_starts`)
+
+
+# ------------------------------------------------------------------------------------------------ the cache's states
+def assign_conv_state(layer, conv_states, state_idx=0, conv_kernel_size=None, **kwargs):
+    """`LinearAttentionLayer.update_conv_state`, keeping a new tensor instead of copying into the old one."""
+    if not layer.is_conv_states_initialized[state_idx]:
+        layer.lazy_initialization(conv_states=conv_states, state_idx=state_idx, conv_kernel_size=conv_kernel_size)
+    if state_idx == 0:
+        layer.cumulative_length_linear.add_(conv_states.shape[-1])
+    width = layer.conv_kernel_size[state_idx]
+    if layer.has_previous_state[state_idx]:
+        full = torch.cat([layer.conv_states[state_idx], conv_states], dim=-1)
+    else:
+        layer.has_previous_state[state_idx] = True
+        full = F.pad(conv_states, (width - conv_states.shape[-1], 0)) if conv_states.shape[-1] < width else conv_states
+    layer.conv_states[state_idx] = full[..., -width:]
+    return full
+
+
+def assign_recurrent_state(layer, recurrent_states, state_idx=0, **kwargs):
+    """`LinearAttentionLayer.update_recurrent_state`, keeping the new state instead of copying it into the old one."""
+    if not layer.is_recurrent_states_initialized[state_idx]:
+        layer.lazy_initialization(recurrent_states=recurrent_states, state_idx=state_idx)
+    last = recurrent_states if isinstance(recurrent_states, torch.Tensor) else recurrent_states[-1]
+    layer.recurrent_states[state_idx] = last
+    return last
+
+
+def assigning(cache: DynamicCache) -> DynamicCache:
+    """`cache` with every recurrent layer assigning its new states (see the module's docstring)."""
+    for layer in cache.layers:
+        if isinstance(layer, LinearAttentionCacheLayerMixin):
+            layer.update_conv_state = MethodType(assign_conv_state, layer)
+            layer.update_recurrent_state = MethodType(assign_recurrent_state, layer)
+    return cache
+
+
+def new_cache(model) -> DynamicCache:
+    return assigning(DynamicCache(config=model.config))
+
+
+def is_recurrent(layer) -> bool:
+    """A cache layer of conv and recurrent states (a Mamba mixer, linear attention; FalconH1's keeps keys too)."""
+    return isinstance(layer, LinearAttentionCacheLayerMixin)
+
+
+def attends(layer) -> bool:
+    """A cache layer of attention keys and values (alone, or beside recurrent states)."""
+    return isinstance(layer, DynamicLayer)
+
+
+def cache_layers(model) -> list:
+    return DynamicCache(config=model.config).layers
+
+
+ATTENTION = weakref.WeakKeyDictionary()  # model -> whether any of its layers attends
+
+
+def has_attention(model) -> bool:
+    if model not in ATTENTION:
+        ATTENTION[model] = any(attends(layer) for layer in cache_layers(model))
+    return ATTENTION[model]
+
+
+@dataclass
+class States:
+    """One batch row's recurrent states, by layer index and state index: {layer: {state: (conv, recurrent)}}."""
+
+    layers: dict
+
+    def zeros(self) -> "States":
+        return States({i: {k: tuple(None if x is None else torch.zeros_like(x) for x in pair) for k, pair in states.items()}
+                       for i, states in self.layers.items()})
+
+
+def taken(cache: DynamicCache) -> States:
+    """The recurrent states `cache` holds now, copied (a later one-token step would write into them)."""
+    return States({i: {k: (None if layer.conv_states[k] is None else layer.conv_states[k].clone(),
+                           None if layer.recurrent_states[k] is None else layer.recurrent_states[k].clone())
+                       for k in range(layer.number_of_states) if layer.has_previous_state[k]}
+                   for i, layer in enumerate(cache.layers) if is_recurrent(layer)})
+
+
+def rows_cache(model, states: list[States]) -> DynamicCache:
+    """A fresh cache whose row i starts from `states[i]` in the recurrent layers (its attention layers empty)."""
+    cache = new_cache(model)
+    for i, layer in enumerate(cache.layers):
+        if not is_recurrent(layer) or i not in states[0].layers:
+            continue
+        for k in states[0].layers[i]:
+            conv = [s.layers[i][k][0] for s in states]
+            recurrent = [s.layers[i][k][1] for s in states]
+            if conv[0] is not None:
+                layer.conv_states[k] = torch.cat(conv)
+                layer.is_conv_states_initialized[k] = True
+                layer.conv_kernel_size[k] = conv[0].shape[-1]
+                layer.device, layer.dtype = conv[0].device, conv[0].dtype
+            if recurrent[0] is not None:
+                layer.recurrent_states[k] = torch.cat(recurrent)
+                layer.is_recurrent_states_initialized[k] = True
+            layer.has_previous_state[k] = True
+    return cache
+
+
+FRESH = weakref.WeakKeyDictionary()  # model -> the zero states of one row (a prefix of no token)
+
+
+@torch.no_grad()
+def fresh_states(model) -> States:
+    """The states of an empty prefix: zeros, shaped by a forward over two tokens."""
+    if model not in FRESH:
+        device = next(model.parameters()).device
+        cache = new_cache(model)
+        model(input_ids=torch.zeros(1, 2, dtype=torch.long, device=device), use_cache=True, logits_to_keep=1,
+              **inputs(model, cache, torch.arange(2, device=device)[None]))
+        FRESH[model] = taken(cache).zeros()
+    return FRESH[model]
+
+
+# ------------------------------------------------------------------------------------------------ the documents
+@dataclass
+class Documents:
+    """The documents' states at the segments' ends, and their attention layers' keys and values (from the same pass)."""
+
+    states: dict[int, States]  # {t: the states after x_<t, a batch row per document}
+    keys: list  # per layer: (B, H, T, D) keys of the documents (right-padded), None for a layer without attention
+    values: list
+
+    def state(self, doc: int, t: int) -> States:
+        """Document `doc`'s states after x_<t (a segment's end)."""
+        return States({i: {k: tuple(None if x is None else x[doc : doc + 1] for x in pair) for k, pair in states.items()}
+                       for i, states in self.states[t].layers.items()})
+
+
+def segments_pass(model, ids: torch.Tensor, ends: list[int]) -> tuple[dict[int, States], DynamicCache]:
+    """One forward over the documents `ids` (B, T), right-padded, in segments that end at `ends` (increasing, each >
+    0), all documents together, continuing one cache: the states after each end, and the cache (its attention layers
+    hold the documents' keys). A document shorter than an end runs its padding there; no row reads those states."""
+    device, dtype = ids.device, next(model.parameters()).dtype
+    cache = new_cache(model)
+    states, start = {}, 0
+    for end in ends:
+        # causal over the cached tokens and its own: without a mask, attention would align a segment's first token
+        # with the first cached key
+        seen = torch.ones(end - start, end, dtype=torch.bool, device=device).tril(start)[None].expand(ids.size(0), -1, -1)
+        model(input_ids=ids[:, start:end], use_cache=True, logits_to_keep=1,
+              **inputs(model, cache, torch.arange(start, end, device=device)[None].expand(ids.size(0), -1),
+                       additive_mask(seen, dtype)))
+        states[end] = taken(cache)
+        start = end
+    return states, cache
+
+
+def inputs(model, cache, positions: torch.Tensor, own_mask: torch.Tensor | None = None) -> dict:
+    """The keywords of a forward that continues `cache`: the cache, and for a model with attention the tokens'
+    positions and the attention masks (each row's own tokens, `own_mask`, additive; none for the recurrent layers,
+    every row token before a row's padding being real). A model of recurrent layers only takes neither."""
+    kwargs = {cache_kwarg(model): cache}
+    if has_attention(model):
+        kwargs.update(position_ids=positions, attention_mask={"full_attention": own_mask, "linear_attention": None})
+    return kwargs
+
+
+def document_states(model, docs: list[list[int]], ends: list[int], pad_id: int = 0) -> Documents:
+    """`segments_pass` over the documents, its segments ending at `ends` (the union of every document's)."""
+    if not ends:  # every row starts at 0: no segment
+        return Documents({}, [None] * len(cache_layers(model)), [None] * len(cache_layers(model)))
+    device = next(model.parameters()).device
+    ids = right_pad([doc[: ends[-1]] for doc in docs], pad_id)[0].to(device)
+    ids = F.pad(ids, (0, ends[-1] - ids.size(1)), value=pad_id)  # every document as long as the last end
+    states, cache = segments_pass(model, ids, ends)
+    keys = [layer.keys if attends(layer) else None for layer in cache.layers]
+    values = [layer.values if attends(layer) else None for layer in cache.layers]
+    return Documents(states, keys, values)
+
+
+class Prefix:
+    """What a batch of thought rows continues from: a cache holding each row's recurrent states, and the documents'
+    keys that the rows' attention reads (a SharedPrefix; None for a model without attention)."""
+
+    def __init__(self, model, documents: Documents, row_doc: torch.Tensor, row_start: torch.Tensor):
+        fresh = fresh_states(model)
+        starts = row_start.tolist()
+        self.cache = rows_cache(model, [documents.state(d, s) if s else fresh for d, s in zip(row_doc.tolist(), starts)])
+        self.row_start = row_start
+        self.shared = None
+        if any(k is not None for k in documents.keys):
+            self.shared = SharedPrefix(KeysOnly(documents.keys, documents.values), row_doc, row_start)
+
+    def attention(self, model):
+        return shared_prefix_attention(model, self.shared)
+
+
+@dataclass
+class KeyLayer:
+    keys: torch.Tensor | None
+    values: torch.Tensor | None
+
+
+class KeysOnly:
+    """The `layers` view SharedPrefix reads keys and values from."""
+
+    def __init__(self, keys, values):
+        self.layers = [KeyLayer(k, v) for k, v in zip(keys, values)]
+
+
+# ------------------------------------------------------------------------------------------------ the engine
+class RecurrentEngine(PackedEngine):
+    name = "recurrent"
+
+    def __init__(self):
+        super().__init__(compile_decoding=False)
+
+    @torch.no_grad()
+    def rollout(self, policy, teacher, contexts, spec: RolloutSpec, choose) -> Rollouts:
+        device = next(policy.parameters()).device
+        G = spec.group_size
+        docs, doc_of_context, _, _, answers, answer_lengths, s_ema = documents_and_baseline(teacher, contexts, spec)
+        positions = [c.position for c in contexts]
+        documents = document_states(policy, docs, sorted(set(positions) - {0}), spec.pad_id)
+        row_context = torch.arange(len(contexts), device=device).repeat_interleave(G)
+        row_t = torch.tensor(positions, device=device)[row_context]
+        prefix = Prefix(policy, documents, torch.tensor(doc_of_context, device=device)[row_context], row_t)
+        thoughts, s_pred, predicted = self.decode_thoughts(
+            policy, prefix, row_t, answers[row_context], answer_lengths[row_context], spec, choose)
+        shape = (len(contexts), G)
+        return Rollouts(contexts, thoughts, s_pred.view(shape), s_ema, predicted.view(shape))
+
+    def decoder(self, policy, prefix: Prefix, row_t, capacity: int):
+        """`next_logits(feed, step)`: one token a row, at position t + step, from the rows' states."""
+        def next_logits(feed, step):  # one query a row: it sees all of its own keys, the documents' up to t
+            with prefix.attention(policy):
+                out = policy(input_ids=feed[:, None], use_cache=True, **inputs(policy, prefix.cache, (row_t + step)[:, None]))
+            return out.logits[:, -1]
+
+        return next_logits
+
+    def thought_logprobs(self, model, rollouts: Rollouts, rows: list[int], spec: RolloutSpec):
+        """Tempered log-probs (N, L) of the thought tokens of `rows` (with grad) and their mask (N, L): one segmented
+        pass over the documents (with grad), then every row `x_s .. x_{t-1} <think> c[:-1]` in one forward from the
+        states at s."""
+        device = next(model.parameters()).device
+        G = spec.group_size
+        contexts = [rollouts.contexts[r // G] for r in rows]
+        thoughts = [rollouts.thoughts[r] for r in rows]
+        pieces, doc_of_row = documents_pieces(contexts)
+        starts = update_starts(sorted({c.position for c in contexts}), MIN_SEGMENT)  # ends shared by every document
+        documents = document_states(model, pieces, sorted(set(starts.values()) - {0}), spec.pad_id)
+        row_start = [starts[c.position] for c in contexts]
+        gaps = [list(c.prefix[s:]) for c, s in zip(contexts, row_start)]
+        rows_ids = [gap + [spec.think.open_id] + t[:-1] for gap, t in zip(gaps, thoughts)]
+        ids, _ = right_pad(rows_ids, spec.pad_id)
+        if ids.size(1) < 2:  # one token a row would take the mixers' single-step path
+            ids = F.pad(ids, (0, 1), value=spec.pad_id)
+        ids = ids.to(device)
+        width = ids.size(1)
+        row_start_t = torch.tensor(row_start, device=device)
+        prefix = Prefix(model, documents, torch.tensor(doc_of_row, device=device), row_start_t)
+        own = torch.ones(width, width, dtype=torch.bool, device=device).tril()[None].expand(len(rows), -1, -1)
+        positions = row_start_t[:, None] + torch.arange(width, device=device)[None, :]
+        kwargs = inputs(model, prefix.cache, positions, additive_mask(own, next(model.parameters()).dtype))
+
+        def forward(run):
+            with prefix.attention(model):
+                return run(input_ids=ids, use_cache=True, **kwargs)
+
+        lengths = [len(t) for t in thoughts]
+        longest = max(lengths)
+        # thought token u of row i is predicted by the output at len(gap_i) + u (the <think> token and after)
+        index = torch.tensor([[len(g) + min(u, n - 1) for u in range(longest)] for g, n in zip(gaps, lengths)], device=device)
+
+        def pick(states):
+            return states.gather(1, index[:, :, None].expand(-1, -1, states.size(-1)))
+
+        targets = right_pad(thoughts, spec.pad_id)[0].to(device)
+        logp = chosen_logprobs(model, forward, targets, spec.temperature, spec.think.close_id, pick, root_forward_runs=True)
+        thought_mask = (torch.arange(longest, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]).float()
+        return logp, thought_mask
+
+
+def documents_pieces(contexts) -> tuple[list[list[int]], list[int]]:
+    """Each context's document (the longest prefix any of its contexts reads) and its index."""
+    longest: dict[int, tuple[int, ...]] = {}
+    for c in contexts:
+        if len(c.prefix) > len(longest.get(c.doc, ())):
+            longest[c.doc] = c.prefix
+    order = list(longest)
+    index = {doc: i for i, doc in enumerate(order)}
+    return [list(longest[doc]) for doc in order], [index[c.doc] for c in contexts]
+
+
+def update_starts(positions: list[int], min_segment: int = MIN_SEGMENT) -> dict[int, int]:
+    """Where the update's row of each position starts: at the position itself when it is `min_segment` or more tokens
+    past the last segment's end (a new end), else at that last end (0: the empty prefix), the tokens between carried
+    in the row. With 2: (1, 2, 3, 7, 8) -> {1: 0, 2: 2, 3: 2, 7: 7, 8: 7}."""
+    starts, last = {}, 0
+    for t in positions:
+        if t - last >= min_segment:
+            last = t
+        starts[t] = last
+    return starts
+
+
+# ------------------------------------------------------------------------------------------------ the probe
+PROBE_LENGTH = 24
+
+
+@torch.no_grad()
+def supports_recurrent_rows(model) -> str | None:
+    """None when the engine reproduces the model on itself, else why not. Rows at three positions of a random
+    document, several tokens each, are checked against the plain forward over `x_<t` and the row: decoded one token at
+    a time from the states at t (sampling), and in one forward from the update's segment ends with the context tokens
+    between (the update)."""
+    device = next(model.parameters()).device
+    try:
+        layers = cache_layers(model)
+    except Exception as exc:  # a config its cache cannot be built from
+        return f"its cache cannot be built ({type(exc).__name__})"
+    if not any(is_recurrent(layer) for layer in layers):
+        return "no recurrent layer in its cache"
+    if any(isinstance(layer, DynamicSlidingWindowLayer) for layer in layers):
+        return "sliding-window attention (its cache keeps only the last window of the document's keys)"
+    vocab = model.config.get_text_config().vocab_size
+    generator = torch.Generator().manual_seed(0)
+    doc = torch.randint(vocab, (PROBE_LENGTH,), generator=generator).tolist()
+    rows = torch.randint(vocab, (3, 4), generator=generator).tolist()
+    ts = [3, 4, PROBE_LENGTH - 1]  # 4 is one token past 3: its update row starts at 3 with a context token
+    try:
+        alone = [model(input_ids=torch.tensor([doc[:t] + row], device=device)).logits[0, t:] for t, row in zip(ts, rows)]
+        documents = document_states(model, [doc], ts)
+        row_doc, row_t = torch.zeros(3, dtype=torch.long, device=device), torch.tensor(ts, device=device)
+        prefix = Prefix(model, documents, row_doc, row_t)
+        decode = RecurrentEngine().decoder(model, prefix, row_t, 4)
+        stepped = torch.stack([decode(torch.tensor([r[j] for r in rows], device=device), j) for j in range(4)], 1)
+        starts = update_starts(ts)
+        documents = document_states(model, [doc], sorted(set(starts.values()) - {0}))
+        gaps = [doc[starts[t]:t] for t in ts]
+        ids, _ = right_pad([g + r for g, r in zip(gaps, rows)], 0)
+        width = ids.size(1)
+        row_start = torch.tensor([starts[t] for t in ts], device=device)
+        prefix = Prefix(model, documents, row_doc, row_start)
+        own = torch.ones(width, width, dtype=torch.bool, device=device).tril()[None].expand(3, -1, -1)
+        kwargs = inputs(model, prefix.cache, row_start[:, None] + torch.arange(width, device=device),
+                        additive_mask(own, next(model.parameters()).dtype))
+        with prefix.attention(model):
+            logits = model(input_ids=ids.to(device), use_cache=True, **kwargs).logits
+        batched = torch.stack([logits[i, len(g) : len(g) + 4] for i, g in enumerate(gaps)])
+    except Exception as exc:  # any model that cannot run this falls back, whatever the reason
+        return f"{type(exc).__name__}: {exc}"[:200]
+    expected = torch.stack(alone)
+    for what, got in (("decoding", stepped), ("the update", batched)):
+        if not torch.allclose(got.float(), expected.float(), atol=1e-3, rtol=1e-3):
+            return f"{what} differs from the model's own forward by {(got - expected).abs().max().item():.2g}"
+    return None

@@ -1,0 +1,157 @@
+"""The recurrent engine (hybrid Mamba-attention and state-space models) against the reference engine: the same
+thoughts, rewards, log-probs, losses and gradients, on tiny NemotronH (Mamba, attention and MLP layers), FalconH1,
+Qwen3Next (gated DeltaNet beside attention) and Mamba2 (state-space only)."""
+
+import pytest
+import torch
+from conftest import run_engine
+
+from rlpt.data import Document, make_contexts
+from rlpt.models import load_model_and_tokenizer
+from rlpt.rollout import RolloutSpec, make_engine
+from rlpt.rollout import recurrent
+from rlpt.rollout.recurrent import RecurrentEngine, supports_recurrent_rows, update_starts
+from rlpt.rollout.reference import ReferenceEngine
+
+TEXTS = ["123+456=579. and a tail", "98+7=105. and a longer tail here", "5+5=10. ok"]
+
+
+def test_update_starts_by_hand():
+    """A position at least min_segment tokens past the last segment's end becomes an end; a closer one starts its
+    row there."""
+    assert update_starts([1, 2, 3, 7, 8], 2) == {1: 0, 2: 2, 3: 2, 7: 7, 8: 7}
+    assert update_starts([5], 2) == {5: 5}
+    assert update_starts(list(range(1, 6)), 2) == {1: 0, 2: 2, 3: 2, 4: 4, 5: 4}
+    assert update_starts([3, 9, 20, 30, 40], 16) == {3: 0, 9: 0, 20: 20, 30: 20, 40: 40}
+
+
+def test_the_probe_serves_hybrid_and_state_space_models(hybrid_dir):
+    model, _, _ = load_model_and_tokenizer(hybrid_dir)
+    assert supports_recurrent_rows(model) is None
+    assert isinstance(make_engine("packed", model), RecurrentEngine)
+
+
+def test_the_probe_refuses_attention_only_models(llama_dir):
+    model, _, _ = load_model_and_tokenizer(llama_dir)
+    assert supports_recurrent_rows(model) == "no recurrent layer in its cache"
+
+
+@pytest.mark.parametrize("positions, reward_tokens, min_segment", [("random:3", 1, 16), ("all", 3, 16), ("all", 3, 2)])
+def test_recurrent_equals_reference(hybrid_dir, positions, reward_tokens, min_segment, monkeypatch):
+    """Dense positions too (`all`: every position), where most of the update's rows start before their position and
+    carry the tokens between (up to 15 of them; with segments of 2 tokens, one)."""
+    monkeypatch.setattr(recurrent, "MIN_SEGMENT", min_segment)
+    model, tok, think = load_model_and_tokenizer(hybrid_dir)
+    docs = [Document(tok(t)["input_ids"], f"d{i}") for i, t in enumerate(TEXTS)]
+    contexts = make_contexts(docs, positions, seed=0, step=0, reward_tokens=reward_tokens)[:12]
+    spec = RolloutSpec(group_size=3, max_thought_tokens=5, temperature=0.7, think=think, pad_id=tok.pad_token_id,
+                       reward_discount=0.8)
+    ref = run_engine(ReferenceEngine(), model, contexts, spec, seed=3)
+    got = run_engine(RecurrentEngine(), model, contexts, spec, seed=3)
+    assert got[0].thoughts == ref[0].thoughts
+    assert len({len(t) for t in ref[0].thoughts}) >= 2
+    torch.testing.assert_close(got[0].s_pred, ref[0].s_pred, atol=1e-4, rtol=0)
+    torch.testing.assert_close(got[0].s_ema, ref[0].s_ema, atol=1e-4, rtol=0)
+    assert torch.equal(got[0].predicted, ref[0].predicted)
+    torch.testing.assert_close(got[2] * got[3], ref[2] * ref[3], atol=1e-4, rtol=0)
+    assert abs(got[4] - ref[4]) < 1e-4
+    assert got[5].keys() == ref[5].keys()
+    for name in ref[5]:
+        torch.testing.assert_close(got[5][name], ref[5][name], atol=2e-4, rtol=1e-3)
+
+
+def test_a_state_one_token_early_is_caught(hybrid_dir, monkeypatch):
+    """Hand each thought the states one token early (segments ending at t - 1): the rewards and log-probs no longer
+    match the reference engine's."""
+    model, tok, think = load_model_and_tokenizer(hybrid_dir)
+    docs = [Document(tok(t)["input_ids"], f"d{i}") for i, t in enumerate(TEXTS)]
+    contexts = make_contexts(docs, "list:5,9", seed=0, step=0)
+    spec = RolloutSpec(group_size=2, max_thought_tokens=4, temperature=0.7, think=think, pad_id=tok.pad_token_id)
+    ref = run_engine(ReferenceEngine(), model, contexts, spec, seed=1)
+    original = recurrent.segments_pass
+
+    def early(model, ids, ends):
+        states, cache = original(model, ids, [e - 1 for e in ends])
+        return {e: states[e - 1] for e in ends}, cache
+
+    monkeypatch.setattr(recurrent, "segments_pass", early)
+    assert supports_recurrent_rows(model) is not None
+    got = run_engine(RecurrentEngine(), model, contexts, spec, seed=1)
+    assert not torch.allclose(got[0].s_pred, ref[0].s_pred, atol=1e-3) or not torch.allclose(got[2] * got[3], ref[2] * ref[3], atol=1e-3)
+
+
+def test_a_training_step_with_two_updates_and_the_whole_answer(hybrid_dir, tmp_path):
+    """The trainer's step on the recurrent engine equals the reference engine's: the multi-token reward and
+    rlp.updates_per_batch = 2 (the second update's ratio against the first's log-probs)."""
+    from rlpt import config as config_lib
+    from rlpt.trainer import RlpTrainer
+
+    cfg = config_lib.paper_defaults(["rlp.group_size=3", "rlp.max_thought_tokens=4", "rlp.positions=random:2",
+                                     "rlp.reward_tokens=3", "rlp.updates_per_batch=2", "train.batch_documents=3",
+                                     "train.lr=1e-3", "eval.tasks="])
+    outcomes = []
+    for engine in (ReferenceEngine(), RecurrentEngine()):
+        model, tok, think = load_model_and_tokenizer(hybrid_dir)
+        docs = [Document(tok(t)["input_ids"], f"d{i}") for i, t in enumerate(TEXTS)]
+        trainer = RlpTrainer(cfg, model, tok, think, docs, engine, tmp_path, torch.device("cpu"))
+        # plain SGD: the weights move with the gradients (Adam's first steps move each by about lr, whatever its size,
+        # so a weight whose gradient is float noise would move differently)
+        trainer.optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
+        outcome = trainer.rlp_step(0)
+        outcomes.append((outcome, [p.detach().clone() for p in model.parameters()]))
+    (ref, ref_params), (got, got_params) = outcomes
+    assert got.rollouts.thoughts == ref.rollouts.thoughts and got.metrics["updates"] == ref.metrics["updates"] == 2
+    for key in ("loss", "reward_mean", "clip_frac"):
+        assert abs(got.metrics[key] - ref.metrics[key]) < 1e-4, key
+    for a, b in zip(got_params, ref_params):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_train_on_a_hybrid_model_records_its_engine(hybrid_dir, tmp_path, capsys):
+    """No engine named: the run takes the recurrent engine, says so, and summary.json records it; every dumped
+    S_pred equals the model's own forward over the context, the thought and </think>."""
+    import json
+
+    from rlpt.cli import main
+
+    corpus = tmp_path / "prose.txt"
+    corpus.write_text("The cat sat on the mat. The dog sat on the log.\n\nA bird sang in the tree at dawn.\n")
+    run = tmp_path / "run"
+    assert main(["train", "--output", str(run), "--set", f"model.name_or_path={hybrid_dir}", "--set",
+                 f"data.path={corpus}", "--set", "data.split_paragraphs=true", "--set", "rlp.group_size=2", "--set",
+                 "rlp.max_thought_tokens=3", "--set", "rlp.positions=every:7", "--set", "train.max_steps=1", "--set",
+                 "train.batch_documents=2", "--set", "train.dump_rollouts=true", "--set", "eval.tasks="]) == 0
+    assert "rlpt: engine: recurrent" in capsys.readouterr().out
+    assert json.loads((run / "summary.json").read_text())["engine"] == "recurrent"
+    model, tok, think = load_model_and_tokenizer(hybrid_dir)
+    rows = [json.loads(line) for line in (run / "rollouts.jsonl").read_text().splitlines()]
+    documents = {f"{corpus}:{i + 1}": tok(text)["input_ids"] for i, text in enumerate(corpus.read_text().split("\n\n"))}
+    with torch.no_grad():
+        for row in rows:
+            ids = documents[row["doc"]][: row["position"]] + [think.open_id] + row["thought_ids"]
+            if not row["thought_ids"] or row["thought_ids"][-1] != think.close_id:
+                ids = ids + [think.close_id]
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+            expected = torch.log_softmax(logits, -1)[documents[row["doc"]][row["position"]]].item()
+            assert abs(expected - row["s_pred"]) < 1e-3
+
+
+def test_plan_counts_the_recurrent_states_of_a_row(hybrid_dir, capsys):
+    """`rlpt plan --model DIR` counts a row's conv and SSM states as the model's own cache holds them, the KV cache of
+    its attention layers only, and gives the micro-batch that fits."""
+    from rlpt.cli import main
+    from rlpt.plan import memory, shape_of
+
+    model, _, _ = load_model_and_tokenizer(hybrid_dir)
+    states = recurrent.fresh_states(model)
+    conv = sum(pair[0].numel() for layer in states.layers.values() for pair in layer.values() if pair[0] is not None)
+    ssm = sum(pair[1].numel() for layer in states.layers.values() for pair in layer.values() if pair[1] is not None)
+    shape = shape_of(hybrid_dir)
+    assert (shape.conv_state, shape.ssm_state) == (conv, ssm)
+    assert shape.params == sum(p.numel() for p in model.parameters())
+    assert shape.kv_layers == sum(recurrent.attends(layer) for layer in recurrent.cache_layers(model))
+    parts = memory(shape, group_size=3, thought_tokens=5, doc_tokens=7, micro_batch_thoughts=2)
+    assert parts["recurrent states (conv and SSM; the position's and G rows')"] == (conv * 4 + ssm * 4) * (1 + 3)
+    assert main(["plan", "--model", hybrid_dir, "--gpu-memory", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "recurrent states (conv and SSM" in out and "train.micro_batch_thoughts that fits 1 GiB:" in out
