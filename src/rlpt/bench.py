@@ -38,15 +38,18 @@ def engine_named(name: str, model):
     """The engine called `name` for `model`; a UserError where the model fails that engine's probe (the trainer would
     fall back to another: a benchmark of it would time the wrong thing)."""
     from rlpt.rollout.packed import supports_shared_prefix
-    from rlpt.rollout.recurrent import RecurrentEngine, supports_recurrent_rows
 
     if name in ("packed", "compiled") and not supports_shared_prefix(model):
         raise UserError(f"--engines {name}: {type(model).__name__} fails the packed engine's shared-prefix probe (a model "
                         "with recurrent state takes --engines recurrent,reference)")
-    if name == "recurrent" and (why_not := supports_recurrent_rows(model)) is not None:
-        raise UserError(f"--engines recurrent: {type(model).__name__} fails the recurrent engine's probe ({why_not})")
-    return {"reference": ReferenceEngine, "packed": PackedEngine, "compiled": lambda: PackedEngine(compile_decoding=True),
-            "recurrent": RecurrentEngine}[name]()
+    if name == "recurrent":
+        from rlpt.rollout.recurrent import RecurrentEngine, supports_recurrent_rows
+
+        if (why_not := supports_recurrent_rows(model)) is not None:
+            raise UserError(f"--engines recurrent: {type(model).__name__} fails the recurrent engine's probe ({why_not})")
+        return RecurrentEngine()
+    return {"reference": ReferenceEngine, "packed": PackedEngine,
+            "compiled": lambda: PackedEngine(compile_decoding=True)}[name]()
 
 
 MICRO_BATCH = 256  # thoughts per forward/backward chunk, both engines (the reference engine needs it to fit in memory)

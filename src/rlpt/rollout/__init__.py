@@ -24,7 +24,6 @@ def make_engine(name: str, model, compile_decoding: bool = False):
     recurrent state that engine reproduces (hybrid Mamba-attention models), else `reference`, with a warning that
     says why (never silently to wrong results)."""
     from rlpt.rollout.packed import PackedEngine, supports_shared_prefix
-    from rlpt.rollout.recurrent import RecurrentEngine, supports_recurrent_rows
     from rlpt.rollout.reference import ReferenceEngine
 
     if name == "reference":
@@ -35,9 +34,14 @@ def make_engine(name: str, model, compile_decoding: bool = False):
                             "is none ($CXX unset; no g++, c++ or clang++ on PATH): install g++ or set "
                             "rlp.compile_decoding=false")
         return PackedEngine(compile_decoding)
-    why_not = supports_recurrent_rows(model)
-    if why_not is None:
-        return RecurrentEngine()
+    try:  # the linear-attention cache layers it builds on are newer than transformers 5.0
+        from rlpt.rollout.recurrent import RecurrentEngine, supports_recurrent_rows
+    except ImportError as exc:
+        why_not = f"this transformers has no recurrent-state cache layers: {exc}"
+    else:
+        why_not = supports_recurrent_rows(model)
+        if why_not is None:
+            return RecurrentEngine()
     shared = "" if name == "recurrent" else (f"{type(model).__name__} failed the shared-prefix attention probe "
                                              f"(attn_implementation={model.config._attn_implementation!r}) and ")
     warnings.warn(f"rlp.engine={name}: {shared}the recurrent-state probe ({why_not}); using the reference engine",
