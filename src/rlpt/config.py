@@ -73,8 +73,10 @@ class RlpConfig:
     overhead (few rows a step: ~1.25x faster steps in `bench/vs_trl.py`), not where it is bound by arithmetic; compiling
     takes 10-60 s at the first batch and at the first batch of another shape."""
     reward: str = "information_gain"
-    """`information_gain` (RLP) or `rpt`: RPT's sparse reward, 1 when the token predicted after the thought is the
-    document's next token(s), else 0 (the baseline of `rlpt experiment`)."""
+    """`information_gain` (RLP); `rpt`: RPT's sparse reward, 1 when the token predicted after the thought is the
+    document's next token(s), else 0 (the baseline of `rlpt experiment`); or `verifier` (RLVR): 1 when the model's
+    greedy answer after a closed thought is the scored text (the `rlp.reward_tokens` after each position: put the
+    positions before answers, `first:MARKER`, and score the whole answer), 0 otherwise or when the thought was cut."""
     normalize_advantages: bool = False
     """Divide each group's advantages by the group's reward std (off: the paper's advantage)."""
     rank_advantages: bool = False
@@ -301,7 +303,8 @@ def validate(cfg: Config) -> None:
          f"rlp.positions: {cfg.rlp.positions!r} is not all, every:K, random:N, list:T1,T2,..., after:TEXT or first:TEXT"),
         (cfg.rlp.engine in ("reference", "packed", "recurrent"),
          f"rlp.engine: {cfg.rlp.engine!r} is not packed, recurrent or reference"),
-        (cfg.rlp.reward in ("information_gain", "rpt"), f"rlp.reward: {cfg.rlp.reward!r} is not information_gain or rpt"),
+        (cfg.rlp.reward in ("information_gain", "rpt", "verifier"),
+         f"rlp.reward: {cfg.rlp.reward!r} is not information_gain, rpt or verifier"),
         (cfg.data.format in ("auto", "text", "jsonl"), f"data.format: {cfg.data.format!r} is not auto, text or jsonl"),
         (cfg.data.max_length >= 2, "data.max_length must be >= 2"),
         (cfg.train.lr > 0, "train.lr must be > 0"),

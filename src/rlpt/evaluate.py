@@ -84,12 +84,12 @@ def intrinsic(model, tokenizer, think, contexts, *, max_thought_tokens: int, bat
         chunk = contexts[start : start + batch_size]
         targets = torch.tensor([c.target for c in chunk])
         scored = [c.scored for c in chunk]
-        plain, plain_next = continuation_logprobs(model, [list(c.prefix) for c in chunk], scored, pad)
+        plain, plain_next, _ = continuation_logprobs(model, [list(c.prefix) for c in chunk], scored, pad)
         prompts = [list(c.prefix) + [think.open_id] for c in chunk]
         thoughts = decode(model, prompts, max_new_tokens=max_thought_tokens, stop_ids=[think.close_id], choose=greedy,
                           pad_id=pad, banned_first_ids=[think.close_id])
         closed = [p + t + ([] if t[-1] == think.close_id else [think.close_id]) for p, t in zip(prompts, thoughts)]
-        thought, thought_next = continuation_logprobs(model, closed, scored, pad)
+        thought, thought_next, _ = continuation_logprobs(model, closed, scored, pad)
         nothink += plain.cpu().tolist()
         withthink += thought.cpu().tolist()
         hit_nothink += (plain_next.cpu().argmax(-1) == targets).tolist()

@@ -24,6 +24,12 @@ def information_gain(logp_reasoned: torch.Tensor, logp_baseline: torch.Tensor) -
     return (logp_reasoned - logp_baseline[:, None]).detach()
 
 
+def verifier_reward(answer_right: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:
+    """RLVR's reward (B, G): 1 where the model's answer after a closed thought is right, else 0; a thought cut at the
+    length limit never gave an answer of its own (its `</think>` was forced), so it earns 0 whatever follows."""
+    return (answer_right & ~truncated).float()
+
+
 def checked_group_size(rewards: torch.Tensor, caller: str) -> int:
     """G of (B, G) rewards: advantages compare the thoughts of a group, so there must be two."""
     group_size = rewards.shape[-1]

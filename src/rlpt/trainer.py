@@ -203,9 +203,13 @@ class RlpTrainer:
         return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
     def rewards(self, rollouts: Rollouts, docs: list[Document]) -> torch.Tensor:
-        """RLP's information gain; or, for the RPT baseline, its sparse prefix-match reward (all else the same)."""
+        """RLP's information gain; or, for the RPT baseline, its sparse prefix-match reward; or RLVR's verifier reward
+        (all else the same)."""
         if self.cfg.rlp.reward == "rpt":
             return rpt_rewards(rollouts, docs, self.tokenizer, self.spec.think.close_id)
+        if self.cfg.rlp.reward == "verifier":
+            truncated = rollouts.truncated(self.spec.think.close_id).view_as(rollouts.answer_right)
+            return objective.verifier_reward(rollouts.answer_right, truncated.to(rollouts.answer_right.device))
         return objective.information_gain(rollouts.s_pred, rollouts.s_ema)
 
     def accumulate_gradients(self, rollouts: Rollouts, advantages: torch.Tensor, idle: bool = False,

@@ -33,6 +33,9 @@ class Rollouts:
     s_pred: torch.Tensor  # (B, G) log p_theta(x_t | x_<t <think> c </think>), untempered; summed over K tokens
     s_ema: torch.Tensor  # (B,) log p_phi(x_t | x_<t), untempered; summed over K tokens
     predicted: torch.Tensor  # (B, G) argmax_v p_theta(v | x_<t <think> c </think>): the answer RPT's reward checks
+    # (B, G) every scored token is the most likely one after the thought and the scored tokens before it: the model's
+    # greedy answer is the scored text (what the verifier reward checks); None from code that does not score it
+    answer_right: torch.Tensor | None = None
 
     def truncated(self, close_id: int) -> torch.Tensor:
         """(B*G,) True where the thought hit the length limit and its </think> was forced."""

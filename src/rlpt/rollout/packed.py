@@ -254,15 +254,15 @@ class PackedEngine:
         row_context = torch.arange(len(contexts), device=device).repeat_interleave(G)  # (N,) rows in context order
         row_t = positions[row_context]
         prefix = document_prefix(policy, ids, pad_mask, context_doc[row_context], row_t)
-        thoughts, s_pred, predicted = self.decode_thoughts(
+        thoughts, s_pred, predicted, right = self.decode_thoughts(
             policy, prefix, row_t, answers[row_context], answer_lengths[row_context], spec, choose)
         shape = (len(contexts), G)
-        return Rollouts(contexts, thoughts, s_pred.view(shape), s_ema, predicted.view(shape))
+        return Rollouts(contexts, thoughts, s_pred.view(shape), s_ema, predicted.view(shape), right.view(shape))
 
     def decode_thoughts(self, policy, prefix, row_t, row_answer, row_answer_length, spec, choose):
         """Lockstep decoding of N thought rows over their documents' shared prefix; returns the thoughts, S_pred (N,)
-        over each row's answer tokens `row_answer` (N, K) (the first `row_answer_length` of them), and the most likely
-        token after `</think>` (N,)."""
+        over each row's answer tokens `row_answer` (N, K) (the first `row_answer_length` of them), the most likely
+        token after `</think>` (N,), and whether each answer token was the most likely one (N,)."""
         think, N, device = spec.think, row_t.numel(), row_t.device
         rows = torch.arange(N, device=device)
         feed = torch.full((N,), think.open_id, device=device)
@@ -272,6 +272,7 @@ class PackedEngine:
         read = torch.zeros(N, dtype=torch.long, device=device)  # answer terms read so far
         s_pred = torch.zeros(N, device=device)
         predicted = torch.zeros(N, dtype=torch.long, device=device)
+        right = torch.ones(N, dtype=torch.bool, device=device)
         forced = torch.zeros(N, dtype=torch.bool, device=device)  # cut at the limit: </think> goes in next
         tokens = torch.full((N, spec.max_thought_tokens), spec.pad_id, dtype=torch.long, device=device)
         lengths = torch.zeros(N, dtype=torch.long, device=device)
@@ -285,6 +286,7 @@ class PackedEngine:
                 s_pred[scoring] += spec.reward_discount ** read[scoring].float() * term.squeeze(1)
                 first = scoring & (read == 0)
                 predicted[first] = logits[first].argmax(-1)
+                right[scoring] &= logits[scoring].argmax(-1) == row_answer[scoring, read[scoring]]
                 read += scoring.long()
                 finished = scoring & (read == row_answer_length)
                 pending &= ~finished
@@ -306,7 +308,7 @@ class PackedEngine:
                 forced = sampling & ~ended & (lengths == spec.max_thought_tokens)
                 sampling &= ~(ended | forced)
         thoughts = [row[:n].tolist() for row, n in zip(tokens.cpu(), lengths.cpu().tolist())]
-        return thoughts, s_pred, predicted
+        return thoughts, s_pred, predicted, right
 
     def decoder(self, policy, prefix: SharedPrefix, row_t, capacity: int):
         """`next_logits(feed, step)`: the logits (N, V) after feeding token `feed` (N,) to every row at decoding

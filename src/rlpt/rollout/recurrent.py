@@ -264,10 +264,10 @@ class RecurrentEngine(PackedEngine):
         row_context = torch.arange(len(contexts), device=device).repeat_interleave(G)
         row_t = torch.tensor(positions, device=device)[row_context]
         prefix = Prefix(policy, documents, torch.tensor(doc_of_context, device=device)[row_context], row_t)
-        thoughts, s_pred, predicted = self.decode_thoughts(
+        thoughts, s_pred, predicted, right = self.decode_thoughts(
             policy, prefix, row_t, answers[row_context], answer_lengths[row_context], spec, choose)
         shape = (len(contexts), G)
-        return Rollouts(contexts, thoughts, s_pred.view(shape), s_ema, predicted.view(shape))
+        return Rollouts(contexts, thoughts, s_pred.view(shape), s_ema, predicted.view(shape), right.view(shape))
 
     def decoder(self, policy, prefix: Prefix, row_t, capacity: int):
         """`next_logits(feed, step)`: one token a row, at position t + step, from the rows' states."""

@@ -49,9 +49,10 @@ def discounted_scores(logprobs: torch.Tensor, continuations: list[tuple[int, ...
 
 
 def continuation_logprobs(model, prompts: list[list[int]], continuations: list[tuple[int, ...]], pad_id: int,
-                          discount: float = 1.0, excluded: list[int] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+                          discount: float = 1.0, excluded: list[int] = ()) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """S = sum_k discount^k log p(c_k | prompt c_<k) per row (N,), teacher-forced and untempered (see
-    `discounted_scores`); and the log-probs (N, V) right after the prompt."""
+    `discounted_scores`); the log-probs (N, V) right after the prompt; and whether every c_k is the most likely token
+    there (N,): the greedy continuation is c."""
     ids, mask = right_pad([p + list(c[:-1]) for p, c in zip(prompts, continuations)], pad_id)
     device = next(model.parameters()).device
     logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
@@ -59,7 +60,10 @@ def continuation_logprobs(model, prompts: list[list[int]], continuations: list[t
     # term k of row i is predicted by the logits at len(prompt_i) - 1 + k
     index = torch.tensor([[len(p) - 1 + k for k in range(width)] for p in prompts], device=device).clamp(max=ids.size(1) - 1)
     logprobs = torch.log_softmax(logits.gather(1, index[:, :, None].expand(-1, -1, logits.size(-1))).float(), -1)
-    return discounted_scores(logprobs, continuations, discount, excluded), logprobs[:, 0]
+    lengths = torch.tensor([len(c) for c in continuations], device=device)
+    targets = torch.tensor([list(c) + [c[0]] * (width - len(c)) for c in continuations], device=device)
+    hits = (logprobs.argmax(-1) == targets) | (torch.arange(width, device=device)[None, :] >= lengths[:, None])
+    return discounted_scores(logprobs, continuations, discount, excluded), logprobs[:, 0], hits.all(-1)
 
 
 class ReferenceEngine:
@@ -76,13 +80,14 @@ class ReferenceEngine:
         )
         closed = [p + t + ([] if t and t[-1] == think.close_id else [think.close_id]) for p, t in zip(prompts, thoughts)]
         scored = [c.scored for c in contexts]
-        s_pred, after_thought = continuation_logprobs(
+        s_pred, after_thought, answer_right = continuation_logprobs(
             policy, closed, [s for s in scored for _ in range(G)], spec.pad_id, spec.reward_discount)
         excluded = [think.open_id, think.close_id] if spec.baseline_excludes_think else []
-        s_ema, _ = continuation_logprobs(
+        s_ema, _, _ = continuation_logprobs(
             teacher, [list(c.prefix) for c in contexts], scored, spec.pad_id, spec.reward_discount, excluded)
         shape = (len(contexts), G)
-        return Rollouts(contexts, thoughts, s_pred.view(shape), s_ema, after_thought.argmax(-1).view(shape))
+        return Rollouts(contexts, thoughts, s_pred.view(shape), s_ema, after_thought.argmax(-1).view(shape),
+                        answer_right.view(shape))
 
     def thought_logprobs(self, model, rollouts: Rollouts, rows: list[int], spec: RolloutSpec) -> tuple[torch.Tensor, torch.Tensor]:
         """Tempered log-probs (N, L) of the sampled thought tokens of `rows` (with grad), and their mask (N, L)."""
