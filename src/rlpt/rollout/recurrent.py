@@ -166,8 +166,7 @@ class Documents:
     """The documents' states at the segments' ends, and their attention layers' keys and values (from the same pass)."""
 
     states: dict[int, States]  # {t: the states after x_<t, a batch row per document}
-    keys: list  # per layer: (B, H, T, D) keys of the documents (right-padded), None for a layer without attention
-    values: list
+    cache: DynamicCache | None  # the pass's cache: its attention layers hold the documents' keys (None: no segment)
 
     def state(self, doc: int, t: int) -> States:
         """Document `doc`'s states after x_<t (a segment's end)."""
@@ -207,14 +206,11 @@ def inputs(model, cache, positions: torch.Tensor, own_mask: torch.Tensor | None 
 def document_states(model, docs: list[list[int]], ends: list[int], pad_id: int = 0) -> Documents:
     """`segments_pass` over the documents, its segments ending at `ends` (the union of every document's)."""
     if not ends:  # every row starts at 0: no segment
-        return Documents({}, [None] * len(cache_layers(model)), [None] * len(cache_layers(model)))
+        return Documents({}, None)
     device = next(model.parameters()).device
     ids = right_pad([doc[: ends[-1]] for doc in docs], pad_id)[0].to(device)
     ids = F.pad(ids, (0, ends[-1] - ids.size(1)), value=pad_id)  # every document as long as the last end
-    states, cache = segments_pass(model, ids, ends)
-    keys = [layer.keys if attends(layer) else None for layer in cache.layers]
-    values = [layer.values if attends(layer) else None for layer in cache.layers]
-    return Documents(states, keys, values)
+    return Documents(*segments_pass(model, ids, ends))
 
 
 class Prefix:
@@ -225,26 +221,12 @@ class Prefix:
         fresh = fresh_states(model)
         starts = row_start.tolist()
         self.cache = rows_cache(model, [documents.state(d, s) if s else fresh for d, s in zip(row_doc.tolist(), starts)])
-        self.row_start = row_start
         self.shared = None
-        if any(k is not None for k in documents.keys):
-            self.shared = SharedPrefix(KeysOnly(documents.keys, documents.values), row_doc, row_start)
+        if documents.cache is not None and has_attention(model):
+            self.shared = SharedPrefix(documents.cache, row_doc, row_start)
 
     def attention(self, model):
         return shared_prefix_attention(model, self.shared)
-
-
-@dataclass
-class KeyLayer:
-    keys: torch.Tensor | None
-    values: torch.Tensor | None
-
-
-class KeysOnly:
-    """The `layers` view SharedPrefix reads keys and values from."""
-
-    def __init__(self, keys, values):
-        self.layers = [KeyLayer(k, v) for k, v in zip(keys, values)]
 
 
 # ------------------------------------------------------------------------------------------------ the engine
