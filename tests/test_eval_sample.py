@@ -134,6 +134,6 @@ def test_sample_scores_what_the_run_scored(llama_dir, tmp_path, capsys):
 
 
 def test_signed_never_prints_negative_zero():
-    from rlpt.cli import signed
+    from rlpt.model_commands import signed
 
     assert signed(-0.00001) == "+0.000" and signed(-0.5) == "-0.500" and signed(0.25) == "+0.250"

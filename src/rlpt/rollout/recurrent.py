@@ -269,30 +269,12 @@ class RecurrentEngine(PackedEngine):
         contexts = [rollouts.contexts[r // G] for r in rows]
         thoughts = [rollouts.thoughts[r] for r in rows]
         pieces, doc_of_row = documents_pieces(contexts)
-        starts = update_starts(sorted({c.position for c in contexts}), MIN_SEGMENT)  # ends shared by every document
-        documents = document_states(model, pieces, sorted(set(starts.values()) - {0}), spec.pad_id)
-        row_start = [starts[c.position] for c in contexts]
-        gaps = [list(c.prefix[s:]) for c, s in zip(contexts, row_start)]
-        rows_ids = [gap + [spec.think.open_id] + t[:-1] for gap, t in zip(gaps, thoughts)]
-        ids, _ = right_pad(rows_ids, spec.pad_id)
-        if ids.size(1) < 2:  # one token a row would take the mixers' single-step path
-            ids = F.pad(ids, (0, 1), value=spec.pad_id)
-        ids = ids.to(device)
-        width = ids.size(1)
-        row_start_t = torch.tensor(row_start, device=device)
-        prefix = Prefix(model, documents, torch.tensor(doc_of_row, device=device), row_start_t)
-        own = torch.ones(width, width, dtype=torch.bool, device=device).tril()[None].expand(len(rows), -1, -1)
-        positions = row_start_t[:, None] + torch.arange(width, device=device)[None, :]
-        kwargs = inputs(model, prefix.cache, positions, additive_mask(own, next(model.parameters()).dtype))
-
-        def forward(run):
-            with prefix.attention(model):
-                return run(input_ids=ids, use_cache=True, **kwargs)
-
+        forward, gaps = update_rows(model, pieces, doc_of_row, [c.position for c in contexts],
+                                    [[spec.think.open_id] + t[:-1] for t in thoughts], spec.pad_id)
         lengths = [len(t) for t in thoughts]
         longest = max(lengths)
-        # thought token u of row i is predicted by the output at len(gap_i) + u (the <think> token and after)
-        index = torch.tensor([[len(g) + min(u, n - 1) for u in range(longest)] for g, n in zip(gaps, lengths)], device=device)
+        # thought token u of row i is predicted by the output at gap_i + u (the <think> token and after)
+        index = torch.tensor([[g + min(u, n - 1) for u in range(longest)] for g, n in zip(gaps, lengths)], device=device)
 
         def pick(states):
             return states.gather(1, index[:, :, None].expand(-1, -1, states.size(-1)))
@@ -301,6 +283,34 @@ class RecurrentEngine(PackedEngine):
         logp = chosen_logprobs(model, forward, targets, spec.temperature, spec.think.close_id, pick, root_forward_runs=True)
         thought_mask = (torch.arange(longest, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]).float()
         return logp, thought_mask
+
+
+def update_rows(model, docs: list[list[int]], doc_of_row: list[int], positions: list[int], tails: list[list[int]],
+                pad_id: int):
+    """The update's forward: one segmented pass over `docs` (segments of at least MIN_SEGMENT tokens, ending where
+    `update_starts` says), then every row `x_s .. x_{t-1} tail` (t = positions[i], of document doc_of_row[i]) in one
+    forward from the states at s. Returns `forward(run)`, which runs the rows with `run` (the model or its body), and
+    each row's gap t - s: where its tail starts."""
+    device = next(model.parameters()).device
+    starts = update_starts(sorted(set(positions)), MIN_SEGMENT)  # ends shared by every document
+    documents = document_states(model, docs, sorted(set(starts.values()) - {0}), pad_id)
+    row_start = [starts[t] for t in positions]
+    gaps = [docs[d][s:t] for d, s, t in zip(doc_of_row, row_start, positions)]
+    ids = right_pad([gap + tail for gap, tail in zip(gaps, tails)], pad_id)[0]
+    if ids.size(1) < 2:  # one token a row would take the mixers' single-step path
+        ids = F.pad(ids, (0, 1), value=pad_id)
+    ids, width = ids.to(device), ids.size(1)
+    row_start_t = torch.tensor(row_start, device=device)
+    prefix = Prefix(model, documents, torch.tensor(doc_of_row, device=device), row_start_t)
+    own = torch.ones(width, width, dtype=torch.bool, device=device).tril()[None].expand(len(tails), -1, -1)
+    kwargs = inputs(model, prefix.cache, row_start_t[:, None] + torch.arange(width, device=device)[None, :],
+                    additive_mask(own, next(model.parameters()).dtype))
+
+    def forward(run):
+        with prefix.attention(model):
+            return run(input_ids=ids, use_cache=True, **kwargs)
+
+    return forward, [len(gap) for gap in gaps]
 
 
 def documents_pieces(contexts) -> tuple[list[list[int]], list[int]]:
@@ -349,7 +359,7 @@ def supports_recurrent_rows(model) -> str | None:
     generator = torch.Generator().manual_seed(0)
     doc = torch.randint(vocab, (PROBE_LENGTH,), generator=generator).tolist()
     rows = torch.randint(vocab, (3, 4), generator=generator).tolist()
-    ts = [3, 4, PROBE_LENGTH - 1]  # 4 is one token past 3: its update row starts at 3 with a context token
+    ts = [3, 4, PROBE_LENGTH - 1]  # the update's rows of 3 and 4 start at 0 and carry their context; 23's at 23
     try:
         alone = [model(input_ids=torch.tensor([doc[:t] + row], device=device)).logits[0, t:] for t, row in zip(ts, rows)]
         documents = document_states(model, [doc], ts)
@@ -357,19 +367,9 @@ def supports_recurrent_rows(model) -> str | None:
         prefix = Prefix(model, documents, row_doc, row_t)
         decode = RecurrentEngine().decoder(model, prefix, row_t, 4)
         stepped = torch.stack([decode(torch.tensor([r[j] for r in rows], device=device), j) for j in range(4)], 1)
-        starts = update_starts(ts)
-        documents = document_states(model, [doc], sorted(set(starts.values()) - {0}))
-        gaps = [doc[starts[t]:t] for t in ts]
-        ids, _ = right_pad([g + r for g, r in zip(gaps, rows)], 0)
-        width = ids.size(1)
-        row_start = torch.tensor([starts[t] for t in ts], device=device)
-        prefix = Prefix(model, documents, row_doc, row_start)
-        own = torch.ones(width, width, dtype=torch.bool, device=device).tril()[None].expand(3, -1, -1)
-        kwargs = inputs(model, prefix.cache, row_start[:, None] + torch.arange(width, device=device),
-                        additive_mask(own, next(model.parameters()).dtype))
-        with prefix.attention(model):
-            logits = model(input_ids=ids.to(device), use_cache=True, **kwargs).logits
-        batched = torch.stack([logits[i, len(g) : len(g) + 4] for i, g in enumerate(gaps)])
+        forward, gaps = update_rows(model, [doc], [0, 0, 0], ts, rows, 0)
+        logits = forward(model).logits
+        batched = torch.stack([logits[i, g : g + 4] for i, g in enumerate(gaps)])
     except Exception as exc:  # any model that cannot run this falls back, whatever the reason
         return f"{type(exc).__name__}: {exc}"[:200]
     expected = torch.stack(alone)

@@ -34,6 +34,20 @@ def baseline_logprob(logprobs: torch.Tensor, targets: torch.Tensor, excluded: li
     return chosen - torch.logsumexp(kept, dim=-1)
 
 
+def padded_continuations(continuations: list[tuple[int, ...]], width: int, device) -> torch.Tensor:
+    """(N, width) the continuations' tokens, a shorter one padded with its own first token (those slots are ignored)."""
+    return torch.tensor([list(c) + [c[0]] * (width - len(c)) for c in continuations], device=device)
+
+
+def greedy_matches(logprobs: torch.Tensor, continuations: list[tuple[int, ...]]) -> torch.Tensor:
+    """(N,) whether every token of row i's continuation is the most likely one in its slot of the log-probs (N, K, V):
+    teacher-forced, the greedy continuation is c."""
+    n, width, _ = logprobs.shape
+    lengths = torch.tensor([len(c) for c in continuations], device=logprobs.device)
+    hits = logprobs.argmax(-1) == padded_continuations(continuations, width, logprobs.device)
+    return (hits | (torch.arange(width, device=logprobs.device)[None, :] >= lengths[:, None])).all(-1)
+
+
 def discounted_scores(logprobs: torch.Tensor, continuations: list[tuple[int, ...]], discount: float = 1.0,
                       excluded: list[int] = ()) -> torch.Tensor:
     """sum_k discount^k logprobs[i, k, c_k] per row (N,) from log-probs (N, K, V) whose slot k predicts token k of
@@ -41,7 +55,7 @@ def discounted_scores(logprobs: torch.Tensor, continuations: list[tuple[int, ...
     the `excluded` ids."""
     n, width, _ = logprobs.shape
     device = logprobs.device
-    targets = torch.tensor([list(c) + [c[0]] * (width - len(c)) for c in continuations], device=device)
+    targets = padded_continuations(continuations, width, device)
     terms = baseline_logprob(logprobs.flatten(0, 1), targets.flatten(), excluded).view(n, width)
     weights = torch.tensor([[discount**k if k < len(c) else 0.0 for k in range(width)] for c in continuations],
                            device=device, dtype=terms.dtype)
@@ -60,10 +74,8 @@ def continuation_logprobs(model, prompts: list[list[int]], continuations: list[t
     # term k of row i is predicted by the logits at len(prompt_i) - 1 + k
     index = torch.tensor([[len(p) - 1 + k for k in range(width)] for p in prompts], device=device).clamp(max=ids.size(1) - 1)
     logprobs = torch.log_softmax(logits.gather(1, index[:, :, None].expand(-1, -1, logits.size(-1))).float(), -1)
-    lengths = torch.tensor([len(c) for c in continuations], device=device)
-    targets = torch.tensor([list(c) + [c[0]] * (width - len(c)) for c in continuations], device=device)
-    hits = (logprobs.argmax(-1) == targets) | (torch.arange(width, device=device)[None, :] >= lengths[:, None])
-    return discounted_scores(logprobs, continuations, discount, excluded), logprobs[:, 0], hits.all(-1)
+    return (discounted_scores(logprobs, continuations, discount, excluded), logprobs[:, 0],
+            greedy_matches(logprobs, continuations))
 
 
 class ReferenceEngine:
