@@ -9,8 +9,8 @@ from conftest import run_engine
 from rlpt.data import Document, make_contexts
 from rlpt.models import load_model_and_tokenizer
 from rlpt.rollout import RolloutSpec, make_engine
-from rlpt.rollout import recurrent
-from rlpt.rollout.recurrent import RecurrentEngine, supports_recurrent_rows, update_starts
+from rlpt.rollout import recurrent, recurrent_states
+from rlpt.rollout.recurrent import RecurrentEngine, supports_recurrent_rows, update_starts, width_groups
 from rlpt.rollout.reference import ReferenceEngine
 
 TEXTS = ["123+456=579. and a tail", "98+7=105. and a longer tail here", "5+5=10. ok"]
@@ -25,6 +25,15 @@ def test_update_starts_by_hand():
     assert update_starts([3, 9, 20, 30, 40], 16) == {3: 0, 9: 0, 20: 20, 30: 20, 40: 40}
 
 
+def test_width_groups_by_hand():
+    """Rows sorted by width, cut where the padding saved outweighs one more forward (`group_cost` row tokens)."""
+    assert width_groups([3, 9, 4, 10], 4) == [[0, 2], [1, 3]]  # 4 + 2 x 4 + 4 + 2 x 10 = 36 < 44 in one group
+    assert width_groups([3, 9, 4, 10], 100) == [[0, 2, 1, 3]]
+    assert width_groups([3, 9, 4, 10], 0) == [[0], [2], [1], [3]]
+    assert width_groups([5, 5, 5], 0) == [[0, 1, 2]]  # equal widths: one group, whatever the cost
+    assert width_groups([7], 256) == [[0]]
+
+
 def test_the_probe_serves_hybrid_and_state_space_models(hybrid_dir):
     model, _, _ = load_model_and_tokenizer(hybrid_dir)
     assert supports_recurrent_rows(model) is None
@@ -36,11 +45,14 @@ def test_the_probe_refuses_attention_only_models(llama_dir):
     assert supports_recurrent_rows(model) == "no recurrent layer in its cache"
 
 
-@pytest.mark.parametrize("positions, reward_tokens, min_segment", [("random:3", 1, 16), ("all", 3, 16), ("all", 3, 2)])
-def test_recurrent_equals_reference(hybrid_dir, positions, reward_tokens, min_segment, monkeypatch):
+@pytest.mark.parametrize("positions, reward_tokens, min_segment, group_cost",
+                         [("random:3", 1, 16, 256), ("all", 3, 16, 256), ("all", 3, 2, 256), ("all", 1, 16, 0)])
+def test_recurrent_equals_reference(hybrid_dir, positions, reward_tokens, min_segment, group_cost, monkeypatch):
     """Dense positions too (`all`: every position), where most of the update's rows start before their position and
-    carry the tokens between (up to 15 of them; with segments of 2 tokens, one)."""
+    carry the tokens between (up to 15 of them; with segments of 2 tokens, one); with no cost to a forward, the
+    update runs a forward for every row width, its rows out of order."""
     monkeypatch.setattr(recurrent, "MIN_SEGMENT", min_segment)
+    monkeypatch.setattr(recurrent, "GROUP_COST", group_cost)
     model, tok, think = load_model_and_tokenizer(hybrid_dir)
     docs = [Document(tok(t)["input_ids"], f"d{i}") for i, t in enumerate(TEXTS)]
     contexts = make_contexts(docs, positions, seed=0, step=0, reward_tokens=reward_tokens)[:12]
@@ -149,7 +161,7 @@ def test_plan_counts_the_recurrent_states_of_a_row(hybrid_dir, capsys):
     shape = shape_of(hybrid_dir)
     assert (shape.conv_state, shape.ssm_state) == (conv, ssm)
     assert shape.params == sum(p.numel() for p in model.parameters())
-    assert shape.kv_layers == sum(recurrent.attends(layer) for layer in recurrent.cache_layers(model))
+    assert shape.kv_layers == sum(recurrent_states.attends(layer) for layer in recurrent_states.cache_layers(model))
     parts = memory(shape, group_size=3, thought_tokens=5, doc_tokens=7, micro_batch_thoughts=2)
     assert parts["recurrent states (conv and SSM; the position's and G rows')"] == (conv * 4 + ssm * 4) * (1 + 3)
     assert main(["plan", "--model", hybrid_dir, "--gpu-memory", "1"]) == 0

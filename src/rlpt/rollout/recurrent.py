@@ -26,138 +26,21 @@ engine.
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
-from types import MethodType
 
 import torch
 import torch.nn.functional as F
-from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer, LinearAttentionCacheLayerMixin
+from transformers.cache_utils import DynamicCache, DynamicSlidingWindowLayer
 
-from rlpt.generation import cache_kwarg, right_pad
+from rlpt.generation import right_pad
 from rlpt.logprobs import chosen_logprobs
 from rlpt.rollout.base import Rollouts, RolloutSpec
 from rlpt.rollout.packed import PackedEngine, additive_mask, documents_and_baseline
+from rlpt.rollout.recurrent_states import (States, cache_layers, fresh_states, has_attention, inputs, is_recurrent,
+                                           new_cache, rows_cache, taken)
 from rlpt.rollout.shared_prefix import SharedPrefix, shared_prefix_attention
 
 MIN_SEGMENT = 16  # tokens at least in a segment of the update's pass (see `update_starts`)
-
-
-# ------------------------------------------------------------------------------------------------ the cache's states
-def assign_conv_state(layer, conv_states, state_idx=0, conv_kernel_size=None, **kwargs):
-    """`LinearAttentionLayer.update_conv_state`, keeping a new tensor instead of copying into the old one."""
-    if not layer.is_conv_states_initialized[state_idx]:
-        layer.lazy_initialization(conv_states=conv_states, state_idx=state_idx, conv_kernel_size=conv_kernel_size)
-    if state_idx == 0:
-        layer.cumulative_length_linear.add_(conv_states.shape[-1])
-    width = layer.conv_kernel_size[state_idx]
-    if layer.has_previous_state[state_idx]:
-        full = torch.cat([layer.conv_states[state_idx], conv_states], dim=-1)
-    else:
-        layer.has_previous_state[state_idx] = True
-        full = F.pad(conv_states, (width - conv_states.shape[-1], 0)) if conv_states.shape[-1] < width else conv_states
-    layer.conv_states[state_idx] = full[..., -width:]
-    return full
-
-
-def assign_recurrent_state(layer, recurrent_states, state_idx=0, **kwargs):
-    """`LinearAttentionLayer.update_recurrent_state`, keeping the new state instead of copying it into the old one."""
-    if not layer.is_recurrent_states_initialized[state_idx]:
-        layer.lazy_initialization(recurrent_states=recurrent_states, state_idx=state_idx)
-    last = recurrent_states if isinstance(recurrent_states, torch.Tensor) else recurrent_states[-1]
-    layer.recurrent_states[state_idx] = last
-    return last
-
-
-def assigning(cache: DynamicCache) -> DynamicCache:
-    """`cache` with every recurrent layer assigning its new states (see the module's docstring)."""
-    for layer in cache.layers:
-        if isinstance(layer, LinearAttentionCacheLayerMixin):
-            layer.update_conv_state = MethodType(assign_conv_state, layer)
-            layer.update_recurrent_state = MethodType(assign_recurrent_state, layer)
-    return cache
-
-
-def new_cache(model) -> DynamicCache:
-    return assigning(DynamicCache(config=model.config))
-
-
-def is_recurrent(layer) -> bool:
-    """A cache layer of conv and recurrent states (a Mamba mixer, linear attention; FalconH1's keeps keys too)."""
-    return isinstance(layer, LinearAttentionCacheLayerMixin)
-
-
-def attends(layer) -> bool:
-    """A cache layer of attention keys and values (alone, or beside recurrent states)."""
-    return isinstance(layer, DynamicLayer)
-
-
-def cache_layers(model) -> list:
-    return DynamicCache(config=model.config).layers
-
-
-ATTENTION = weakref.WeakKeyDictionary()  # model -> whether any of its layers attends
-
-
-def has_attention(model) -> bool:
-    if model not in ATTENTION:
-        ATTENTION[model] = any(attends(layer) for layer in cache_layers(model))
-    return ATTENTION[model]
-
-
-@dataclass
-class States:
-    """One batch row's recurrent states, by layer index and state index: {layer: {state: (conv, recurrent)}}."""
-
-    layers: dict
-
-    def zeros(self) -> "States":
-        return States({i: {k: tuple(None if x is None else torch.zeros_like(x) for x in pair) for k, pair in states.items()}
-                       for i, states in self.layers.items()})
-
-
-def taken(cache: DynamicCache) -> States:
-    """The recurrent states `cache` holds now, copied (a later one-token step would write into them)."""
-    return States({i: {k: (None if layer.conv_states[k] is None else layer.conv_states[k].clone(),
-                           None if layer.recurrent_states[k] is None else layer.recurrent_states[k].clone())
-                       for k in range(layer.number_of_states) if layer.has_previous_state[k]}
-                   for i, layer in enumerate(cache.layers) if is_recurrent(layer)})
-
-
-def rows_cache(model, states: list[States]) -> DynamicCache:
-    """A fresh cache whose row i starts from `states[i]` in the recurrent layers (its attention layers empty)."""
-    cache = new_cache(model)
-    for i, layer in enumerate(cache.layers):
-        if not is_recurrent(layer) or i not in states[0].layers:
-            continue
-        for k in states[0].layers[i]:
-            conv = [s.layers[i][k][0] for s in states]
-            recurrent = [s.layers[i][k][1] for s in states]
-            if conv[0] is not None:
-                layer.conv_states[k] = torch.cat(conv)
-                layer.is_conv_states_initialized[k] = True
-                layer.conv_kernel_size[k] = conv[0].shape[-1]
-                layer.device, layer.dtype = conv[0].device, conv[0].dtype
-            if recurrent[0] is not None:
-                layer.recurrent_states[k] = torch.cat(recurrent)
-                layer.is_recurrent_states_initialized[k] = True
-            layer.has_previous_state[k] = True
-    return cache
-
-
-FRESH = weakref.WeakKeyDictionary()  # model -> the zero states of one row (a prefix of no token)
-
-
-@torch.no_grad()
-def fresh_states(model) -> States:
-    """The states of an empty prefix: zeros, shaped by a forward over two tokens."""
-    if model not in FRESH:
-        device = next(model.parameters()).device
-        cache = new_cache(model)
-        model(input_ids=torch.zeros(1, 2, dtype=torch.long, device=device), use_cache=True, logits_to_keep=1,
-              **inputs(model, cache, torch.arange(2, device=device)[None]))
-        FRESH[model] = taken(cache).zeros()
-    return FRESH[model]
 
 
 # ------------------------------------------------------------------------------------------------ the documents
@@ -191,16 +74,6 @@ def segments_pass(model, ids: torch.Tensor, ends: list[int]) -> tuple[dict[int, 
         states[end] = taken(cache)
         start = end
     return states, cache
-
-
-def inputs(model, cache, positions: torch.Tensor, own_mask: torch.Tensor | None = None) -> dict:
-    """The keywords of a forward that continues `cache`: the cache, and for a model with attention the tokens'
-    positions and the attention masks (each row's own tokens, `own_mask`, additive; none for the recurrent layers,
-    every row token before a row's padding being real). A model of recurrent layers only takes neither."""
-    kwargs = {cache_kwarg(model): cache}
-    if has_attention(model):
-        kwargs.update(position_ids=positions, attention_mask={"full_attention": own_mask, "linear_attention": None})
-    return kwargs
 
 
 def document_states(model, docs: list[list[int]], ends: list[int], pad_id: int = 0) -> Documents:
@@ -262,55 +135,97 @@ class RecurrentEngine(PackedEngine):
 
     def thought_logprobs(self, model, rollouts: Rollouts, rows: list[int], spec: RolloutSpec):
         """Tempered log-probs (N, L) of the thought tokens of `rows` (with grad) and their mask (N, L): one segmented
-        pass over the documents (with grad), then every row `x_s .. x_{t-1} <think> c[:-1]` in one forward from the
-        states at s."""
+        pass over the documents (with grad), then the rows `x_s .. x_{t-1} <think> c[:-1]` from the states at s, in
+        forwards of rows of similar width (`update_rows`)."""
         device = next(model.parameters()).device
         G = spec.group_size
         contexts = [rollouts.contexts[r // G] for r in rows]
         thoughts = [rollouts.thoughts[r] for r in rows]
         pieces, doc_of_row = documents_pieces(contexts)
-        forward, gaps = update_rows(model, pieces, doc_of_row, [c.position for c in contexts],
-                                    [[spec.think.open_id] + t[:-1] for t in thoughts], spec.pad_id)
         lengths = [len(t) for t in thoughts]
         longest = max(lengths)
-        # thought token u of row i is predicted by the output at gap_i + u (the <think> token and after)
-        index = torch.tensor([[g + min(u, n - 1) for u in range(longest)] for g, n in zip(gaps, lengths)], device=device)
+        parts, order = [], []
+        for group, forward, gaps in update_rows(model, pieces, doc_of_row, [c.position for c in contexts],
+                                                [[spec.think.open_id] + t[:-1] for t in thoughts], spec.pad_id):
+            counts = [lengths[i] for i in group]
+            width = max(counts)
+            # thought token u of a row is predicted by the output at gap + u (the <think> token and after)
+            index = torch.tensor([[g + min(u, n - 1) for u in range(width)] for g, n in zip(gaps, counts)], device=device)
 
-        def pick(states):
-            return states.gather(1, index[:, :, None].expand(-1, -1, states.size(-1)))
+            def pick(states, index=index):
+                return states.gather(1, index[:, :, None].expand(-1, -1, states.size(-1)))
 
-        targets = right_pad(thoughts, spec.pad_id)[0].to(device)
-        logp = chosen_logprobs(model, forward, targets, spec.temperature, spec.think.close_id, pick, root_forward_runs=True)
+            targets = right_pad([thoughts[i] for i in group], spec.pad_id)[0].to(device)
+            logp = chosen_logprobs(model, forward, targets, spec.temperature, spec.think.close_id, pick,
+                                   root_forward_runs=True)
+            parts.append(F.pad(logp, (0, longest - width)))
+            order += group
+        logp = torch.cat(parts)[torch.argsort(torch.tensor(order, device=device))]
         thought_mask = (torch.arange(longest, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]).float()
         return logp, thought_mask
 
 
 def update_rows(model, docs: list[list[int]], doc_of_row: list[int], positions: list[int], tails: list[list[int]],
-                pad_id: int):
-    """The update's forward: one segmented pass over `docs` (segments of at least MIN_SEGMENT tokens, ending where
-    `update_starts` says), then every row `x_s .. x_{t-1} tail` (t = positions[i], of document doc_of_row[i]) in one
-    forward from the states at s. Returns `forward(run)`, which runs the rows with `run` (the model or its body), and
-    each row's gap t - s: where its tail starts."""
-    device = next(model.parameters()).device
+                pad_id: int) -> list[tuple[list[int], object, list[int]]]:
+    """The update's forwards: one segmented pass over `docs` (segments of at least MIN_SEGMENT tokens, ending where
+    `update_starts` says), then the rows `x_s .. x_{t-1} tail` (t = positions[i], of document doc_of_row[i]) from the
+    states at s, rows of similar width in one forward (`width_groups`). Returns, for each group, its rows (indices
+    into the arguments), `forward(run)`, which runs them with `run` (the model or its body), and each of its rows' gap
+    t - s: where the row's tail starts."""
     starts = update_starts(sorted(set(positions)), MIN_SEGMENT)  # ends shared by every document
     documents = document_states(model, docs, sorted(set(starts.values()) - {0}), pad_id)
-    row_start = [starts[t] for t in positions]
-    gaps = [docs[d][s:t] for d, s, t in zip(doc_of_row, row_start, positions)]
-    ids = right_pad([gap + tail for gap, tail in zip(gaps, tails)], pad_id)[0]
+    gaps = [docs[d][starts[t]:t] for d, t in zip(doc_of_row, positions)]
+    rows = [gap + tail for gap, tail in zip(gaps, tails)]
+    return [(group, rows_forward(model, documents, [rows[i] for i in group], [doc_of_row[i] for i in group],
+                                 [starts[positions[i]] for i in group], pad_id), [len(gaps[i]) for i in group])
+            for group in width_groups([len(row) for row in rows])]
+
+
+def rows_forward(model, documents: Documents, rows: list[list[int]], row_doc: list[int], row_start: list[int],
+                 pad_id: int):
+    """`forward(run)`: the rows (token lists), right-padded, each continuing from its document's states at its start,
+    in one forward of `run`."""
+    device = next(model.parameters()).device
+    ids = right_pad(rows, pad_id)[0]
     if ids.size(1) < 2:  # one token a row would take the mixers' single-step path
         ids = F.pad(ids, (0, 1), value=pad_id)
     ids, width = ids.to(device), ids.size(1)
-    row_start_t = torch.tensor(row_start, device=device)
-    prefix = Prefix(model, documents, torch.tensor(doc_of_row, device=device), row_start_t)
-    own = torch.ones(width, width, dtype=torch.bool, device=device).tril()[None].expand(len(tails), -1, -1)
-    kwargs = inputs(model, prefix.cache, row_start_t[:, None] + torch.arange(width, device=device)[None, :],
+    start = torch.tensor(row_start, device=device)
+    prefix = Prefix(model, documents, torch.tensor(row_doc, device=device), start)
+    own = torch.ones(width, width, dtype=torch.bool, device=device).tril()[None].expand(len(rows), -1, -1)
+    kwargs = inputs(model, prefix.cache, start[:, None] + torch.arange(width, device=device)[None, :],
                     additive_mask(own, next(model.parameters()).dtype))
 
     def forward(run):
         with prefix.attention(model):
             return run(input_ids=ids, use_cache=True, **kwargs)
 
-    return forward, [len(gap) for gap in gaps]
+    return forward
+
+
+GROUP_COST = 256  # one more forward's fixed cost, in row tokens (see `width_groups`; docs/performance.md)
+
+
+def width_groups(widths: list[int], group_cost: int | None = None) -> list[list[int]]:
+    """The rows (indices into `widths`) in groups, each run in one forward padded to its widest row: sorted by width
+    and cut where the padding saved outweighs one more forward's fixed cost, counted as `group_cost` row tokens.
+    (3, 9, 4, 10) with 4: [[0, 2], [1, 3]] (cost 4 + 2 x 4 + 4 + 2 x 10 = 36, one group 44); with 100: one group."""
+    group_cost = GROUP_COST if group_cost is None else group_cost
+    order = sorted(range(len(widths)), key=widths.__getitem__)
+    distinct = sorted(set(widths))
+    below = [0]  # rows narrower than or as wide as each distinct width
+    for w in distinct:
+        below.append(below[-1] + widths.count(w))
+    best, cut = [0], [0]  # the cheapest cost of the rows up to the j-th distinct width, and where its last group starts
+    for j in range(1, len(distinct) + 1):
+        cost, i = min((best[i] + group_cost + (below[j] - below[i]) * distinct[j - 1], i) for i in range(j))
+        best.append(cost)
+        cut.append(i)
+    groups, j = [], len(distinct)
+    while j:
+        groups.append(order[below[cut[j]]:below[j]])
+        j = cut[j]
+    return groups[::-1]
 
 
 def documents_pieces(contexts) -> tuple[list[list[int]], list[int]]:
@@ -367,9 +282,12 @@ def supports_recurrent_rows(model) -> str | None:
         prefix = Prefix(model, documents, row_doc, row_t)
         decode = RecurrentEngine().decoder(model, prefix, row_t, 4)
         stepped = torch.stack([decode(torch.tensor([r[j] for r in rows], device=device), j) for j in range(4)], 1)
-        forward, gaps = update_rows(model, [doc], [0, 0, 0], ts, rows, 0)
-        logits = forward(model).logits
-        batched = torch.stack([logits[i, g : g + 4] for i, g in enumerate(gaps)])
+        batched = [None] * len(rows)
+        for group, forward, gaps in update_rows(model, [doc], [0, 0, 0], ts, rows, 0):
+            logits = forward(model).logits
+            for k, (i, g) in enumerate(zip(group, gaps)):
+                batched[i] = logits[k, g : g + 4]
+        batched = torch.stack(batched)
     except Exception as exc:  # any model that cannot run this falls back, whatever the reason
         return f"{type(exc).__name__}: {exc}"[:200]
     expected = torch.stack(alone)

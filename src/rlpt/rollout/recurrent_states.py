@@ -1,0 +1,142 @@
+"""A model's recurrent states in its own cache (`DynamicCache`), as the recurrent engine (`recurrent.py`) takes, keeps
+and hands them to thought rows: the conv and SSM states of Mamba-2 mixers and the states of gated DeltaNet linear
+attention, by layer, beside attention layers' keys and values."""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from types import MethodType
+
+import torch
+import torch.nn.functional as F
+from transformers.cache_utils import DynamicCache, DynamicLayer, LinearAttentionCacheLayerMixin
+
+from rlpt.generation import cache_kwarg
+
+
+def assign_conv_state(layer, conv_states, state_idx=0, conv_kernel_size=None, **kwargs):
+    """`LinearAttentionLayer.update_conv_state`, keeping a new tensor instead of copying into the old one."""
+    if not layer.is_conv_states_initialized[state_idx]:
+        layer.lazy_initialization(conv_states=conv_states, state_idx=state_idx, conv_kernel_size=conv_kernel_size)
+    if state_idx == 0:
+        layer.cumulative_length_linear.add_(conv_states.shape[-1])
+    width = layer.conv_kernel_size[state_idx]
+    if layer.has_previous_state[state_idx]:
+        full = torch.cat([layer.conv_states[state_idx], conv_states], dim=-1)
+    else:
+        layer.has_previous_state[state_idx] = True
+        full = F.pad(conv_states, (width - conv_states.shape[-1], 0)) if conv_states.shape[-1] < width else conv_states
+    layer.conv_states[state_idx] = full[..., -width:]
+    return full
+
+
+def assign_recurrent_state(layer, recurrent_states, state_idx=0, **kwargs):
+    """`LinearAttentionLayer.update_recurrent_state`, keeping the new state instead of copying it into the old one."""
+    if not layer.is_recurrent_states_initialized[state_idx]:
+        layer.lazy_initialization(recurrent_states=recurrent_states, state_idx=state_idx)
+    last = recurrent_states if isinstance(recurrent_states, torch.Tensor) else recurrent_states[-1]
+    layer.recurrent_states[state_idx] = last
+    return last
+
+
+def assigning(cache: DynamicCache) -> DynamicCache:
+    """`cache` with every recurrent layer assigning its new states (see the module's docstring)."""
+    for layer in cache.layers:
+        if isinstance(layer, LinearAttentionCacheLayerMixin):
+            layer.update_conv_state = MethodType(assign_conv_state, layer)
+            layer.update_recurrent_state = MethodType(assign_recurrent_state, layer)
+    return cache
+
+
+def new_cache(model) -> DynamicCache:
+    return assigning(DynamicCache(config=model.config))
+
+
+def is_recurrent(layer) -> bool:
+    """A cache layer of conv and recurrent states (a Mamba mixer, linear attention; FalconH1's keeps keys too)."""
+    return isinstance(layer, LinearAttentionCacheLayerMixin)
+
+
+def attends(layer) -> bool:
+    """A cache layer of attention keys and values (alone, or beside recurrent states)."""
+    return isinstance(layer, DynamicLayer)
+
+
+def cache_layers(model) -> list:
+    return DynamicCache(config=model.config).layers
+
+
+ATTENTION = weakref.WeakKeyDictionary()  # model -> whether any of its layers attends
+
+
+def has_attention(model) -> bool:
+    if model not in ATTENTION:
+        ATTENTION[model] = any(attends(layer) for layer in cache_layers(model))
+    return ATTENTION[model]
+
+
+@dataclass
+class States:
+    """One batch row's recurrent states, by layer index and state index: {layer: {state: (conv, recurrent)}}."""
+
+    layers: dict
+
+    def zeros(self) -> "States":
+        return States({i: {k: tuple(None if x is None else torch.zeros_like(x) for x in pair) for k, pair in states.items()}
+                       for i, states in self.layers.items()})
+
+
+def taken(cache: DynamicCache) -> States:
+    """The recurrent states `cache` holds now, copied (a later one-token step would write into them)."""
+    return States({i: {k: (None if layer.conv_states[k] is None else layer.conv_states[k].clone(),
+                           None if layer.recurrent_states[k] is None else layer.recurrent_states[k].clone())
+                       for k in range(layer.number_of_states) if layer.has_previous_state[k]}
+                   for i, layer in enumerate(cache.layers) if is_recurrent(layer)})
+
+
+def rows_cache(model, states: list[States]) -> DynamicCache:
+    """A fresh cache whose row i starts from `states[i]` in the recurrent layers (its attention layers empty)."""
+    cache = new_cache(model)
+    for i, layer in enumerate(cache.layers):
+        if not is_recurrent(layer) or i not in states[0].layers:
+            continue
+        for k in states[0].layers[i]:
+            conv = [s.layers[i][k][0] for s in states]
+            recurrent = [s.layers[i][k][1] for s in states]
+            if conv[0] is not None:
+                layer.conv_states[k] = torch.cat(conv)
+                layer.is_conv_states_initialized[k] = True
+                layer.conv_kernel_size[k] = conv[0].shape[-1]
+                layer.device, layer.dtype = conv[0].device, conv[0].dtype
+            if recurrent[0] is not None:
+                layer.recurrent_states[k] = torch.cat(recurrent)
+                layer.is_recurrent_states_initialized[k] = True
+            layer.has_previous_state[k] = True
+    return cache
+
+
+def inputs(model, cache, positions: torch.Tensor, own_mask: torch.Tensor | None = None) -> dict:
+    """The keywords of a forward that continues `cache`: the cache, and for a model with attention the tokens'
+    positions and the attention masks (each row's own tokens, `own_mask`, additive; none for the recurrent layers,
+    every row token before a row's padding being real). A model of recurrent layers only takes neither."""
+    kwargs = {cache_kwarg(model): cache}
+    if has_attention(model):
+        kwargs.update(position_ids=positions, attention_mask={"full_attention": own_mask, "linear_attention": None})
+    return kwargs
+
+
+
+FRESH = weakref.WeakKeyDictionary()  # model -> the zero states of one row (a prefix of no token)
+
+
+@torch.no_grad()
+def fresh_states(model) -> States:
+    """The states of an empty prefix: zeros, shaped by a forward over two tokens."""
+    if model not in FRESH:
+        device = next(model.parameters()).device
+        cache = new_cache(model)
+        model(input_ids=torch.zeros(1, 2, dtype=torch.long, device=device), use_cache=True, logits_to_keep=1,
+              **inputs(model, cache, torch.arange(2, device=device)[None]))
+        FRESH[model] = taken(cache).zeros()
+    return FRESH[model]
