@@ -117,3 +117,75 @@ def test_methods_are_checked():
         experiment.chosen_methods(["cpt-flop", "rpt"], False)
     with pytest.raises(UserError, match="different markers"):
         experiment.run(["math", "wordsum"], 1, "test", __import__("pathlib").Path("unused"))
+
+
+def test_post_training_after_every_method(tmp_path, capsys):
+    """--post: the same SFT then RLVR after each method, on problems apart from every pretraining corpus; a
+    models/METHOD-post/ beside each models/METHOD/ that `rlpt eval` loads, and the +Post rows."""
+    import yaml
+
+    from rlpt.experiment import post
+    from rlpt.experiment.budgets import BUDGETS
+    from rlpt.suites import get_suite
+
+    out = tmp_path / "post"
+    assert main(["experiment", "--budget", "test", "--post", "--methods", "rlp,cpt-flop", "--output", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["post_methods"] == ["base-post", "cpt-flop-post", "rlp-post"]
+    assert set(results["seeds"][0]["scores"]) == {"base", "cpt-flop", "rlp", "base-post", "cpt-flop-post", "rlp-post"}
+    assert set(results["summary"]) >= {"rlp-post", "base-post"}
+    assert set(results["paired_post"]) == {"cpt-flop-post", "base-post"}
+    assert set(results["paired_post"]["base-post"]["pass_at_1"]) == {"cpt-flop-post", "rlp-post"}
+    table = (out / "table.md").read_text()
+    for text in ("## After post-training (+Post)", "RLP (K = 1, the paper) +Post", "Paired difference to Base +Post",
+                 "Paired difference to CPT (FLOP-matched) +Post", "| before | +Post | change |"):
+        assert text in table
+    assert (out / "plots" / "post.png").read_bytes()[:4] == b"\x89PNG"
+    for method in ("base", "cpt-flop", "rlp"):
+        assert (out / "models" / f"{method}-post" / "config.json").is_file()
+        run = yaml.safe_load((out / "runs" / "seed-0" / f"{method}-post" / "config.yaml").read_text())
+        assert run["rlp"]["reward"] == "verifier" and run["rlp"]["positions"] == "answer"
+        assert run["model"]["name_or_path"].endswith(f"{method}-post/sft")  # RLVR continues the SFT model
+    # the post-training problems: none in the warm start or the RL/CPT corpus of the seed, nor held out
+    budget = BUDGETS["test"]
+    records = [json.loads(line) for line in (out / "runs" / "seed-0" / "post-data" / "rlvr.jsonl").open()]
+    assert len(records) == 2 * budget.post_rl_questions
+    n = budget.post_rl_questions
+    for suite, questions in ((get_suite("math"), records[:n]), (get_suite("science"), records[n:])):
+        pretraining = post.pretraining_questions(suite, budget, 0)
+        assert {p.question for p in suite.warm_start_problems(budget.warm_documents, 0)} <= pretraining
+        assert not pretraining & {r["question"] for r in questions}
+        assert not any(suite.heldout(r["question"]) for r in questions)
+    capsys.readouterr()
+    assert main(["eval", "--model", str(out / "models" / "rlp-post"), "--tasks", "builtin:science", "--max-questions",
+                 "2", "--max-positions", "4", "--max-thought-tokens", "4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 2
+
+
+def test_post_needs_a_suite_and_a_budget_with_post_settings(llama_dir, tmp_path):
+    import pytest
+
+    from rlpt.errors import UserError
+
+    with pytest.raises(UserError, match="--post draws its SFT examples"):
+        experiment.run([], 1, "test", tmp_path / "x", model=llama_dir, data="builtin:arith", tasks="builtin:arith",
+                       post_train=True)
+    with pytest.raises(UserError, match="budget 'smollm2' has no post-training settings"):
+        experiment.run(["wordsum"], 1, "smollm2", tmp_path / "y", post_train=True)
+
+
+def test_post_training_problems_are_apart_from_the_pretraining_corpora(tmp_path):
+    """At the small budget the science warm start and corpus hold 20,810 of its 21,939 training-side questions: the
+    post-training problems are drawn from the other 1,129 (a draw that ignored them would land ~95% inside)."""
+    import dataclasses
+
+    from rlpt.experiment import post
+    from rlpt.experiment.budgets import BUDGETS
+    from rlpt.suites import get_suite
+
+    budget = dataclasses.replace(BUDGETS["small"], post_sft_examples=50, post_rl_questions=50)
+    science = get_suite("science")
+    sft, path = post.post_training_data([science], budget, 0, tmp_path)
+    questions = [d.split("<think>")[0] for d in sft] + [json.loads(line)["question"] for line in path.open()]
+    assert len(set(questions)) == 100 and not set(questions) & post.pretraining_questions(science, budget, 0)
+    assert all(d.endswith(".") and "</think>" in d for d in sft)  # worked, with the right thought

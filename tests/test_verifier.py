@@ -2,6 +2,8 @@
 limit; the engines' check of the answer (the greedy continuation after the thought is the scored text) against the
 model's own greedy decoding."""
 
+import json
+
 import pytest
 import torch
 from conftest import early_ending_sampler, save_hybrid, save_tiny
@@ -9,6 +11,7 @@ from conftest import early_ending_sampler, save_hybrid, save_tiny
 from rlpt import config as config_lib
 from rlpt import objective
 from rlpt.data import Document, make_contexts
+from rlpt.errors import UserError
 from rlpt.models import load_model_and_tokenizer
 from rlpt.rollout import RolloutSpec
 from rlpt.rollout.packed import PackedEngine
@@ -109,3 +112,39 @@ def test_the_trainer_takes_the_verifier_reward(llama_dir, tmp_path):
     cut = outcome.rollouts.truncated(think.close_id).view_as(outcome.rewards).to(outcome.rewards.device)
     torch.testing.assert_close(outcome.rewards, (outcome.rollouts.answer_right & ~cut).float())
     assert set(outcome.rewards.flatten().tolist()) <= {0.0, 1.0}
+
+
+def test_question_answer_records_put_their_positions_at_the_answer(llama_dir, tmp_path, monkeypatch):
+    """A JSONL of {"question", "answer"} records is a corpus of question-then-answer documents whose positions start
+    at the answer: `rlp.positions=answer` puts one thought there, scoring the answer's tokens (cut at its end)."""
+    from rlpt.config import DataConfig
+    from rlpt.data import load_documents, make_contexts
+
+    monkeypatch.setenv("RLPT_CACHE_DIR", str(tmp_path / "cache"))
+    pairs = [("12+30=", "42."), ("What is 7 times 6? ", "42"), ("1=1, so 2+2=", "4.")]
+    path = tmp_path / "qa.jsonl"
+    path.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in pairs))
+    tok = load_model_and_tokenizer(llama_dir)[1]
+    docs = load_documents(DataConfig(path=str(path)), tok)
+    assert [d.ids for d in docs] == [tok(q + a)["input_ids"] for q, a in pairs]
+    contexts = make_contexts(list(docs), "answer", seed=0, step=0, reward_tokens=8)
+    assert len(contexts) == len(pairs)  # one a record, even where the question holds an `=` before its end
+    for c, (q, a) in zip(contexts, pairs):
+        assert tok.decode(c.prefix, skip_special_tokens=True) == q
+        assert tok.decode(c.scored) == a
+
+
+def test_the_answer_rule_refuses_records_without_an_answer(tmp_path):
+    from rlpt.config import DataConfig
+    from rlpt.data import check_corpus
+
+    path = tmp_path / "mixed.jsonl"
+    path.write_text(json.dumps({"question": "1+1=", "answer": "2."}) + "\n" + json.dumps({"text": "plain"}) + "\n")
+    with pytest.raises(UserError, match=f"{path}:2: rlp.positions=answer takes question/answer records"):
+        check_corpus(DataConfig(path=str(path)), answers=True)
+    check_corpus(DataConfig(path=str(path)))  # a corpus of both kinds is fine under other rules
+    with pytest.raises(UserError, match="rlp.positions=answer: data.path builtin:arith is not a JSONL file"):
+        check_corpus(DataConfig(path="builtin:arith"), answers=True)
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"question": "1+1="}) + "\n")
+    with pytest.raises(UserError, match="bad.jsonl:1: no string field 'text'.*nor string fields 'question' and 'answer'"):
+        check_corpus(DataConfig(path=str(tmp_path / "bad.jsonl")))

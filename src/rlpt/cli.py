@@ -150,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--tasks", help="your held-out question/answer JSONL, evaluated beside the suites")
     exp.add_argument("--methods", help="run only these, comma-separated, of base, cpt-token, cpt-flop, rpt, rlp, "
                      "rlp-answer (default all; Base always; CPT needs an RLP run)")
+    exp.add_argument("--post", action="store_true", help="then the same post-training (SFT on worked examples, then "
+                     "RLVR) after every method: the +Post tables, models/METHOD-post/")
     exp.set_defaults(func=cmd_experiment)
 
     export = sub.add_parser("export", help="a clean HF folder (model, tokenizer with think tags, generation config)")
@@ -184,7 +186,7 @@ def cmd_experiment(args) -> int:
     output = Path(args.output)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     experiment.run(suites, args.seeds, args.budget, output, ablate=args.ablate, overrides=args.set or [],
-                   model=args.model, data=args.data, tasks=args.tasks, methods=methods)
+                   model=args.model, data=args.data, tasks=args.tasks, methods=methods, post_train=args.post)
     print((output / "table.md").read_text())
     return 0
 

@@ -63,7 +63,8 @@ class RlpConfig:
     baseline_excludes_think: bool = False
     """Renormalise the no-think baseline over tokens other than the think tags (see README)."""
     positions: str = "all"
-    """Which positions t get thoughts: all, every:K, random:N, list:T1,T2,..., after:TEXT, first:TEXT."""
+    """Which positions t get thoughts: all, every:K, random:N, list:T1,T2,..., after:TEXT, first:TEXT, answer (the
+    answer of each question/answer record of a JSONL corpus)."""
     engine: str = "packed"
     """Thought engine: `packed` (one forward per document; fast; a model with recurrent state gets `recurrent`, its
     equivalent, and one neither can serve `reference`), `recurrent`, or `reference` (one row per thought; the
@@ -76,7 +77,8 @@ class RlpConfig:
     """`information_gain` (RLP); `rpt`: RPT's sparse reward, 1 when the token predicted after the thought is the
     document's next token(s), else 0 (the baseline of `rlpt experiment`); or `verifier` (RLVR): 1 when the model's
     greedy answer after a closed thought is the scored text (the `rlp.reward_tokens` after each position: put the
-    positions before answers, `first:MARKER`, and score the whole answer), 0 otherwise or when the thought was cut."""
+    positions before answers, `answer` on question/answer records or `first:MARKER`, and score the whole answer), 0
+    otherwise or when the thought was cut."""
     normalize_advantages: bool = False
     """Divide each group's advantages by the group's reward std (off: the paper's advantage)."""
     rank_advantages: bool = False
@@ -174,7 +176,7 @@ BUILTIN_DEFAULT = {
     "eval": {"tasks": "builtin:arith", "max_questions": 256, "max_thought_tokens": 32},
 }
 
-POSITION_RULE = re.compile(r"^(all|every:[1-9]\d*|random:[1-9]\d*|list:\d+(,\d+)*|after:.+|first:.+)$", re.S)
+POSITION_RULE = re.compile(r"^(all|answer|every:[1-9]\d*|random:[1-9]\d*|list:\d+(,\d+)*|after:.+|first:.+)$", re.S)
 
 
 def to_dict(cfg: Config) -> dict:
@@ -300,7 +302,7 @@ def validate(cfg: Config) -> None:
         (cfg.train.next_token_coef >= 0, "train.next_token_coef must be >= 0"),
         (cfg.train.next_token_documents >= 1, "train.next_token_documents must be >= 1"),
         (bool(POSITION_RULE.match(cfg.rlp.positions)),
-         f"rlp.positions: {cfg.rlp.positions!r} is not all, every:K, random:N, list:T1,T2,..., after:TEXT or first:TEXT"),
+         f"rlp.positions: {cfg.rlp.positions!r} is not all, answer, every:K, random:N, list:T1,T2,..., after:TEXT or first:TEXT"),
         (cfg.rlp.engine in ("reference", "packed", "recurrent"),
          f"rlp.engine: {cfg.rlp.engine!r} is not packed, recurrent or reference"),
         (cfg.rlp.reward in ("information_gain", "rpt", "verifier"),

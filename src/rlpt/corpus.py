@@ -40,10 +40,11 @@ def datasets_module():
     return datasets
 
 
-def records(source: Path, data_cfg) -> Iterator[tuple[int, str]]:
-    """(label, text) of every record of a corpus file, streamed. The label names the record in sources and errors:
-    the line of a JSONL record, the block of a text file split into paragraphs, the row of a dataset; -1 for a text
-    file that is one document."""
+def records(source: Path, data_cfg) -> Iterator[tuple[int, str, int | None]]:
+    """(label, text, answer_at) of every record of a corpus file, streamed. The label names the record in sources and
+    errors: the line of a JSONL record, the block of a text file split into paragraphs, the row of a dataset; -1 for a
+    text file that is one document. `answer_at` is where the answer of a question/answer record starts in its text
+    (None for any other record)."""
     from rlpt.documents import JSONL_SUFFIXES, read_nonempty
 
     if is_saved_dataset(source) or is_dataset_file(source):
@@ -53,21 +54,26 @@ def records(source: Path, data_cfg) -> Iterator[tuple[int, str]]:
     if fmt == "text":
         content = read_nonempty(source)
         if not data_cfg.split_paragraphs:
-            yield -1, content
+            yield -1, content, None
             return
-        yield from ((i + 1, block.strip()) for i, block in enumerate(content.split("\n\n")) if block.strip())
+        yield from ((i + 1, block.strip(), None) for i, block in enumerate(content.split("\n\n")) if block.strip())
         return
     yield from jsonl_texts(source, data_cfg.text_field)
 
 
-def jsonl_texts(source: Path, text_field: str) -> Iterator[tuple[int, str]]:
-    """(line number, text field) of a JSONL file, read line by line."""
+def jsonl_texts(source: Path, text_field: str) -> Iterator[tuple[int, str, int | None]]:
+    """(line number, text, answer_at) of a JSONL file, read line by line: a record's text field, or a question/answer
+    record ({"question": ..., "answer": ...}, as `rlpt eval` reads) as the question followed by its answer."""
     from rlpt.documents import jsonl_records
 
     for number, record in jsonl_records(source):
-        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-            raise UserError(f"{source}:{number}: no string field {text_field!r} (set data.text_field)")
-        yield number, record[text_field]
+        if isinstance(record, dict) and isinstance(record.get(text_field), str):
+            yield number, record[text_field], None
+        elif isinstance(record, dict) and isinstance(record.get("question"), str) and isinstance(record.get("answer"), str):
+            yield number, record["question"] + record["answer"], len(record["question"])
+        else:
+            raise UserError(f"{source}:{number}: no string field {text_field!r} (set data.text_field), nor string "
+                            "fields 'question' and 'answer'")
 
 
 def dataset_rows(source: Path, text_field: str) -> Iterator[tuple[int, str]]:
@@ -83,7 +89,7 @@ def dataset_rows(source: Path, text_field: str) -> Iterator[tuple[int, str]]:
         text = record.get(text_field)
         if not isinstance(text, str):
             raise UserError(f"{source}: row {number}: no string field {text_field!r} (set data.text_field)")
-        yield number, text
+        yield number, text, None
 
 
 def tokenizer_key(tokenizer) -> str:
@@ -141,8 +147,9 @@ def tokenise_into(folder: Path, source: Path, tokenizer, data_cfg, after_text: s
     index = []
     written = 0
     with (folder / "ids.u32").open("wb") as out:
-        for label, text in records(source, data_cfg):
-            for doc in windows(text, source_name(str(source), label), tokenizer, data_cfg.max_length, after_text):
+        for label, text, answer_at in records(source, data_cfg):
+            for doc in windows(text, source_name(str(source), label), tokenizer, data_cfg.max_length, after_text,
+                               answer_at):
                 out.write(np.asarray(doc.ids, dtype=np.uint32).tobytes())
                 index.append((written, len(doc.ids), doc.first_position, doc.holds_marker, label, doc.offset))
                 written += len(doc.ids)

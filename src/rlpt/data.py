@@ -1,14 +1,16 @@
 """Corpora -> token-id documents -> the positions t that get thoughts.
 
 Sources (`data.path`): `builtin:arith`; a text file (one document, or one per blank-line-separated block with
-`data.split_paragraphs`); a JSONL file (one document per line, text in `data.text_field`); a folder (every
+`data.split_paragraphs`); a JSONL file (one document per line, text in `data.text_field`, or a question/answer record
+{"question": ..., "answer": ...}: the question followed by its answer, its positions from the answer on); a folder (every
 .txt/.md/.jsonl file under it, sorted); or a glob. Documents are tokenized with the tokenizer's special tokens (a BOS
 where the model uses one) and cut into windows of `data.max_length` tokens.
 
 Position rules (`rlp.positions`), over 1 <= t < len(document):
   all | every:K (t = K, 2K, ...) | random:N (N distinct, seeded) | list:T1,T2,... | after:TEXT (every token that
   starts after the first occurrence of TEXT; documents without TEXT have none) | first:TEXT (only the first of
-  those: one thought before the answer of a question/answer document).
+  those: one thought before the answer of a question/answer document) | answer (one thought before the answer of
+  each question/answer record: RLVR's data, with `rlp.reward=verifier`).
 """
 
 from __future__ import annotations
@@ -80,24 +82,28 @@ WARM_THINK_FRACTION, WARM_SLIP = 0.8, 0.6
 CHECK_RECORDS = 100_000  # per file: a bad record found in seconds, without reading a huge corpus twice
 
 
-def check_corpus(data_cfg, key: str = "data.path", marker: str | None = None) -> None:
+def check_corpus(data_cfg, key: str = "data.path", marker: str | None = None, answers: bool = False) -> None:
     """What `load_documents` would refuse, found before any model is built (on a fresh machine, before minutes of
     warming up `builtin:tiny`): an unknown name, a missing or empty file, a malformed JSONL line or one without its
     text field, an empty document, and (for `after:`/`first:` rules) a corpus where no document holds `marker`. The
     records of a text or JSONL file are read as text, the first CHECK_RECORDS of each file; what only the tokenizer
-    can tell (a document shorter than 2 tokens) shows when the corpus is tokenised."""
-    from rlpt.corpus import is_saved_dataset
+    can tell (a document shorter than 2 tokens) shows when the corpus is tokenised. With `answers` (the `answer`
+    rule) every record must be a question/answer record."""
+    from rlpt.corpus import is_dataset_file, is_saved_dataset
 
     path = data_cfg.path
+    if answers and (path.startswith(("builtin:", "reasoning_gym:")) or is_saved_dataset(Path(path).expanduser())
+                    or any(is_dataset_file(f) for f in resolve_files(path, key))):
+        raise UserError(f"rlp.positions=answer: {key} {path} is not a JSONL file of question/answer records")
     if path.startswith("builtin:"):
         if path.removeprefix("builtin:") not in BUILTIN_CORPORA:
             raise UserError(f"{key}: unknown built-in corpus {path!r} (known: "
                             + ", ".join(f"builtin:{n}" for n in BUILTIN_CORPORA) + ")")
     elif not path.startswith("reasoning_gym:") and not is_saved_dataset(Path(path).expanduser()):
-        check_records(resolve_files(path, key), data_cfg, key, marker)
+        check_records(resolve_files(path, key), data_cfg, key, marker, answers)
 
 
-def check_records(files: list[Path], data_cfg, key: str, marker: str | None) -> None:
+def check_records(files: list[Path], data_cfg, key: str, marker: str | None, answers: bool = False) -> None:
     from rlpt.corpus import is_dataset_file, records, source_name
 
     marker_seen, read_whole = marker is None, True
@@ -105,9 +111,12 @@ def check_records(files: list[Path], data_cfg, key: str, marker: str | None) -> 
         if is_dataset_file(file):  # read through `datasets` when tokenised
             read_whole = False
             continue
-        for count, (label, text) in enumerate(records(file, data_cfg)):
+        for count, (label, text, answer_at) in enumerate(records(file, data_cfg)):
             if not text.strip():
                 raise UserError(f"{source_name(str(file), label)}: the document is empty")
+            if answers and answer_at is None:
+                raise UserError(f"{source_name(str(file), label)}: rlp.positions=answer takes question/answer records "
+                                '({"question": ..., "answer": ...})')
             marker_seen = marker_seen or marker in text
             if count + 1 >= CHECK_RECORDS:
                 read_whole = False
@@ -194,7 +203,7 @@ def positions(doc: Document, rule: str, rng: random.Random) -> list[int]:
     kind, _, arg = rule.partition(":")
     if kind in ("all", "after"):
         return list(usable)
-    if kind == "first":
+    if kind in ("first", "answer"):
         return list(usable)[:1] if doc.holds_marker else []
     if kind == "every":
         return [t for t in usable if t % int(arg) == 0]

@@ -59,29 +59,36 @@ def jsonl_records(file: Path) -> Iterator[tuple[int, object]]:
         raise UserError(f"{file}: the file is empty")
 
 
-def first_position_after(tokenizer, text: str, marker: str) -> int | None:
-    """Index of the first token that starts after the first `marker` in `text`, or None without a marker."""
-    at = text.find(marker)
-    if at < 0:
-        return None
-    end = at + len(marker)
+def first_token_from(tokenizer, text: str, char: int) -> int | None:
+    """Index of the first token of `text` that starts at or after character `char` (at least 1), or None."""
     offsets = tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
     for index, (start, stop) in enumerate(offsets):
-        if start >= end and stop > start:
+        if start >= char and stop > start:
             return max(index, 1)
     return None
 
 
-def windows(text: str, source: str, tokenizer, max_length: int, after_text: str | None) -> list[Document]:
-    """The documents of one text: windows of at most `max_length` tokens, those that hold a usable position."""
+def first_position_after(tokenizer, text: str, marker: str) -> int | None:
+    """Index of the first token that starts after the first `marker` in `text`, or None without a marker."""
+    at = text.find(marker)
+    return None if at < 0 else first_token_from(tokenizer, text, at + len(marker))
+
+
+def windows(text: str, source: str, tokenizer, max_length: int, after_text: str | None,
+            answer_at: int | None = None) -> list[Document]:
+    """The documents of one text: windows of at most `max_length` tokens, those that hold a usable position. The
+    positions of a question/answer record (`answer_at`: the character its answer starts at) start at its answer;
+    those of another text after the first `after_text` (`after:`/`first:` rules), or at 1."""
     ids = tokenizer(text)["input_ids"]
     if len(ids) < 2:
         raise UserError(f"{source}: document shorter than 2 tokens ({text[:40]!r})")
     first = 1
-    if after_text is not None:
+    if answer_at is not None:
+        first = first_token_from(tokenizer, text, answer_at)
+    elif after_text is not None:
         first = first_position_after(tokenizer, text, after_text)
-        if first is None:
-            return []
+    if first is None:
+        return []
     out = []
     for start in range(0, len(ids), max_length):
         window = ids[start : start + max_length]

@@ -77,7 +77,7 @@ def check_inputs(cfg, run_dir: Path, fresh: bool) -> None:
 
     if fresh or checkpoint.latest(run_dir) is None:  # a resumed run reads its checkpoint, not the model
         check_model_source(cfg.model.name_or_path)
-    check_corpus(cfg.data, marker=after_marker(cfg.rlp.positions))
+    check_corpus(cfg.data, marker=after_marker(cfg.rlp.positions), answers=cfg.rlp.positions == "answer")
     if cfg.train.next_token_data:
         check_corpus(dataclasses.replace(cfg.data, path=cfg.train.next_token_data), "train.next_token_data")
     if cfg.eval.tasks:

@@ -168,32 +168,41 @@ class Suite:
     heldout: callable  # question -> bool: the side of the split
     marker: str = "="  # every answer follows the first occurrence of this text: `rlp.positions: first:MARKER`
 
-    def problems(self, n: int, seed: int, heldout: bool, forgets=never) -> list[Problem]:
-        """n distinct problems from one side of the split, in a seeded order (the same order whatever `forgets`); a
-        UserError when the side has fewer."""
+    def problems(self, n: int, seed: int, heldout: bool, forgets=never, exclude: set[str] = frozenset()) -> list[Problem]:
+        """n distinct problems from one side of the split, none of whose questions is in `exclude`, in a seeded order
+        (the same order whatever `forgets`); a UserError when the side has fewer."""
         rng = random.Random(f"{self.name}:{seed}:{heldout}")
         seen, out, misses = set(), [], 0
         while len(out) < n:
             p = self.make(rng, forgets)
-            if p.question not in seen and self.heldout(p.question) == heldout:
+            if p.question not in seen and p.question not in exclude and self.heldout(p.question) == heldout:
                 seen.add(p.question)
                 out.append(p)
                 misses = 0
             elif (misses := misses + 1) > MAX_MISSES:
                 side = "held-out" if heldout else "training-side"
-                raise UserError(f"suite {self.name}: {n} distinct {side} questions asked, only {len(out)} found")
+                apart = f" apart from {len(exclude)} excluded" if exclude else ""
+                raise UserError(f"suite {self.name}: {n} distinct {side} questions{apart} asked, only {len(out)} found")
         return out
 
+    def training_problems(self, n: int, seed: int = 0) -> list[Problem]:
+        """The problems of the RLP/CPT training corpus."""
+        return self.problems(n, seed, heldout=False)
+
     def training_documents(self, n: int, seed: int = 0) -> list[str]:
-        return [p.plain() for p in self.problems(n, seed, heldout=False)]
+        return [p.plain() for p in self.training_problems(n, seed)]
+
+    def warm_start_problems(self, n: int, seed: int, forgets=never) -> list[Problem]:
+        """The problems of the warm-start corpus (another seed's draw than the RLP corpus; science has so few
+        questions that most are in both)."""
+        return self.problems(n, seed + 10_000, False, forgets=forgets)
 
     def warm_start_documents(self, n: int, seed: int, think_fraction: float, slip: float = 0.0) -> list[str]:
-        """Training-side documents (another seed's draw than the RLP corpus; science has so few questions that most
-        are in both), a `think_fraction` of them worked by a writer who slips with probability `slip` at each chance;
-        the others plain, with the right answer."""
+        """Training-side documents (`warm_start_problems`), a `think_fraction` of them worked by a writer who slips
+        with probability `slip` at each chance; the others plain, with the right answer."""
         rng, slips = random.Random(f"{self.name}:warm:{seed}"), random.Random(f"{self.name}:slips:{seed}")
-        written = self.problems(n, seed + 10_000, False, forgets=lambda: slips.random() < slip)
-        right = self.problems(n, seed + 10_000, False)
+        written = self.warm_start_problems(n, seed, forgets=lambda: slips.random() < slip)
+        right = self.warm_start_problems(n, seed)
         return [w.worked() if rng.random() < think_fraction else r.plain() for w, r in zip(written, right)]
 
     def heldout_problems(self, n: int, seed: int = 0) -> list[Problem]:

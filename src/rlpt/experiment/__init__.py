@@ -27,6 +27,7 @@ from rlpt import config as config_lib
 from rlpt.baselines import cpt
 from rlpt.cache import build_folder
 from rlpt.errors import UserError
+from rlpt.experiment import post
 from rlpt.experiment.budgets import BUDGETS, Budget
 from rlpt.experiment.paired import paired_difference, variance_shares
 from rlpt.experiment.report import ABLATION_G, ABLATION_L, LABELS, METHODS, headline, mean_std, plots, report
@@ -76,15 +77,19 @@ def warm_start(folder: Path, suites, eval_sets: list[EvalSet], budget: Budget, s
     (folder / "warm_start.json").write_text(json.dumps(curve_points))
 
 
-def rl_config(base: Path, corpus: str, budget: Budget, seed: int, reward: str, overrides: list[str], **rlp) -> config_lib.Config:
+def rl_config(base: Path, corpus: str, budget: Budget, seed: int, reward: str, overrides: list[str],
+              steps: int | None = None, lr: float | None = None, **rlp) -> config_lib.Config:
+    """An RL run's config from Base: the budget's settings (`steps` and `lr` if given instead of its RL runs'), the
+    `rlp` keys, then the user's `overrides`."""
+    steps = budget.rl_steps if steps is None else steps
     cfg = config_lib.Config()
     config_lib.apply(cfg, {
         "model": {"name_or_path": str(base)},
         "data": {"path": str(corpus)},
         "rlp": {"group_size": budget.group_size, "max_thought_tokens": budget.thought_tokens,
                 "temperature": budget.temperature, "reward": reward, **rlp},
-        "train": {"lr": budget.lr, "batch_documents": budget.batch_documents, "max_steps": budget.rl_steps,
-                  "seed": seed, "checkpoint_every": max(1, budget.rl_steps // budget.curve_points)},
+        "train": {"lr": budget.lr if lr is None else lr, "batch_documents": budget.batch_documents, "max_steps": steps,
+                  "seed": seed, "checkpoint_every": max(1, steps // budget.curve_points)},
         "eval": {"tasks": ""},
     }, "rlpt experiment")
     for text in overrides:
@@ -142,6 +147,7 @@ class Plan:
     model: str | None  # a given Base, or None: warm-start one per seed
     overrides: list[str]
     methods: list[str]  # of METHODS, in its order; Base always
+    post: bool = False  # post-train every method's model (`post.py`)
 
     def models(self, seed: int) -> Path:
         return self.output / "models" / f"seed-{seed}" if self.seeds > 1 else self.output / "models"
@@ -154,10 +160,23 @@ class Plan:
         curve_sets = [suite_training_set(s, self.budget.selection_questions) for s in self.suites] + self.eval_sets
         return build_folder(self.models(seed) / "base", lambda tmp: warm_start(tmp, self.suites, curve_sets, self.budget, seed))
 
-    def rl_config(self, base: Path, seed: int, reward: str, **rlp):
+    def rl_config(self, base: Path, seed: int, reward: str, corpus: str | None = None, **rlp):
         # a thought before each suite document's answer (after its marker); a user corpus: every position
         positions = {"positions": f"first:{self.suites[0].marker}" if self.suites else "all"}
-        return rl_config(base, self.corpus, self.budget, seed, reward, self.overrides, **{**positions, **rlp})
+        return rl_config(base, corpus or self.corpus, self.budget, seed, reward, self.overrides, **{**positions, **rlp})
+
+    def post_train(self, seed: int, folders: dict[str, Path]) -> dict[str, Path]:
+        """SFT then RLVR (`post.py`) of each method's model in `folders`: {METHOD-post: its post-trained model}."""
+        runs = self.output / "runs" / f"seed-{seed}"
+        sft_documents, questions = post.post_training_data(self.suites, self.budget, seed, runs / "post-data")
+        out = {}
+        for method, folder in folders.items():
+            name = f"{method}-post"
+            print(f"rlpt experiment: seed {seed}: {LABELS[name]}", flush=True)
+            sft = post.supervised_fine_tuning(folder, runs / name / "sft", sft_documents, self.budget, seed, name)
+            rl_run(runs / name, self.rl_config(sft, seed, "verifier", str(questions), **post.rlvr_settings(self.budget)))
+            out[name] = export_checkpoint(runs / name, self.models(seed) / name)
+        return out
 
 
 def run_seed(plan: Plan, seed: int) -> dict:
@@ -194,6 +213,11 @@ def run_seed(plan: Plan, seed: int) -> dict:
     folders = {m: (base if m == "base" else models / m) for m in plan.methods}
     scores = timed("evaluation", lambda: {m: evaluate_model(folders[m], plan.eval_sets, plan.budget, seed)
                                           for m in plan.methods})
+    if plan.post:
+        posted = timed("post-training", lambda: plan.post_train(seed, folders))
+        print(f"rlpt experiment: seed {seed}: evaluating after post-training", flush=True)
+        scores.update(timed("post evaluation", lambda: {m: evaluate_model(f, plan.eval_sets, plan.budget, seed)
+                                                        for m, f in posted.items()}))
     curves = timed("curves", lambda: {m: curve(runs / m, scores["base"], scores[m], plan.eval_sets, plan.budget)
                                       for m in configs})
     warm_curve = base / "warm_start.json"
@@ -256,9 +280,9 @@ def chosen_methods(names: list[str] | None, ablate: bool) -> list[str]:
 
 def run(suite_names: list[str], seeds: int, budget_name: str, output: Path, ablate: bool = False,
         overrides: list[str] = (), model: str | None = None, data: str | None = None, tasks: str | None = None,
-        methods: list[str] | None = None) -> dict:
+        methods: list[str] | None = None, post_train: bool = False) -> dict:
     """The whole comparison; writes table.md, results.json and plots/ under `output` and returns the results.
-    `methods`: a subset of METHODS (default all)."""
+    `methods`: a subset of METHODS (default all); `post_train`: every method's model post-trained too (+Post)."""
     try:
         import matplotlib  # noqa: F401  (checked first: the plots come last, after minutes of training)
     except ImportError as exc:
@@ -273,6 +297,11 @@ def run(suite_names: list[str], seeds: int, budget_name: str, output: Path, abla
         raise UserError("--suite: " + ", ".join(f"{s.name} puts its answers after {s.marker!r}" for s in suites)
                         + "; run suites with different markers apart")
     budget = BUDGETS[budget_name]
+    if post_train and not suites:
+        raise UserError("--post draws its SFT examples and RLVR questions from the suites: name a --suite")
+    if post_train and not budget.post_rl_steps:
+        raise UserError(f"--post: budget {budget_name!r} has no post-training settings (budgets with them: "
+                        + ", ".join(n for n, b in BUDGETS.items() if b.post_rl_steps) + ")")
     eval_sets = [suite_eval_set(s, budget.eval_questions) for s in suites]
     eval_sets += [file_eval_set(tasks, budget.eval_questions)] if tasks else []
     if not eval_sets:
@@ -297,21 +326,24 @@ def run(suite_names: list[str], seeds: int, budget_name: str, output: Path, abla
         path.parent.mkdir(exist_ok=True)
         path.write_text("".join(json.dumps({"text": d}) + "\n" for s in suites for d in s.training_documents(budget.corpus_documents)))
         corpus = str(path)
-    plan = Plan(output, seeds, budget, suites, eval_sets, corpus, model, list(overrides), methods)
+    plan = Plan(output, seeds, budget, suites, eval_sets, corpus, model, list(overrides), methods, post_train)
 
     per_seed = [run_seed(plan, seed) for seed in range(seeds)]
     names = [e.name for e in eval_sets]
+    post_methods = [f"{m}-post" for m in methods] if post_train else []
     results = dict(suites=suite_names, eval_sets=names, seeds=per_seed, budget=budget_name,
                    settings=dataclasses.asdict(budget), overrides=list(overrides), model=model, data=data, tasks=tasks,
-                   methods=methods)
+                   methods=methods, post_methods=post_methods)
     if ablate:
         results["ablation"], results["ablation_base_overall"] = run_ablation(plan, per_seed[0]["scores"]["base"])
     results["summary"] = {
         m: {row: mean_std([headline(s["scores"][m], names)[row] for s in per_seed]) for row in headline(per_seed[0]["scores"][m], names)}
-        for m in methods
+        for m in methods + post_methods
     }
     results["paired"] = {reference: paired_to_reference(per_seed, names, reference, methods)
                          for reference in REFERENCES if reference in methods}
+    results["paired_post"] = {f"{reference}-post": paired_to_reference(per_seed, names, f"{reference}-post", post_methods)
+                              for reference in REFERENCES if reference in methods and post_methods}
     results["wall_seconds"] = time.perf_counter() - began
     (output / "results.json").write_text(json.dumps(results, indent=1))
     written = plots(results, output / "plots")

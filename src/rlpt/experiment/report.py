@@ -8,6 +8,7 @@ from pathlib import Path
 METHODS = ["base", "cpt-token", "cpt-flop", "rpt", "rlp", "rlp-answer"]
 LABELS = {"base": "Base", "cpt-token": "CPT (token-matched)", "cpt-flop": "CPT (FLOP-matched)", "rpt": "RPT",
           "rlp": "RLP (K = 1, the paper)", "rlp-answer": "RLP (K = answer)"}
+LABELS.update({f"{m}-post": f"{LABELS[m]} +Post" for m in METHODS})  # after the same SFT + RLVR (`--post`)
 ABLATION_G, ABLATION_L = (2, 4, 8, 16), (8, 16, 32, 64)
 
 
@@ -134,6 +135,17 @@ def plots(results: dict, folder: Path) -> list[Path]:
         acc_ax.legend(fontsize=7)
         save(fig, "warm_start.png")
 
+    if results.get("post_methods"):
+        fig, ax = plt.subplots(figsize=(1.6 * len(results["methods"]) + 2, 3.5))
+        for shift, suffix, label in ((-0.2, "", "before"), (0.2, "-post", "+Post (SFT + RLVR)")):
+            values = [[100 * headline(s["scores"][m + suffix], names)["Overall"] for s in seeds] for m in results["methods"]]
+            ax.bar([i + shift for i in range(len(values))], [statistics.mean(v) for v in values], 0.4, label=label,
+                   yerr=[statistics.stdev(v) if len(v) > 1 else 0 for v in values], capsize=3)
+        ax.set_xticks(range(len(results["methods"])), [LABELS[m] for m in results["methods"]], fontsize=7)
+        ax.set(title="Overall pass@1 with thinking, before and after post-training", ylabel="% (mean of seeds)")
+        ax.legend(fontsize=7)
+        save(fig, "post.png")
+
     if results.get("ablation"):
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
         for ax, key, values in ((axes[0], "G", ABLATION_G), (axes[1], "L", ABLATION_L)):
@@ -197,6 +209,8 @@ def report(results: dict, plot_files: list[Path], output: Path) -> str:
         f"tokens = G * L * contexts/step * steps + T_inp, from the larger of the two RLP runs ({counters['rlp_steps']} steps, "
         f"{counters['contexts_per_step']:.1f} contexts/step, T_inp = {counters['input_tokens']}).",
     ]
+    if results.get("post_methods"):
+        parts += ["", *post_section(results, resampled)]
     if results.get("ablation"):
         parts += ["", "Ablation (RLP from seed 0's Base), overall pass@1 with thinking, %:", "",
                   "| G | L | overall |", "|---|---|---|"]
@@ -205,3 +219,35 @@ def report(results: dict, plot_files: list[Path], output: Path) -> str:
     parts += ["", "Plots: " + ", ".join(str(p.relative_to(output)) for p in plot_files),
               f"Wall time: {results['wall_seconds'] / 60:.1f} min.", ""]
     return "\n".join(parts)
+
+
+def post_section(results: dict, resampled: str) -> list[str]:
+    """The +Post tables: every method after the same SFT + RLVR, its change, and the paired differences to Base +Post
+    and CPT (FLOP-matched) +Post."""
+    per_seed, names, settings = results["seeds"], results["eval_sets"], results["settings"]
+    methods, post = results["methods"], results["post_methods"]
+    parts = ["## After post-training (+Post)", "",
+             f"Every model after the same post-training: SFT on {settings['post_sft_examples']} worked examples with "
+             f"correct thoughts per suite ({settings['post_sft_steps']} steps of {settings['post_sft_batch']}, lr "
+             f"{settings['post_sft_lr']:g}), then RLVR on {settings['post_rl_questions']} questions per suite "
+             f"({settings['post_rl_steps']} steps of {settings['batch_documents']}, lr {settings['post_rl_lr']:g}, G = "
+             f"{settings['group_size']}, reward "
+             "1 for a right answer after a closed thought, else 0), all training-side and apart from every pretraining "
+             "corpus.", ""]
+    sections = [("pass@1 with thinking, %:", "pass_at_1"), ("Greedy accuracy with thinking, %:", "accuracy_think")]
+    if all(per_seed[0]["scores"]["base"][n]["thought_correct"] is not None for n in names):
+        sections.append(("Greedy thoughts that are the correct worked thought, %:", "thought_correct"))
+    for title, metric in sections:
+        parts += [title, "", markdown_table(per_seed, names, post, metric), ""]
+    parts += ["Overall pass@1 with thinking before and after post-training, %:", "",
+              "| | before | +Post | change |", "|---|---|---|---|"]
+    for method in methods:
+        before, after = ([100 * headline(s["scores"][m], names)["Overall"] for s in per_seed] for m in (method, f"{method}-post"))
+        parts.append(f"| {LABELS[method]} | {statistics.mean(before):.1f} | {statistics.mean(after):.1f} | "
+                     f"{statistics.mean(after) - statistics.mean(before):+.1f} |")
+    parts.append("")
+    for reference, paired in results["paired_post"].items():
+        for metric, what, unit in PAIRED_METRICS[:2]:
+            parts += [f"Paired difference to {LABELS[reference]} (method - {LABELS[reference]}) in {what}, {unit}, "
+                      f"with its 95% interval (bootstrap over {resampled}):", "", paired_table(paired[metric]), ""]
+    return parts
