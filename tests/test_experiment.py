@@ -124,7 +124,6 @@ def test_post_training_after_every_method(tmp_path, capsys):
     models/METHOD-post/ beside each models/METHOD/ that `rlpt eval` loads, and the +Post rows."""
     import yaml
 
-    from rlpt.experiment import post
     from rlpt.experiment.budgets import BUDGETS
     from rlpt.suites import get_suite
 
@@ -146,20 +145,25 @@ def test_post_training_after_every_method(tmp_path, capsys):
         run = yaml.safe_load((out / "runs" / "seed-0" / f"{method}-post" / "config.yaml").read_text())
         assert run["rlp"]["reward"] == "verifier" and run["rlp"]["positions"] == "answer"
         assert run["model"]["name_or_path"].endswith(f"{method}-post/sft")  # RLVR continues the SFT model
-    # the post-training problems: none in the warm start or the RL/CPT corpus of the seed, nor held out
+    # the post-training problems: none in the RL/CPT corpus the experiment wrote nor in seed 0's warm start, nor held out
     budget = BUDGETS["test"]
     records = [json.loads(line) for line in (out / "runs" / "seed-0" / "post-data" / "rlvr.jsonl").open()]
     assert len(records) == 2 * budget.post_rl_questions
+    corpus = {question_of(json.loads(line)["text"]) for line in (out / "data" / "train.jsonl").open()}
     n = budget.post_rl_questions
     for suite, questions in ((get_suite("math"), records[:n]), (get_suite("science"), records[n:])):
-        pretraining = post.pretraining_questions(suite, budget, 0)
-        assert {p.question for p in suite.warm_start_problems(budget.warm_documents, 0)} <= pretraining
-        assert not pretraining & {r["question"] for r in questions}
+        warm = {question_of(d) for d in suite.warm_start_documents(budget.warm_documents, 0, budget.think_fraction)}
+        assert not (warm | corpus) & {r["question"] for r in questions}
         assert not any(suite.heldout(r["question"]) for r in questions)
     capsys.readouterr()
     assert main(["eval", "--model", str(out / "models" / "rlp-post"), "--tasks", "builtin:science", "--max-questions",
                  "2", "--max-positions", "4", "--max-thought-tokens", "4", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 2
+
+
+def question_of(document: str) -> str:
+    """A suite document's question: up to its first `=` (math and science)."""
+    return document[: document.index("=") + 1]
 
 
 def test_post_needs_a_suite_and_a_budget_with_post_settings(llama_dir, tmp_path):
@@ -186,6 +190,9 @@ def test_post_training_problems_are_apart_from_the_pretraining_corpora(tmp_path)
     budget = dataclasses.replace(BUDGETS["small"], post_sft_examples=50, post_rl_questions=50)
     science = get_suite("science")
     sft, path = post.post_training_data([science], budget, 0, tmp_path)
-    questions = [d.split("<think>")[0] for d in sft] + [json.loads(line)["question"] for line in path.open()]
-    assert len(set(questions)) == 100 and not set(questions) & post.pretraining_questions(science, budget, 0)
+    questions = [question_of(d) for d in sft] + [json.loads(line)["question"] for line in path.open()]
+    pretraining = {question_of(d) for d in science.warm_start_documents(budget.warm_documents, 0, budget.think_fraction)
+                   + science.training_documents(budget.corpus_documents)}  # as the experiment writes them
+    assert len(pretraining) == 20_810
+    assert len(set(questions)) == 100 and not set(questions) & pretraining
     assert all(d.endswith(".") and "</think>" in d for d in sft)  # worked, with the right thought

@@ -148,3 +148,46 @@ def test_the_answer_rule_refuses_records_without_an_answer(tmp_path):
     (tmp_path / "bad.jsonl").write_text(json.dumps({"question": "1+1="}) + "\n")
     with pytest.raises(UserError, match="bad.jsonl:1: no string field 'text'.*nor string fields 'question' and 'answer'"):
         check_corpus(DataConfig(path=str(tmp_path / "bad.jsonl")))
+
+
+def bpe_like(text, return_offsets_mapping=False):
+    """A stand-in for a BPE tokenizer: a word takes the space before it (` 42`), as GPT-2's does."""
+    import re
+
+    spans = [m.span() for m in re.finditer(r" ?\w+| ?[^\w ]", text)]
+    return {"input_ids": list(range(len(spans))), "offset_mapping": spans}
+
+
+def test_a_token_across_question_and_answer_is_refused():
+    """`What is 7 times 6? ` + `42`: the tokenizer reads ` 42`, so the answer's first token holds the question's
+    last character and a thought would go after it; the record is refused, naming itself. Split where the tokenizer
+    splits, it works."""
+    from rlpt.documents import windows
+
+    with pytest.raises(UserError, match=r"qa.jsonl:3: the token ' 42' holds the end of the question"):
+        windows("What is 7 times 6? 42", "qa.jsonl:3", bpe_like, 64, None, answer_at=len("What is 7 times 6? "))
+    (doc,) = windows("What is 7 times 6? 42", "qa.jsonl:3", bpe_like, 64, None, answer_at=len("What is 7 times 6?"))
+    assert doc.first_position == 6  # What, is, 7, times, 6, ? | 42
+
+
+def test_rlvr_on_its_own_trains_on_question_answer_records(llama_dir, tmp_path, monkeypatch):
+    """`rlpt train` on a question/answer JSONL with the verifier reward: one thought before each answer, every reward
+    0 or 1; an empty answer is refused, naming its line."""
+    from rlpt.cli import main
+
+    monkeypatch.setenv("RLPT_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "qa.jsonl"
+    path.write_text("".join(json.dumps({"question": f"{a}+{b}=", "answer": f"{a + b}."}) + "\n"
+                            for a, b in [(12, 30), (7, 80), (45, 5), (3, 3)]))
+    run = tmp_path / "run"
+    args = ["train", "--output", str(run), "--set", f"model.name_or_path={llama_dir}", "--set", f"data.path={path}",
+            "--set", "rlp.positions=answer", "--set", "rlp.reward=verifier", "--set", "rlp.reward_tokens=4",
+            "--set", "rlp.group_size=4", "--set", "rlp.max_thought_tokens=3", "--set", "train.batch_documents=2",
+            "--set", "train.max_steps=2", "--set", "train.dump_rollouts=true", "--set", "eval.tasks="]
+    assert main(args) == 0
+    rollouts = [json.loads(line) for line in (run / "rollouts.jsonl").open()]
+    assert len(rollouts) == 2 * 2 * 4 and all(r["reward"] in (0.0, 1.0) for r in rollouts)  # steps x records x G
+    assert all(r["context"].endswith("=") for r in rollouts)  # the thought goes right before the answer
+    assert {r["scored"] for r in rollouts} <= {"42.", "87.", "50.", "6."}  # which it scores, whole
+    path.write_text(json.dumps({"question": "1+1=", "answer": "2."}) + "\n" + json.dumps({"question": "2+2=", "answer": " "}) + "\n")
+    assert main(args[:2] + [str(tmp_path / "run2")] + args[3:]) == 2

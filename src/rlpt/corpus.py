@@ -70,6 +70,8 @@ def jsonl_texts(source: Path, text_field: str) -> Iterator[tuple[int, str, int |
         if isinstance(record, dict) and isinstance(record.get(text_field), str):
             yield number, record[text_field], None
         elif isinstance(record, dict) and isinstance(record.get("question"), str) and isinstance(record.get("answer"), str):
+            if not record["answer"].strip():
+                raise UserError(f"{source}:{number}: the answer is empty")
             yield number, record["question"] + record["answer"], len(record["question"])
         else:
             raise UserError(f"{source}:{number}: no string field {text_field!r} (set data.text_field), nor string "

@@ -74,6 +74,19 @@ def first_position_after(tokenizer, text: str, marker: str) -> int | None:
     return None if at < 0 else first_token_from(tokenizer, text, at + len(marker))
 
 
+def answer_start(tokenizer, text: str, answer_at: int, source: str) -> int:
+    """The first token of the answer of a question/answer record whose answer starts at character `answer_at`; an
+    error where one token holds the end of the question and the start of the answer (the thought's place would be
+    inside the answer)."""
+    offsets = tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
+    spanning = [text[a:b] for a, b in offsets if a < answer_at < b]
+    if spanning:
+        raise UserError(f"{source}: the token {spanning[0]!r} holds the end of the question and the start of the "
+                        "answer, so no thought can go between them: end the question where the tokenizer splits "
+                        "(e.g. without a trailing space, the answer starting with one)")
+    return first_token_from(tokenizer, text, answer_at)
+
+
 def windows(text: str, source: str, tokenizer, max_length: int, after_text: str | None,
             answer_at: int | None = None) -> list[Document]:
     """The documents of one text: windows of at most `max_length` tokens, those that hold a usable position. The
@@ -84,7 +97,7 @@ def windows(text: str, source: str, tokenizer, max_length: int, after_text: str 
         raise UserError(f"{source}: document shorter than 2 tokens ({text[:40]!r})")
     first = 1
     if answer_at is not None:
-        first = first_token_from(tokenizer, text, answer_at)
+        first = answer_start(tokenizer, text, answer_at, source)
     elif after_text is not None:
         first = first_position_after(tokenizer, text, after_text)
     if first is None:

@@ -160,10 +160,10 @@ class Plan:
         curve_sets = [suite_training_set(s, self.budget.selection_questions) for s in self.suites] + self.eval_sets
         return build_folder(self.models(seed) / "base", lambda tmp: warm_start(tmp, self.suites, curve_sets, self.budget, seed))
 
-    def rl_config(self, base: Path, seed: int, reward: str, corpus: str | None = None, **rlp):
+    def rl_config(self, base: Path, seed: int, reward: str, **rlp):
         # a thought before each suite document's answer (after its marker); a user corpus: every position
         positions = {"positions": f"first:{self.suites[0].marker}" if self.suites else "all"}
-        return rl_config(base, corpus or self.corpus, self.budget, seed, reward, self.overrides, **{**positions, **rlp})
+        return rl_config(base, self.corpus, self.budget, seed, reward, self.overrides, **{**positions, **rlp})
 
     def post_train(self, seed: int, folders: dict[str, Path]) -> dict[str, Path]:
         """SFT then RLVR (`post.py`) of each method's model in `folders`: {METHOD-post: its post-trained model}."""
@@ -174,7 +174,9 @@ class Plan:
             name = f"{method}-post"
             print(f"rlpt experiment: seed {seed}: {LABELS[name]}", flush=True)
             sft = post.supervised_fine_tuning(folder, runs / name / "sft", sft_documents, self.budget, seed, name)
-            rl_run(runs / name, self.rl_config(sft, seed, "verifier", str(questions), **post.rlvr_settings(self.budget)))
+            # the budget's recipe, the same for every method: `--set` changes the pretraining RL runs, not this one
+            rl_run(runs / name, rl_config(sft, str(questions), self.budget, seed, "verifier", [],
+                                          **post.rlvr_settings(self.budget)))
             out[name] = export_checkpoint(runs / name, self.models(seed) / name)
         return out
 

@@ -8,7 +8,8 @@ held-out questions: with recipe 3 of `builtin:tiny`, greedy accuracy with a thou
 greedy habit of slipping keeps it in the 20-60% band (docs/experiments.md, sections 8-9 and 11). Its RL runs take the
 built-in default's settings (lr 1e-4, temperature 1.0, G = 8), chosen on training-side problems
 (docs/default-run.md). Its post-training (`--post`) was chosen on the same 100 training-side problems per suite from
-seed 0's Base, so that neither SFT nor the whole post-training takes Base to the ceiling where a suite leaves room:
+seed 0's Base, so that neither SFT nor the whole post-training takes Base to the ceiling on math (science is at
+94-100% after any post-training tried: it leaves no room):
 SFT on 128 worked examples per suite, 16 steps of 16 at lr 3e-5 (Base 23 / 47% -> 36 / 94%; lr 1e-4 to 1e-3 or more
 steps took math to 56-99% and science to 97-100%), then RLVR for 30 steps at lr 1e-5 (math 83%, science 100%; at
 lr 1e-4 math was at 98% by step 10, at 3e-5 at 100% by step 20). docs/experiments.md, section 13."""
@@ -41,7 +42,8 @@ class Budget:
     samples: int  # k of pass@1
     curve_points: int  # checkpoints of each RL run that are evaluated
     # post-training (`--post`, `experiment/post.py`): SFT on worked examples, then RLVR at the RL runs' G, L,
-    # temperature, learning rate and batch; per suite, problems apart from every pretraining corpus
+    # temperature and batch, with its own steps and learning rate; per suite, problems apart from every pretraining
+    # corpus
     post_sft_examples: int = 0
     post_sft_steps: int = 0
     post_sft_batch: int = 16
