@@ -2,7 +2,7 @@
 
 1. SFT: next-token training on worked examples with correct thoughts (`question <think>thought</think>answer.`),
    drawn from each suite's training side and apart from every pretraining corpus (no question of the warm start or
-   of the RLP/CPT corpus).
+   of the RLP/CPT corpus the suites write; a `--data` corpus of your own is not searched).
 2. RLVR: `rlpt train` on question/answer records of the same side (other questions than SFT's) with the verifier
    reward (`rlp.reward=verifier`, `rlp.positions=answer`): G sampled thoughts per question, each followed by the
    model's greedy answer, reward 1 when it is right and 0 otherwise or when the thought was cut; the group advantages
