@@ -78,8 +78,8 @@ def jsonl_texts(source: Path, text_field: str) -> Iterator[tuple[int, str, int |
                             "fields 'question' and 'answer'")
 
 
-def dataset_rows(source: Path, text_field: str) -> Iterator[tuple[int, str]]:
-    """(row number, text) of a dataset file or saved dataset, streamed."""
+def dataset_rows(source: Path, text_field: str) -> Iterator[tuple[int, str, None]]:
+    """(row number, text, no answer) of a dataset file or saved dataset, streamed."""
     datasets = datasets_module()
     if is_saved_dataset(source):
         data = datasets.load_from_disk(str(source))  # memory-mapped Arrow: nothing is loaded up front

@@ -89,11 +89,10 @@ def check_corpus(data_cfg, key: str = "data.path", marker: str | None = None, an
     records of a text or JSONL file are read as text, the first CHECK_RECORDS of each file; what only the tokenizer
     can tell (a document shorter than 2 tokens) shows when the corpus is tokenised. With `answers` (the `answer`
     rule) every record must be a question/answer record."""
-    from rlpt.corpus import is_dataset_file, is_saved_dataset
+    from rlpt.corpus import is_saved_dataset
 
     path = data_cfg.path
-    if answers and (path.startswith(("builtin:", "reasoning_gym:")) or is_saved_dataset(Path(path).expanduser())
-                    or any(is_dataset_file(f) for f in resolve_files(path, key))):
+    if answers and (path.startswith(("builtin:", "reasoning_gym:")) or is_saved_dataset(Path(path).expanduser())):
         raise UserError(f"rlp.positions=answer: {key} {path} is not a JSONL file of question/answer records")
     if path.startswith("builtin:"):
         if path.removeprefix("builtin:") not in BUILTIN_CORPORA:
@@ -109,6 +108,8 @@ def check_records(files: list[Path], data_cfg, key: str, marker: str | None, ans
     marker_seen, read_whole = marker is None, True
     for file in files:
         if is_dataset_file(file):  # read through `datasets` when tokenised
+            if answers:
+                raise UserError(f"rlp.positions=answer: {key} {file} is not a JSONL file of question/answer records")
             read_whole = False
             continue
         for count, (label, text, answer_at) in enumerate(records(file, data_cfg)):

@@ -59,32 +59,36 @@ def jsonl_records(file: Path) -> Iterator[tuple[int, object]]:
         raise UserError(f"{file}: the file is empty")
 
 
-def first_token_from(tokenizer, text: str, char: int) -> int | None:
-    """Index of the first token of `text` that starts at or after character `char` (at least 1), or None."""
-    offsets = tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
+def first_token_from(offsets: list[tuple[int, int]], char: int) -> int | None:
+    """Index of the first token (`offsets`: a tokenizer's offset mapping) that starts at or after character `char` (at
+    least 1), or None."""
     for index, (start, stop) in enumerate(offsets):
         if start >= char and stop > start:
             return max(index, 1)
     return None
 
 
-def first_position_after(tokenizer, text: str, marker: str) -> int | None:
+def marker_position(text: str, offsets: list[tuple[int, int]], marker: str) -> int | None:
     """Index of the first token that starts after the first `marker` in `text`, or None without a marker."""
     at = text.find(marker)
-    return None if at < 0 else first_token_from(tokenizer, text, at + len(marker))
+    return None if at < 0 else first_token_from(offsets, at + len(marker))
 
 
-def answer_start(tokenizer, text: str, answer_at: int, source: str) -> int:
+def first_position_after(tokenizer, text: str, marker: str) -> int | None:
+    """`marker_position` of `text` as `tokenizer` splits it."""
+    return marker_position(text, tokenizer(text, return_offsets_mapping=True)["offset_mapping"], marker)
+
+
+def answer_start(text: str, offsets: list[tuple[int, int]], answer_at: int, source: str) -> int:
     """The first token of the answer of a question/answer record whose answer starts at character `answer_at`; an
     error where one token holds the end of the question and the start of the answer (the thought's place would be
     inside the answer)."""
-    offsets = tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
     spanning = [text[a:b] for a, b in offsets if a < answer_at < b]
     if spanning:
         raise UserError(f"{source}: the token {spanning[0]!r} holds the end of the question and the start of the "
                         "answer, so no thought can go between them: end the question where the tokenizer splits "
                         "(e.g. without a trailing space, the answer starting with one)")
-    return first_token_from(tokenizer, text, answer_at)
+    return first_token_from(offsets, answer_at)
 
 
 def windows(text: str, source: str, tokenizer, max_length: int, after_text: str | None,
@@ -92,14 +96,16 @@ def windows(text: str, source: str, tokenizer, max_length: int, after_text: str 
     """The documents of one text: windows of at most `max_length` tokens, those that hold a usable position. The
     positions of a question/answer record (`answer_at`: the character its answer starts at) start at its answer;
     those of another text after the first `after_text` (`after:`/`first:` rules), or at 1."""
-    ids = tokenizer(text)["input_ids"]
+    located = answer_at is not None or after_text is not None  # a position found by character: the offsets too
+    encoded = tokenizer(text, return_offsets_mapping=True) if located else tokenizer(text)
+    ids = encoded["input_ids"]
     if len(ids) < 2:
         raise UserError(f"{source}: document shorter than 2 tokens ({text[:40]!r})")
     first = 1
     if answer_at is not None:
-        first = answer_start(tokenizer, text, answer_at, source)
+        first = answer_start(text, encoded["offset_mapping"], answer_at, source)
     elif after_text is not None:
-        first = first_position_after(tokenizer, text, after_text)
+        first = marker_position(text, encoded["offset_mapping"], after_text)
     if first is None:
         return []
     out = []
