@@ -232,8 +232,8 @@ def post_section(results: dict, resampled: str) -> list[str]:
              f"{settings['post_sft_lr']:g}), then RLVR on {settings['post_rl_questions']} questions per suite "
              f"({settings['post_rl_steps']} steps of {settings['batch_documents']}, lr {settings['post_rl_lr']:g}, G = "
              f"{settings['group_size']}, reward "
-             "1 for a right answer after a closed thought, else 0), all training-side and apart from every pretraining "
-             "corpus.", ""]
+             "1 for a right answer after a closed thought, else 0), all training-side and in none of the suites' "
+             "warm-start and training corpora.", ""]
     sections = [("pass@1 with thinking, %:", "pass_at_1"), ("Greedy accuracy with thinking, %:", "accuracy_think")]
     if all(per_seed[0]["scores"]["base"][n]["thought_correct"] is not None for n in names):
         sections.append(("Greedy thoughts that are the correct worked thought, %:", "thought_correct"))
