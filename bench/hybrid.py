@@ -1,7 +1,10 @@
 """The recurrent engine on a hybrid model against the reference engine, beside the packed engine on a Llama of about
 the same size: one full RLP step each, at the bench's dense shape (4 documents x 16 positions x G = 4 x L = 32), in
 one process. The models are random, made here with rlpt's character tokenizer: a NemotronH of Mamba-2, attention and
-MLP layers (`M*M-M*M-`) and a Llama of 4 layers, both hidden 128 (about 1M parameters).
+MLP layers (`M*M-M*M-`) and a Llama of 4 layers, both hidden 128 (about 1M parameters). The NemotronH comes twice:
+with the Mamba-2 scan chunk of 128 tokens that NemotronH configs ship, and with 32, where the reference engine's
+rows (context and thought, about 100 tokens) waste the least on padding: the recurrent engine scans in chunks of its
+own, so the ratio to the reference engine depends on the model's chunk (docs/performance.md).
 
     python bench/hybrid.py [--steps 3] [--model-dir /tmp/rlpt-hybrid-bench]
 """
@@ -26,11 +29,12 @@ def make_folders(root: Path) -> dict[str, str]:
     tokenizer = char_tokenizer()
     common = dict(vocab_size=len(tokenizer), hidden_size=128, pad_token_id=tokenizer.pad_token_id,
                   bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
+    nemotron_h = dict(hybrid_override_pattern="M*M-M*M-", num_attention_heads=4, num_key_value_heads=4, head_dim=32,
+                      intermediate_size=512, ssm_state_size=16, mamba_num_heads=8, mamba_head_dim=16, n_groups=1,
+                      conv_kernel=4, expand=1, max_position_embeddings=512, **common)
     configs = {
-        "nemotron_h": AutoConfig.for_model("nemotron_h", hybrid_override_pattern="M*M-M*M-", num_attention_heads=4,
-                                           num_key_value_heads=4, head_dim=32, intermediate_size=512, ssm_state_size=16,
-                                           mamba_num_heads=8, mamba_head_dim=16, n_groups=1, conv_kernel=4, expand=1,
-                                           chunk_size=32, use_mamba_kernels=False, max_position_embeddings=512, **common),
+        "nemotron_h_chunk128": AutoConfig.for_model("nemotron_h", chunk_size=128, **nemotron_h),  # as configs ship
+        "nemotron_h_chunk32": AutoConfig.for_model("nemotron_h", chunk_size=32, **nemotron_h),
         "llama": AutoConfig.for_model("llama", intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
                                       num_key_value_heads=4, max_position_embeddings=512, **common),
     }
@@ -55,8 +59,10 @@ def main() -> None:
     args = parser.parse_args()
     folders = make_folders(Path(args.model_dir))
     device = torch.device("cpu")
-    rows = [("NemotronH", compare(folders["nemotron_h"], *SHAPE, 128, args.steps, device, engines=("recurrent", "reference"))),
-            ("Llama", compare(folders["llama"], *SHAPE, 128, args.steps, device, engines=("packed", "reference")))]
+    hybrid = ("recurrent", "reference")
+    rows = [(f"NemotronH, chunk {chunk}", compare(folders[f"nemotron_h_chunk{chunk}"], *SHAPE, 128, args.steps, device,
+                                                   engines=hybrid)) for chunk in (128, 32)]
+    rows.append(("Llama", compare(folders["llama"], *SHAPE, 128, args.steps, device, engines=("packed", "reference"))))
     if args.json:
         print(json.dumps({name: row for name, row in rows}, indent=1))
         return

@@ -9,7 +9,7 @@ from conftest import run_engine
 from rlpt.data import Document, make_contexts
 from rlpt.models import load_model_and_tokenizer
 from rlpt.rollout import RolloutSpec, make_engine
-from rlpt.rollout import recurrent, recurrent_states
+from rlpt.rollout import mamba_step, recurrent, recurrent_states
 from rlpt.rollout.recurrent import RecurrentEngine, supports_recurrent_rows, update_starts, width_groups
 from rlpt.rollout.reference import ReferenceEngine
 
@@ -40,19 +40,34 @@ def test_the_probe_serves_hybrid_and_state_space_models(hybrid_dir):
     assert isinstance(make_engine("packed", model), RecurrentEngine)
 
 
+def test_short_chunks_shortens_the_mamba_scans_and_restores_them(hybrid_dir, monkeypatch):
+    """Inside the block every Mamba-2 mixer scans in chunks of SHORT_CHUNK tokens; after it, in its own again."""
+    model, _, _ = load_model_and_tokenizer(hybrid_dir)
+    monkeypatch.setattr(mamba_step, "SHORT_CHUNK", 2)
+    mixers = mamba_step.mamba_mixers(model)
+    assert bool(mixers) == (model.config.model_type != "qwen3_next")  # gated DeltaNet has no Mamba-2 mixer
+    with mamba_step.short_chunks(model):
+        assert [m.chunk_size for m in mixers] == [2] * len(mixers)
+    assert [m.chunk_size for m in mixers] == [4] * len(mixers)
+
+
 def test_the_probe_refuses_attention_only_models(llama_dir):
     model, _, _ = load_model_and_tokenizer(llama_dir)
     assert supports_recurrent_rows(model) == "no recurrent layer in its cache"
 
 
-@pytest.mark.parametrize("positions, reward_tokens, min_segment, group_cost",
-                         [("random:3", 1, 16, 256), ("all", 3, 16, 256), ("all", 3, 2, 256), ("all", 1, 16, 0)])
-def test_recurrent_equals_reference(hybrid_dir, positions, reward_tokens, min_segment, group_cost, monkeypatch):
+@pytest.mark.parametrize("positions, reward_tokens, min_segment, group_cost, short_chunk",
+                         [("random:3", 1, 16, 256, 16), ("all", 3, 16, 256, 16), ("all", 3, 2, 256, 16),
+                          ("all", 1, 16, 0, 16), ("all", 3, 16, 256, 2)])
+def test_recurrent_equals_reference(hybrid_dir, positions, reward_tokens, min_segment, group_cost, short_chunk,
+                                    monkeypatch):
     """Dense positions too (`all`: every position), where most of the update's rows start before their position and
     carry the tokens between (up to 15 of them; with segments of 2 tokens, one); with no cost to a forward, the
-    update runs a forward for every row width, its rows out of order."""
+    update runs a forward for every row width, its rows out of order; with the engine's Mamba-2 scans in chunks of 2
+    tokens where the model's are 4 (`short_chunks`)."""
     monkeypatch.setattr(recurrent, "MIN_SEGMENT", min_segment)
     monkeypatch.setattr(recurrent, "GROUP_COST", group_cost)
+    monkeypatch.setattr(mamba_step, "SHORT_CHUNK", short_chunk)
     model, tok, think = load_model_and_tokenizer(hybrid_dir)
     docs = [Document(tok(t)["input_ids"], f"d{i}") for i, t in enumerate(TEXTS)]
     contexts = make_contexts(docs, positions, seed=0, step=0, reward_tokens=reward_tokens)[:12]

@@ -18,7 +18,9 @@ once per document, not once per thought:
   flows from the rows into the segments' states and the document's keys.
 The cache's recurrent layers are made to assign their new states instead of copying them into fixed buffers
 (`assigning`), so that a state taken at a segment's end is not overwritten by the next segment and carries its
-gradient. The teacher scores S_ema with one forward over each document, as in the packed engine.
+gradient. The teacher scores S_ema with one forward over each document, as in the packed engine. The model's
+Mamba-2 mixers scan in short chunks in these short forwards, and decode with a leaner one-token step
+(`mamba_step.py`).
 
 A model this engine cannot serve fails a probe at start-up (`supports_recurrent_rows`) and falls back to the reference
 engine.
@@ -35,6 +37,7 @@ from transformers.cache_utils import DynamicCache, DynamicSlidingWindowLayer
 from rlpt.generation import right_pad
 from rlpt.logprobs import chosen_logprobs
 from rlpt.rollout.base import Rollouts, RolloutSpec
+from rlpt.rollout.mamba_step import lean_steps, short_chunks
 from rlpt.rollout.packed import PackedEngine, additive_mask, documents_and_baseline
 from rlpt.rollout.recurrent_states import (States, cache_layers, fresh_states, has_attention, inputs, is_recurrent,
                                            new_cache, rows_cache, taken)
@@ -64,15 +67,16 @@ def segments_pass(model, ids: torch.Tensor, ends: list[int]) -> tuple[dict[int, 
     device, dtype = ids.device, next(model.parameters()).dtype
     cache = new_cache(model)
     states, start = {}, 0
-    for end in ends:
-        # causal over the cached tokens and its own: without a mask, attention would align a segment's first token
-        # with the first cached key
-        seen = torch.ones(end - start, end, dtype=torch.bool, device=device).tril(start)[None].expand(ids.size(0), -1, -1)
-        model(input_ids=ids[:, start:end], use_cache=True, logits_to_keep=1,
-              **inputs(model, cache, torch.arange(start, end, device=device)[None].expand(ids.size(0), -1),
-                       additive_mask(seen, dtype)))
-        states[end] = taken(cache)
-        start = end
+    with short_chunks(model):
+        for end in ends:
+            # causal over the cached tokens and its own: without a mask, attention would align a segment's first token
+            # with the first cached key
+            seen = torch.ones(end - start, end, dtype=torch.bool, device=device).tril(start)[None].expand(ids.size(0), -1, -1)
+            model(input_ids=ids[:, start:end], use_cache=True, logits_to_keep=1,
+                  **inputs(model, cache, torch.arange(start, end, device=device)[None].expand(ids.size(0), -1),
+                           additive_mask(seen, dtype)))
+            states[end] = taken(cache)
+            start = end
     return states, cache
 
 
@@ -123,6 +127,10 @@ class RecurrentEngine(PackedEngine):
             policy, prefix, row_t, answers[row_context], answer_lengths[row_context], spec, choose)
         shape = (len(contexts), G)
         return Rollouts(contexts, thoughts, s_pred.view(shape), s_ema, predicted.view(shape), right.view(shape))
+
+    def decode_thoughts(self, policy, *args):
+        with lean_steps(policy):
+            return super().decode_thoughts(policy, *args)
 
     def decoder(self, policy, prefix: Prefix, row_t, capacity: int):
         """`next_logits(feed, step)`: one token a row, at position t + step, from the rows' states."""
@@ -197,7 +205,7 @@ def rows_forward(model, documents: Documents, rows: list[list[int]], row_doc: li
                     additive_mask(own, next(model.parameters()).dtype))
 
     def forward(run):
-        with prefix.attention(model):
+        with prefix.attention(model), short_chunks(model):
             return run(input_ids=ids, use_cache=True, **kwargs)
 
     return forward
@@ -281,7 +289,8 @@ def supports_recurrent_rows(model) -> str | None:
         row_doc, row_t = torch.zeros(3, dtype=torch.long, device=device), torch.tensor(ts, device=device)
         prefix = Prefix(model, documents, row_doc, row_t)
         decode = RecurrentEngine().decoder(model, prefix, row_t, 4)
-        stepped = torch.stack([decode(torch.tensor([r[j] for r in rows], device=device), j) for j in range(4)], 1)
+        with lean_steps(model):
+            stepped = torch.stack([decode(torch.tensor([r[j] for r in rows], device=device), j) for j in range(4)], 1)
         batched = [None] * len(rows)
         for group, forward, gaps in update_rows(model, [doc], [0, 0, 0], ts, rows, 0):
             logits = forward(model).logits

@@ -126,7 +126,6 @@ def inputs(model, cache, positions: torch.Tensor, own_mask: torch.Tensor | None 
     return kwargs
 
 
-
 FRESH = weakref.WeakKeyDictionary()  # model -> the zero states of one row (a prefix of no token)
 
 

@@ -1,0 +1,118 @@
+"""The recurrent engine's lean one-token Mamba-2 step against transformers' own PyTorch step, and its swapping in and
+out of the mixers' modules."""
+
+from contextlib import nullcontext
+
+import pytest
+import torch
+import transformers.models.nemotron_h.modeling_nemotron_h as nemotron_h
+
+from rlpt.models import load_model_and_tokenizer
+from rlpt.rollout import mamba_step
+from rlpt.rollout.mamba_step import NAME, lean_state_update, lean_steps
+from rlpt.rollout.recurrent_states import inputs, is_recurrent, new_cache
+
+ROWS, HEADS, HEAD_DIM, STATE = 3, 4, 5, 6
+
+
+def refused(*args, **kwargs):
+    raise AssertionError("the lean step fell back to the original")
+
+
+def mixer_arguments(groups: int, seed: int = 0):
+    """The arguments a mixer's one-token step passes, shaped and expanded as the mixers do."""
+    g = torch.Generator().manual_seed(seed)
+    state = torch.randn(ROWS, HEADS, HEAD_DIM, STATE, generator=g)
+    x = torch.randn(ROWS, HEADS, HEAD_DIM, generator=g)
+    dt = torch.randn(ROWS, HEADS, 1, generator=g).expand(-1, -1, HEAD_DIM)
+    A = (-torch.rand(HEADS, generator=g))[:, None, None].expand(-1, HEAD_DIM, STATE)
+    B, C = torch.randn(ROWS, groups, STATE, generator=g), torch.randn(ROWS, groups, STATE, generator=g)
+    D = torch.randn(HEADS, generator=g)[:, None].expand(-1, HEAD_DIM)
+    dt_bias = torch.randn(HEADS, generator=g)[:, None].expand(-1, HEAD_DIM)
+    z = torch.randn(ROWS, HEADS, HEAD_DIM, generator=g)
+    return state, x, dt, A, B, C, D, dt_bias, z
+
+
+@pytest.mark.parametrize("groups, with_d, softplus, with_z", [(1, True, True, False), (2, True, True, True),
+                                                              (4, False, False, False), (2, False, True, True)])
+def test_the_lean_step_equals_transformers_own(groups, with_d, softplus, with_z):
+    """The same new state (written in place) and output as transformers' PyTorch step, heads sharing B and C in
+    groups, with and without the skip D, the softplus and bias of the time step, and the gate z."""
+    state, x, dt, A, B, C, D, dt_bias, z = mixer_arguments(groups)
+    keywords = dict(D=D if with_d else None, dt_bias=dt_bias if softplus else None, dt_softplus=softplus,
+                    z=z if with_z else None)
+    expected_state, got_state = state.clone(), state.clone()
+    expected = nemotron_h.mamba2_selective_state_update(expected_state, x, dt, A, B, C, **keywords)
+    got = lean_state_update(refused)(got_state, x, dt, A, B, C, **keywords)  # the lean path itself, not a fallback
+    torch.testing.assert_close(got_state, expected_state, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    assert not torch.equal(got_state, state)  # the state moved
+
+
+def test_a_time_step_not_expanded_goes_to_the_original():
+    """A time step that differs along head_dim is not the mixers' layout: the original step takes it."""
+    state, x, dt, A, B, C, D, dt_bias, _ = mixer_arguments(1)
+    dt = dt + torch.linspace(0, 1, HEAD_DIM)  # a real (rows, heads, head_dim) time step
+    calls = []
+
+    def original(*args, **kwargs):
+        calls.append(1)
+        return nemotron_h.mamba2_selective_state_update(*args, **kwargs)
+
+    expected_state, got_state = state.clone(), state.clone()
+    expected = nemotron_h.mamba2_selective_state_update(expected_state, x, dt, A, B, C, D=D, dt_bias=dt_bias,
+                                                        dt_softplus=True)
+    got = lean_state_update(original)(got_state, x, dt, A, B, C, D=D, dt_bias=dt_bias, dt_softplus=True)
+    assert calls == [1]
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(got_state, expected_state)
+
+
+def test_lean_steps_swaps_the_step_in_and_back(hybrid_dir):
+    """Inside the block the mixers' module calls the lean step (once, even in a nested block); after it, its own."""
+    model, _, _ = load_model_and_tokenizer(hybrid_dir)
+    modules = mamba_step.mixer_modules(model)
+    if model.config.model_type == "qwen3_next":  # gated DeltaNet: no Mamba-2 mixer
+        assert modules == []
+        return
+    assert len(modules) == 1
+    module = modules[0]
+    own = getattr(module, NAME)
+    with lean_steps(model):
+        lean = getattr(module, NAME)
+        assert lean.lean_original is own
+        with lean_steps(model):
+            assert getattr(module, NAME) is lean
+        assert getattr(module, NAME) is lean
+    assert getattr(module, NAME) is own
+
+
+@torch.no_grad()
+def test_a_models_one_token_step_is_its_own_with_the_lean_step(hybrid_dir):
+    """A one-token step of the whole model after a five-token prefix: every Mamba-2 mixer's output and new state are
+    the ones its own step gives (compared at the mixers: in these tiny models the residual stream hides most of a
+    mixer's share)."""
+    model, _, _ = load_model_and_tokenizer(hybrid_dir)
+    mixers = [m for m in model.modules() if hasattr(m, "A_log") and hasattr(m, "chunk_size")]
+    if model.config.model_type == "qwen3_next":  # gated DeltaNet: no Mamba-2 mixer, nothing swapped
+        assert not mixers and not mamba_step.mixer_modules(model)
+        return
+    outputs = []
+    for m in mixers:
+        m.register_forward_hook(lambda module, args, out: outputs.append(out[0] if isinstance(out, tuple) else out))
+    ids = torch.randint(model.config.vocab_size, (2, 6), generator=torch.Generator().manual_seed(0))
+    steps = []
+    for block in (nullcontext, lean_steps):
+        cache = new_cache(model)
+        model(input_ids=ids[:, :5], use_cache=True, **inputs(model, cache, torch.arange(5)[None].expand(2, -1)))
+        outputs.clear()
+        with block(model):
+            logits = model(input_ids=ids[:, 5:], use_cache=True, **inputs(model, cache, torch.full((2, 1), 5))).logits
+        states = [layer.recurrent_states[0] for layer in cache.layers if is_recurrent(layer)]
+        steps.append((list(outputs) + states, logits))
+    (own, own_logits), (lean, lean_logits) = steps
+    assert len(own) == len(lean) == 2 * len(mixers)
+    for a, b in zip(own, lean):  # relative to each one's size (FalconH1's outputs are about 1e-5)
+        assert a.abs().max() > 0
+        torch.testing.assert_close(b, a, atol=1e-5 * a.abs().max().item(), rtol=1e-4)
+    torch.testing.assert_close(lean_logits, own_logits, atol=1e-6, rtol=1e-5)
