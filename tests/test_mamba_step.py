@@ -19,17 +19,19 @@ def refused(*args, **kwargs):
     raise AssertionError("the lean step fell back to the original")
 
 
-def mixer_arguments(groups: int, seed: int = 0):
+def mixer_arguments(groups: int, seed: int = 0, dtype=torch.float32):
     """The arguments a mixer's one-token step passes, shaped and expanded as the mixers do."""
     g = torch.Generator().manual_seed(seed)
-    state = torch.randn(ROWS, HEADS, HEAD_DIM, STATE, generator=g)
-    x = torch.randn(ROWS, HEADS, HEAD_DIM, generator=g)
-    dt = torch.randn(ROWS, HEADS, 1, generator=g).expand(-1, -1, HEAD_DIM)
-    A = (-torch.rand(HEADS, generator=g))[:, None, None].expand(-1, HEAD_DIM, STATE)
-    B, C = torch.randn(ROWS, groups, STATE, generator=g), torch.randn(ROWS, groups, STATE, generator=g)
-    D = torch.randn(HEADS, generator=g)[:, None].expand(-1, HEAD_DIM)
-    dt_bias = torch.randn(HEADS, generator=g)[:, None].expand(-1, HEAD_DIM)
-    z = torch.randn(ROWS, HEADS, HEAD_DIM, generator=g)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g).to(dtype)
+
+    state, x = randn(ROWS, HEADS, HEAD_DIM, STATE), randn(ROWS, HEADS, HEAD_DIM)
+    dt = randn(ROWS, HEADS, 1).expand(-1, -1, HEAD_DIM)
+    A = (-torch.rand(HEADS, generator=g))[:, None, None].expand(-1, HEAD_DIM, STATE)  # float32, as the mixers pass it
+    B, C = randn(ROWS, groups, STATE), randn(ROWS, groups, STATE)
+    D, dt_bias = randn(HEADS)[:, None].expand(-1, HEAD_DIM), randn(HEADS)[:, None].expand(-1, HEAD_DIM)
+    z = randn(ROWS, HEADS, HEAD_DIM)
     return state, x, dt, A, B, C, D, dt_bias, z
 
 
@@ -47,6 +49,19 @@ def test_the_lean_step_equals_transformers_own(groups, with_d, softplus, with_z)
     torch.testing.assert_close(got_state, expected_state, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
     assert not torch.equal(got_state, state)  # the state moved
+
+
+def test_the_lean_step_in_bfloat16():
+    """A bfloat16 state is updated in float32 and rounded once, as transformers' step does: the two agree to
+    bfloat16's precision."""
+    state, x, dt, A, B, C, D, dt_bias, _ = mixer_arguments(2, dtype=torch.bfloat16)
+    expected_state, got_state = state.clone(), state.clone()
+    expected = nemotron_h.mamba2_selective_state_update(expected_state, x, dt, A, B, C, D=D, dt_bias=dt_bias,
+                                                        dt_softplus=True)
+    got = lean_state_update(refused)(got_state, x, dt, A, B, C, D=D, dt_bias=dt_bias, dt_softplus=True)
+    assert got.dtype == got_state.dtype == torch.bfloat16
+    torch.testing.assert_close(got_state.float(), expected_state.float(), atol=3e-2, rtol=2e-2)
+    torch.testing.assert_close(got.float(), expected.float(), atol=3e-2, rtol=2e-2)
 
 
 def test_a_time_step_not_expanded_goes_to_the_original():

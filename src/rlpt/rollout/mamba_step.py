@@ -75,10 +75,14 @@ def lean_state_update(original):
         per_head = heads // B.shape[1]
         B = B.repeat_interleave(per_head, dim=1)[:, :, None, :]  # (b, h, 1, n)
         C = C.repeat_interleave(per_head, dim=1)[:, :, :, None]  # (b, h, n, 1)
-        # in place: the mixers hand over a copy of the cached state for the step to write
-        state.mul_(decay[..., None].to(state.dtype)).addcmul_((dt * hidden_states)[..., None].to(state.dtype),
-                                                              B.to(state.dtype))
-        out = (state.to(C.dtype) @ C).squeeze(-1)
+        increment = (dt * hidden_states)[..., None]  # (b, h, p, 1), times B (b, h, 1, n)
+        if state.dtype == torch.float32:  # in place: the mixers hand over a copy of the cached state to write
+            state.mul_(decay[..., None]).addcmul_(increment.float(), B.float())
+            new = state
+        else:  # in float32 and rounded once, as transformers' step does
+            new = torch.addcmul(state.float() * decay[..., None], increment.float(), B.float())
+            state.copy_(new)
+        out = (new.to(C.dtype) @ C).squeeze(-1)
         if D is not None:
             out = out + hidden_states * D
         if z is not None:
