@@ -2,9 +2,9 @@
 the same size: one full RLP step each, at the bench's dense shape (4 documents x 16 positions x G = 4 x L = 32), in
 one process. The models are random, made here with rlpt's character tokenizer: a NemotronH of Mamba-2, attention and
 MLP layers (`M*M-M*M-`) and a Llama of 4 layers, both hidden 128 (about 1M parameters). The NemotronH comes twice:
-with the Mamba-2 scan chunk of 128 tokens that NemotronH configs ship, and with 32, where the reference engine's
-rows (context and thought, about 100 tokens) waste the least on padding: the recurrent engine scans in chunks of its
-own, so the ratio to the reference engine depends on the model's chunk (docs/performance.md).
+with the Mamba-2 scan chunk of 128 tokens that NemotronH configs ship, and with 32 (this bench's model before): the
+recurrent engine scans in chunks of its own and the reference engine in the model's, so the ratio between them
+depends on the model's chunk (docs/performance.md).
 
     python bench/hybrid.py [--steps 3] [--model-dir /tmp/rlpt-hybrid-bench]
 """

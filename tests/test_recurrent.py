@@ -9,7 +9,7 @@ from conftest import run_engine
 from rlpt.data import Document, make_contexts
 from rlpt.models import load_model_and_tokenizer
 from rlpt.rollout import RolloutSpec, make_engine
-from rlpt.rollout import mamba_step, recurrent, recurrent_states
+from rlpt.rollout import mamba2_torch, recurrent, recurrent_states
 from rlpt.rollout.recurrent import RecurrentEngine, supports_recurrent_rows, update_starts, width_groups
 from rlpt.rollout.reference import ReferenceEngine
 
@@ -43,10 +43,10 @@ def test_the_probe_serves_hybrid_and_state_space_models(hybrid_dir):
 def test_short_chunks_shortens_the_mamba_scans_and_restores_them(hybrid_dir, monkeypatch):
     """Inside the block every Mamba-2 mixer scans in chunks of SHORT_CHUNK tokens; after it, in its own again."""
     model, _, _ = load_model_and_tokenizer(hybrid_dir)
-    monkeypatch.setattr(mamba_step, "SHORT_CHUNK", 2)
-    mixers = mamba_step.mamba_mixers(model)
+    monkeypatch.setattr(mamba2_torch, "SHORT_CHUNK", 2)
+    mixers = mamba2_torch.mamba_mixers(model)
     assert bool(mixers) == (model.config.model_type != "qwen3_next")  # gated DeltaNet has no Mamba-2 mixer
-    with mamba_step.short_chunks(model):
+    with mamba2_torch.short_chunks(model):
         assert [m.chunk_size for m in mixers] == [2] * len(mixers)
     assert [m.chunk_size for m in mixers] == [4] * len(mixers)
 
@@ -67,7 +67,7 @@ def test_recurrent_equals_reference(hybrid_dir, positions, reward_tokens, min_se
     tokens where the model's are 4 (`short_chunks`)."""
     monkeypatch.setattr(recurrent, "MIN_SEGMENT", min_segment)
     monkeypatch.setattr(recurrent, "GROUP_COST", group_cost)
-    monkeypatch.setattr(mamba_step, "SHORT_CHUNK", short_chunk)
+    monkeypatch.setattr(mamba2_torch, "SHORT_CHUNK", short_chunk)
     model, tok, think = load_model_and_tokenizer(hybrid_dir)
     docs = [Document(tok(t)["input_ids"], f"d{i}") for i, t in enumerate(TEXTS)]
     contexts = make_contexts(docs, positions, seed=0, step=0, reward_tokens=reward_tokens)[:12]

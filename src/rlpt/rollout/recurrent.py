@@ -20,7 +20,7 @@ The cache's recurrent layers are made to assign their new states instead of copy
 (`assigning`), so that a state taken at a segment's end is not overwritten by the next segment and carries its
 gradient. The teacher scores S_ema with one forward over each document, as in the packed engine. The model's
 Mamba-2 mixers scan in short chunks in these short forwards, and decode with a leaner one-token step
-(`mamba_step.py`).
+(`mamba2_torch.py`).
 
 A model this engine cannot serve fails a probe at start-up (`supports_recurrent_rows`) and falls back to the reference
 engine.
@@ -37,7 +37,7 @@ from transformers.cache_utils import DynamicCache, DynamicSlidingWindowLayer
 from rlpt.generation import right_pad
 from rlpt.logprobs import chosen_logprobs
 from rlpt.rollout.base import Rollouts, RolloutSpec
-from rlpt.rollout.mamba_step import lean_steps, short_chunks
+from rlpt.rollout.mamba2_torch import lean_steps, short_chunks
 from rlpt.rollout.packed import PackedEngine, additive_mask, documents_and_baseline
 from rlpt.rollout.recurrent_states import (States, cache_layers, fresh_states, has_attention, inputs, is_recurrent,
                                            new_cache, rows_cache, taken)

@@ -3,11 +3,11 @@
 
 1. the chunked scan, forward and backward, at the engine's shapes (thought rows and document segments) and chunk
    sizes: PyTorch's scan pads every sequence to a whole chunk, so a short one in a long chunk is mostly padding
-   (`recurrent_states.short_chunks`);
+   (`rollout/mamba2_torch.py`, `short_chunks`);
 2. the one-token step of decoding, 256 rows: transformers' `mamba2_selective_state_update` against the engine's
-   (`rollout/mamba_step.py`), with the largest difference between their outputs.
+   (`lean_state_update`), with the largest difference between their outputs.
 
-    python bench/mamba_step.py [--model-dir /tmp/rlpt-hybrid-bench]
+    python bench/mamba2_torch.py [--model-dir /tmp/rlpt-hybrid-bench]
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def scan_table(mixer, repeats: int) -> str:
 
 
 def step_table(mixer, repeats: int) -> str:
-    from rlpt.rollout.mamba_step import NAME, lean_state_update
+    from rlpt.rollout.mamba2_torch import NAME, lean_state_update
 
     own = getattr(sys.modules[type(mixer).__module__], NAME)
     rows, heads, head_dim, state_size = 256, mixer.num_heads, mixer.head_dim, mixer.ssm_state_size

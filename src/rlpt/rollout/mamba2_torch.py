@@ -15,7 +15,8 @@ the exactness tests hold this one to it; the start-up probe checks decoding agai
 
 from __future__ import annotations
 
-import importlib.util
+import functools
+import importlib
 import sys
 from contextlib import contextmanager
 
@@ -27,11 +28,21 @@ SHORT_CHUNK = 16  # tokens in a chunk of the Mamba-2 scan in the engine's short 
 
 
 def kernels_run(model) -> bool:
-    """Whether the model's Mamba-2 mixers run mamba-ssm's kernels (on CUDA, with `mamba_ssm` installed)."""
-    return next(model.parameters()).device.type == "cuda" and importlib.util.find_spec("mamba_ssm") is not None
+    """Whether the model's Mamba-2 mixers run mamba-ssm's kernels (on CUDA, where `mamba_ssm` imports)."""
+    return next(model.parameters()).device.type == "cuda" and mamba_ssm_imports()
+
+
+@functools.cache
+def mamba_ssm_imports() -> bool:
+    try:
+        importlib.import_module("mamba_ssm")
+        return True
+    except Exception:  # not installed, or built for another torch: transformers falls back to PyTorch too
+        return False
 
 
 def mamba_mixers(model) -> list:
+    """The model's Mamba-2 mixers: the modules with a scan chunk (`chunk_size`) and an `A_log`."""
     return [m for m in model.modules() if isinstance(getattr(m, "chunk_size", None), int) and hasattr(m, "A_log")]
 
 
@@ -58,11 +69,14 @@ def short_chunks(model):
 def lean_state_update(original):
     """A `selective_state_update` with the contract of `original` (transformers' PyTorch fallback): `state` (b, h, p, n)
     updated in place, the output (b, h, p) returned. The time step, A, D and dt_bias come expanded over head_dim (and
-    A over the state too), as the mixers pass them; anything else goes to `original`."""
+    A over the state too), as the mixers pass them; anything else goes to `original`, and so do packed sequences."""
 
     def update(state, hidden_states, dt, A, B, C, D=None, dt_bias=None, dt_softplus=False, z=None, **kwargs):
-        expanded = [dt.stride(-1), A.stride(-1), A.stride(-2)] + [x.stride(-1) for x in (D, dt_bias) if x is not None]
-        if any(expanded) or hidden_states.dim() != 3:
+        shapes = hidden_states.dim() == dt.dim() == A.dim() == 3
+        strides = [] if not shapes else [dt.stride(-1), A.stride(-1), A.stride(-2)] + [
+            x.stride(-1) for x in (D, dt_bias) if x is not None]
+        packed = kwargs.get("cu_seqlens") is not None or kwargs.get("seq_idx") is not None
+        if not shapes or any(strides) or packed:  # a stride of 0: the same value all along that dimension
             return original(state, hidden_states, dt, A, B, C, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus, z=z,
                             **kwargs)
         heads = hidden_states.shape[1]
@@ -71,16 +85,17 @@ def lean_state_update(original):
             dt = dt + dt_bias[:, :1].to(dt.dtype)
         if dt_softplus:
             dt = F.softplus(dt)
-        decay = torch.exp(dt.float() * A[:, 0, :1].float())  # (b, h, 1)
+        work = torch.promote_types(state.dtype, torch.float32)  # as transformers' step: float32 at least
+        decay = torch.exp(dt.to(work) * A[:, 0, :1].to(work))  # (b, h, 1)
         per_head = heads // B.shape[1]
         B = B.repeat_interleave(per_head, dim=1)[:, :, None, :]  # (b, h, 1, n)
         C = C.repeat_interleave(per_head, dim=1)[:, :, :, None]  # (b, h, n, 1)
         increment = (dt * hidden_states)[..., None]  # (b, h, p, 1), times B (b, h, 1, n)
-        if state.dtype == torch.float32:  # in place: the mixers hand over a copy of the cached state to write
-            state.mul_(decay[..., None]).addcmul_(increment.float(), B.float())
+        if state.dtype == work:  # in place: the mixers hand over a copy of the cached state to write
+            state.mul_(decay[..., None]).addcmul_(increment.to(work), B.to(work))
             new = state
-        else:  # in float32 and rounded once, as transformers' step does
-            new = torch.addcmul(state.float() * decay[..., None], increment.float(), B.float())
+        else:  # computed wider and rounded once, as transformers' step does
+            new = torch.addcmul(state.to(work) * decay[..., None], increment.to(work), B.to(work))
             state.copy_(new)
         out = (new.to(C.dtype) @ C).squeeze(-1)
         if D is not None:
@@ -105,7 +120,9 @@ def mixer_modules(model) -> list:
 
 @contextmanager
 def lean_steps(model):
-    """Inside, the model's Mamba-2 mixers take `lean_state_update` for their one-token steps."""
+    """Inside, the model's Mamba-2 mixers take `lean_state_update` for their one-token steps. The step is a function
+    of the mixers' modeling module, so every model of that family in the process takes it while inside (rlpt decodes
+    one model at a time)."""
     swapped = []
     for module in [] if kernels_run(model) else mixer_modules(model):
         original = getattr(module, NAME)
