@@ -7,6 +7,7 @@ import torch
 from conftest import run_engine
 
 from rlpt.data import Document, make_contexts
+from rlpt.generation import right_pad
 from rlpt.models import load_model_and_tokenizer
 from rlpt.rollout import RolloutSpec, make_engine
 from rlpt.rollout import mamba2_torch, recurrent, recurrent_states
@@ -51,6 +52,32 @@ def test_short_chunks_shortens_the_mamba_scans_and_restores_them(hybrid_dir, mon
     assert [m.chunk_size for m in mixers] == [4] * len(mixers)
 
 
+@torch.no_grad()
+def test_one_forward_leaves_the_states_of_a_pass_in_segments(hybrid_dir):
+    """A model whose recurrent layers are all Mamba-2 mixers: the update's one forward over the documents, the segments'
+    ends recorded, leaves at every end the conv and SSM states and the attention keys that a pass in segments ending
+    there leaves (Qwen3Next's gated DeltaNet keeps the segments)."""
+    model, tok, _ = load_model_and_tokenizer(hybrid_dir)
+    layers = {i for i, layer in enumerate(recurrent_states.cache_layers(model)) if recurrent_states.is_recurrent(layer)}
+    modules = mamba2_torch.recording_modules(model, layers)
+    assert (modules is None) == (model.config.model_type == "qwen3_next")
+    if modules is None:
+        return
+    ends = [1, 3, 4, 9, 17, 18, 30]  # segments of 1 to 12 tokens
+    ids = right_pad([tok(t)["input_ids"][:30] for t in TEXTS], tok.pad_token_id)[0]
+    ids = torch.nn.functional.pad(ids, (0, 30 - ids.size(1)), value=tok.pad_token_id)
+    got, got_cache = recurrent.one_pass(model, modules, ids, ends)
+    expected, expected_cache = recurrent.segments_pass(model, ids, ends)
+    for end in ends:
+        assert got[end].layers.keys() == expected[end].layers.keys() == layers
+        for i, states in expected[end].layers.items():
+            for a, b in zip(states[0], got[end].layers[i][0]):  # conv, then SSM
+                torch.testing.assert_close(b, a, atol=1e-5 * a.abs().max().item(), rtol=1e-4)
+    for a, b in zip(expected_cache.layers, got_cache.layers):
+        if recurrent_states.attends(a):
+            torch.testing.assert_close(b.keys, a.keys, atol=1e-5, rtol=1e-4)
+
+
 def test_the_probe_refuses_attention_only_models(llama_dir):
     model, _, _ = load_model_and_tokenizer(llama_dir)
     assert supports_recurrent_rows(model) == "no recurrent layer in its cache"
@@ -89,19 +116,23 @@ def test_recurrent_equals_reference(hybrid_dir, positions, reward_tokens, min_se
 
 def test_a_state_one_token_early_is_caught(hybrid_dir, monkeypatch):
     """Hand each thought the states one token early (segments ending at t - 1): the rewards and log-probs no longer
-    match the reference engine's."""
+    match the reference engine's. The recurrent mixers' outputs are scaled up first: at these tiny models' random
+    initialisation a mixer adds about 1e-5 to the residual stream, too little for a wrong state to show."""
     model, tok, think = load_model_and_tokenizer(hybrid_dir)
+    with torch.no_grad():
+        for mixer in [m for m in model.modules() if hasattr(m, "A_log")]:
+            mixer.out_proj.weight *= 100
     docs = [Document(tok(t)["input_ids"], f"d{i}") for i, t in enumerate(TEXTS)]
     contexts = make_contexts(docs, "list:5,9", seed=0, step=0)
     spec = RolloutSpec(group_size=2, max_thought_tokens=4, temperature=0.7, think=think, pad_id=tok.pad_token_id)
     ref = run_engine(ReferenceEngine(), model, contexts, spec, seed=1)
-    original = recurrent.segments_pass
+    for name in ("segments_pass", "one_pass"):  # the pass in segments, and the one forward of Mamba-2 models
+        def early(*args, original=getattr(recurrent, name)):
+            *first, ends = args
+            states, cache = original(*first, [e - 1 for e in ends])
+            return {e: states[e - 1] for e in ends}, cache
 
-    def early(model, ids, ends):
-        states, cache = original(model, ids, [e - 1 for e in ends])
-        return {e: states[e - 1] for e in ends}, cache
-
-    monkeypatch.setattr(recurrent, "segments_pass", early)
+        monkeypatch.setattr(recurrent, name, early)
     assert supports_recurrent_rows(model) is not None
     got = run_engine(RecurrentEngine(), model, contexts, spec, seed=1)
     assert not torch.allclose(got[0].s_pred, ref[0].s_pred, atol=1e-3) or not torch.allclose(got[2] * got[3], ref[2] * ref[3], atol=1e-3)

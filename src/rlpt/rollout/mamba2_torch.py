@@ -134,3 +134,94 @@ def lean_steps(model):
     finally:
         for module, original in swapped:
             setattr(module, NAME, original)
+
+
+# ------------------------------------------------------------------------------------------------ one pass, every segment's end
+SCAN, CONV, CHUNK_SCAN = "mamba2_scan_forward", "causal_conv1d_forward", "mamba2_chunk_scan"
+
+
+def recording_modules(model, recurrent_layers: set[int]) -> list | None:
+    """The modeling modules whose functions `recorded_segment_ends` wraps, or None where it cannot serve the model: a
+    recurrent layer that is not a Mamba-2 mixer (gated DeltaNet), or mamba-ssm's kernels running."""
+    mixers = mamba_mixers(model)
+    if kernels_run(model) or {getattr(m, "layer_idx", None) for m in mixers} != recurrent_layers:
+        return None
+    modules = {sys.modules.get(type(m).__module__) for m in mixers}
+    if any(m is None or not all(callable(getattr(m, f, None)) for f in (SCAN, CONV, CHUNK_SCAN)) for m in modules):
+        return None
+    return list(modules)
+
+
+def segment_end_states(mixer, chunk_scan, x, B, C, dt, ends: list[int]) -> list[torch.Tensor]:
+    """The mixer's SSM state (b, heads, head_dim, state) after each of `ends` (increasing) tokens of its scan's inputs
+    (b, T, ...), from a zero state. Each segment's own state (from zero, over its tokens only) comes from the model's
+    scan run on the segments apart, left-padded with zeros to a power of two (a zero input leaves a zero state zero;
+    segments of about the same length in one call, so the padding stays under half); a segment then adds its own to
+    the state before it, decayed by its total time step times A."""
+    starts, (b, _, _) = [0] + ends[:-1], x.shape
+    heads, groups, size = mixer.num_heads, mixer.n_groups, mixer.ssm_state_size
+    A = -torch.exp(mixer.A_log.float())
+    by_width: dict[int, list[int]] = {}
+    for k, (start, end) in enumerate(zip(starts, ends)):
+        by_width.setdefault(1 << (end - start - 1).bit_length(), []).append(k)
+    own = [None] * len(ends)
+    for width, segments in by_width.items():
+        index = torch.tensor([[ends[k] - width + j for j in range(width)] for k in segments], device=x.device)
+        real = index >= torch.tensor([starts[k] for k in segments], device=x.device)[:, None]  # the segment's tokens
+        index = index.clamp(min=0)
+
+        def apart(t, per_token, index=index, real=real):  # (b, T, ...) -> (b * segments, width, *per_token)
+            picked = t[:, index] * real.view(1, *real.shape, *[1] * (t.dim() - 2)).to(t.dtype)
+            return picked.reshape(-1, width, *per_token)
+
+        _, states = chunk_scan(apart(x, (heads, mixer.head_dim)), apart(dt, (heads,)), A, apart(B, (groups, size)),
+                               apart(C, (groups, size)), chunk_size=SHORT_CHUNK, dt_bias=mixer.dt_bias,
+                               dt_softplus=True, dt_limit=mixer.time_step_limit, return_final_states=True)
+        for k, state in zip(segments, states.view(b, len(segments), *states.shape[1:]).unbind(1)):
+            own[k] = state
+    step = torch.clamp(F.softplus(dt + mixer.dt_bias.to(dt.dtype)), *mixer.time_step_limit)  # as the scan takes it
+    total = torch.cumsum(F.pad(step.float() * A, (0, 0, 1, 0)), 1)  # (b, T + 1, heads): the sums up to each token
+    decay = torch.exp(total[:, ends] - total[:, starts])  # (b, n, heads): each segment's
+    state, states = torch.zeros_like(own[0]), []
+    for k in range(len(ends)):
+        state = decay[:, k, :, None, None] * state + own[k]
+        states.append(state)
+    return states
+
+
+@contextmanager
+def recorded_segment_ends(modules: list, ends: list[int], records: dict):
+    """Inside, each Mamba-2 mixer's forward (from an empty cache) also leaves in `records[layer_idx]` its
+    convolution's input and kernel width, and its SSM states after each of `ends` tokens (`segment_end_states`), with
+    their gradients: one forward over the documents gives the states that a pass in segments ending there leaves.
+    """
+    swapped = []
+    for module in modules:
+        scan, conv, chunk_scan = (getattr(module, f) for f in (SCAN, CONV, CHUNK_SCAN))
+
+        def recording_conv(conv1d, hidden_states, cache, layer_idx, *args, conv=conv, **kwargs):
+            records.setdefault(layer_idx, {})["conv"] = hidden_states, conv1d.kernel_size[0]
+            return conv(conv1d, hidden_states, cache, layer_idx, *args, **kwargs)
+
+        def recording_scan(mixer, x, B, C, dt, cache, *args, scan=scan, chunk_scan=chunk_scan, **kwargs):
+            ssm = segment_end_states(mixer, chunk_scan, x, B, C, dt, ends)
+            records.setdefault(mixer.layer_idx, {})["ssm"] = dict(zip(ends, ssm))
+            return scan(mixer, x, B, C, dt, cache, *args, **kwargs)
+
+        swapped.append((module, scan, conv))
+        setattr(module, CONV, recording_conv)
+        setattr(module, SCAN, recording_scan)
+    try:
+        yield
+    finally:
+        for module, scan, conv in swapped:
+            setattr(module, SCAN, scan)
+            setattr(module, CONV, conv)
+
+
+def states_at(record: dict, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A recorded mixer's (conv, SSM) states after `end` tokens (one of the recorded ends), as its cache would hold
+    them: the convolution's last `width` inputs, zeros before the first token."""
+    inputs, width = record["conv"]
+    conv = inputs[:, :, max(0, end - width) : end]
+    return F.pad(conv, (width - conv.shape[-1], 0)), record["ssm"][end]

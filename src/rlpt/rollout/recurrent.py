@@ -37,7 +37,7 @@ from transformers.cache_utils import DynamicCache, DynamicSlidingWindowLayer
 from rlpt.generation import right_pad
 from rlpt.logprobs import chosen_logprobs
 from rlpt.rollout.base import Rollouts, RolloutSpec
-from rlpt.rollout.mamba2_torch import lean_steps, short_chunks
+from rlpt.rollout.mamba2_torch import lean_steps, recorded_segment_ends, recording_modules, short_chunks, states_at
 from rlpt.rollout.packed import PackedEngine, additive_mask, documents_and_baseline
 from rlpt.rollout.recurrent_states import (States, cache_layers, fresh_states, has_attention, inputs, is_recurrent,
                                            new_cache, rows_cache, taken)
@@ -80,14 +80,29 @@ def segments_pass(model, ids: torch.Tensor, ends: list[int]) -> tuple[dict[int, 
     return states, cache
 
 
+def one_pass(model, modules: list, ids: torch.Tensor, ends: list[int]) -> tuple[dict[int, States], DynamicCache]:
+    """`segments_pass` for a model whose recurrent layers are all Mamba-2 mixers (defined in `modules`): one forward
+    over the documents, the mixers' states at every end recorded (`recorded_segment_ends`), where a pass in segments
+    runs the whole model once for each segment (and, in the update, backward once for each)."""
+    device, dtype = ids.device, next(model.parameters()).dtype
+    (rows, length), cache, records = ids.shape, new_cache(model), {}
+    seen = torch.ones(length, length, dtype=torch.bool, device=device).tril()[None].expand(rows, -1, -1)
+    with short_chunks(model), recorded_segment_ends(modules, ends, records):
+        model(input_ids=ids, use_cache=True, logits_to_keep=1,
+              **inputs(model, cache, torch.arange(length, device=device)[None].expand(rows, -1), additive_mask(seen, dtype)))
+    return {end: States({i: {0: states_at(record, end)} for i, record in records.items()}) for end in ends}, cache
+
+
 def document_states(model, docs: list[list[int]], ends: list[int], pad_id: int = 0) -> Documents:
-    """`segments_pass` over the documents, its segments ending at `ends` (the union of every document's)."""
+    """The documents' states at `ends` (the union of every document's): `one_pass` where the model's recurrent layers
+    are all Mamba-2 mixers, else `segments_pass`."""
     if not ends:  # every row starts at 0: no segment
         return Documents({}, None)
     device = next(model.parameters()).device
     ids = right_pad([doc[: ends[-1]] for doc in docs], pad_id)[0].to(device)
     ids = F.pad(ids, (0, ends[-1] - ids.size(1)), value=pad_id)  # every document as long as the last end
-    return Documents(*segments_pass(model, ids, ends))
+    modules = recording_modules(model, {i for i, layer in enumerate(cache_layers(model)) if is_recurrent(layer)})
+    return Documents(*(segments_pass(model, ids, ends) if modules is None else one_pass(model, modules, ids, ends)))
 
 
 class Prefix:
