@@ -52,30 +52,41 @@ def test_short_chunks_shortens_the_mamba_scans_and_restores_them(hybrid_dir, mon
     assert [m.chunk_size for m in mixers] == [4] * len(mixers)
 
 
-@torch.no_grad()
-def test_one_forward_leaves_the_states_of_a_pass_in_segments(hybrid_dir):
-    """A model whose recurrent layers are all Mamba-2 mixers: the update's one forward over the documents, the segments'
-    ends recorded, leaves at every end the conv and SSM states and the attention keys that a pass in segments ending
-    there leaves (Qwen3Next's gated DeltaNet keeps the segments)."""
+@pytest.mark.parametrize("short_chunk", [16, 2])
+def test_one_forward_leaves_the_states_of_a_pass_in_segments(hybrid_dir, short_chunk, monkeypatch):
+    """A model whose recurrent layers are all Mamba-2 mixers: one forward over the documents, the segments' ends
+    recorded, leaves at every end the conv and SSM states and the attention keys that a pass in segments ending there
+    leaves, and the same gradients through them (Qwen3Next's gated DeltaNet keeps the segments). Segments of 2 to 11
+    tokens (one token would take the mixers' in-place one-token step in the pass in segments, which autograd cannot
+    differentiate), the first shorter than its padded width; the segments' own scans in one chunk and (chunks of 2)
+    in several."""
+    monkeypatch.setattr(mamba2_torch, "SHORT_CHUNK", short_chunk)
     model, tok, _ = load_model_and_tokenizer(hybrid_dir)
     layers = {i for i, layer in enumerate(recurrent_states.cache_layers(model)) if recurrent_states.is_recurrent(layer)}
     modules = mamba2_torch.recording_modules(model, layers)
     assert (modules is None) == (model.config.model_type == "qwen3_next")
     if modules is None:
         return
-    ends = [1, 3, 4, 9, 17, 18, 30]  # segments of 1 to 12 tokens
+    ends = [3, 5, 9, 17, 19, 30]
     ids = right_pad([tok(t)["input_ids"][:30] for t in TEXTS], tok.pad_token_id)[0]
     ids = torch.nn.functional.pad(ids, (0, 30 - ids.size(1)), value=tok.pad_token_id)
-    got, got_cache = recurrent.one_pass(model, modules, ids, ends)
-    expected, expected_cache = recurrent.segments_pass(model, ids, ends)
-    for end in ends:
-        assert got[end].layers.keys() == expected[end].layers.keys() == layers
-        for i, states in expected[end].layers.items():
-            for a, b in zip(states[0], got[end].layers[i][0]):  # conv, then SSM
-                torch.testing.assert_close(b, a, atol=1e-5 * a.abs().max().item(), rtol=1e-4)
-    for a, b in zip(expected_cache.layers, got_cache.layers):
-        if recurrent_states.attends(a):
-            torch.testing.assert_close(b.keys, a.keys, atol=1e-5, rtol=1e-4)
+    results = []
+    for run in (recurrent.segments_pass, lambda model, ids, ends: recurrent.one_pass(model, modules, layers, ids, ends)):
+        model.zero_grad()
+        weights = torch.Generator().manual_seed(0)  # the same random weighting of the states in both
+        states, cache = run(model, ids, ends)
+        flat = [x for end in ends for i in sorted(layers) for x in states[end].layers[i][0]]  # conv, SSM at each end
+        keys = [layer.keys for layer in cache.layers if recurrent_states.attends(layer)]
+        loss = sum((torch.randn(x.shape, generator=weights) * x).sum() for x in flat + keys)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append(([x.detach() for x in flat + keys], grads))
+    (expected, expected_grads), (got, got_grads) = results
+    for a, b in zip(expected, got):  # relative to each one's size: the SSM states are about 1e-3
+        torch.testing.assert_close(b, a, atol=1e-6 * a.abs().max().item(), rtol=1e-4)
+    assert got_grads.keys() == expected_grads.keys()
+    for name, a in expected_grads.items():
+        torch.testing.assert_close(got_grads[name], a, atol=1e-5 * a.abs().max().item(), rtol=1e-3, msg=name)
 
 
 def test_the_probe_refuses_attention_only_models(llama_dir):

@@ -161,10 +161,12 @@ def segment_end_states(mixer, chunk_scan, x, B, C, dt, ends: list[int]) -> list[
     starts, (b, _, _) = [0] + ends[:-1], x.shape
     heads, groups, size = mixer.num_heads, mixer.n_groups, mixer.ssm_state_size
     A = -torch.exp(mixer.A_log.float())
+    step = torch.clamp(F.softplus(dt + mixer.dt_bias.to(dt.dtype)), *mixer.time_step_limit)  # as the scan takes it
+    log_decay = step.float() * A  # (b, T, heads)
     by_width: dict[int, list[int]] = {}
     for k, (start, end) in enumerate(zip(starts, ends)):
         by_width.setdefault(1 << (end - start - 1).bit_length(), []).append(k)
-    own = [None] * len(ends)
+    own, decay = [None] * len(ends), [None] * len(ends)
     for width, segments in by_width.items():
         index = torch.tensor([[ends[k] - width + j for j in range(width)] for k in segments], device=x.device)
         real = index >= torch.tensor([starts[k] for k in segments], device=x.device)[:, None]  # the segment's tokens
@@ -175,16 +177,15 @@ def segment_end_states(mixer, chunk_scan, x, B, C, dt, ends: list[int]) -> list[
             return picked.reshape(-1, width, *per_token)
 
         _, states = chunk_scan(apart(x, (heads, mixer.head_dim)), apart(dt, (heads,)), A, apart(B, (groups, size)),
-                               apart(C, (groups, size)), chunk_size=SHORT_CHUNK, dt_bias=mixer.dt_bias,
+                               apart(C, (groups, size)), chunk_size=min(width, SHORT_CHUNK), dt_bias=mixer.dt_bias,
                                dt_softplus=True, dt_limit=mixer.time_step_limit, return_final_states=True)
-        for k, state in zip(segments, states.view(b, len(segments), *states.shape[1:]).unbind(1)):
-            own[k] = state
-    step = torch.clamp(F.softplus(dt + mixer.dt_bias.to(dt.dtype)), *mixer.time_step_limit)  # as the scan takes it
-    total = torch.cumsum(F.pad(step.float() * A, (0, 0, 1, 0)), 1)  # (b, T + 1, heads): the sums up to each token
-    decay = torch.exp(total[:, ends] - total[:, starts])  # (b, n, heads): each segment's
+        states = states.view(b, len(segments), *states.shape[1:]).unbind(1)
+        sums = apart(log_decay, (heads,)).sum(1).view(b, len(segments), heads).unbind(1)  # over each segment's tokens
+        for k, state, total in zip(segments, states, sums):
+            own[k], decay[k] = state, torch.exp(total)
     state, states = torch.zeros_like(own[0]), []
-    for k in range(len(ends)):
-        state = decay[:, k, :, None, None] * state + own[k]
+    for k in range(len(ends)):  # one small step an end: the states are (b, heads, head_dim, state)
+        state = decay[k][:, :, None, None] * state + own[k]
         states.append(state)
     return states
 
@@ -200,7 +201,8 @@ def recorded_segment_ends(modules: list, ends: list[int], records: dict):
         scan, conv, chunk_scan = (getattr(module, f) for f in (SCAN, CONV, CHUNK_SCAN))
 
         def recording_conv(conv1d, hidden_states, cache, layer_idx, *args, conv=conv, **kwargs):
-            records.setdefault(layer_idx, {})["conv"] = hidden_states, conv1d.kernel_size[0]
+            if kwargs.get("state_idx", 0) == 0 and not args:  # the mixers' one conv state (else: not recorded)
+                records.setdefault(layer_idx, {})["conv"] = hidden_states, conv1d.kernel_size[0]
             return conv(conv1d, hidden_states, cache, layer_idx, *args, **kwargs)
 
         def recording_scan(mixer, x, B, C, dt, cache, *args, scan=scan, chunk_scan=chunk_scan, **kwargs):

@@ -18,8 +18,12 @@ once per document, not once per thought:
   flows from the rows into the segments' states and the document's keys.
 The cache's recurrent layers are made to assign their new states instead of copying them into fixed buffers
 (`assigning`), so that a state taken at a segment's end is not overwritten by the next segment and carries its
-gradient. The teacher scores S_ema with one forward over each document, as in the packed engine. The model's
-Mamba-2 mixers scan in short chunks in these short forwards, and decode with a leaner one-token step
+gradient. The teacher scores S_ema with one forward over each document, as in the packed engine.
+
+Where every recurrent layer is a Mamba-2 mixer (NemotronH, FalconH1, Mamba2; not gated DeltaNet), the pass is one
+forward over the documents instead (`one_pass`): the mixers record their states at every segment's end, the same
+states with their gradients, without a forward (and in the update a backward) of the whole model for each segment.
+The mixers scan in short chunks in the engine's forwards and decode with a leaner one-token step
 (`mamba2_torch.py`).
 
 A model this engine cannot serve fails a probe at start-up (`supports_recurrent_rows`) and falls back to the reference
@@ -80,16 +84,20 @@ def segments_pass(model, ids: torch.Tensor, ends: list[int]) -> tuple[dict[int, 
     return states, cache
 
 
-def one_pass(model, modules: list, ids: torch.Tensor, ends: list[int]) -> tuple[dict[int, States], DynamicCache]:
-    """`segments_pass` for a model whose recurrent layers are all Mamba-2 mixers (defined in `modules`): one forward
-    over the documents, the mixers' states at every end recorded (`recorded_segment_ends`), where a pass in segments
-    runs the whole model once for each segment (and, in the update, backward once for each)."""
+def one_pass(model, modules: list, layers: set[int], ids: torch.Tensor, ends: list[int]
+             ) -> tuple[dict[int, States], DynamicCache] | None:
+    """`segments_pass` for a model whose recurrent layers (`layers`) are all Mamba-2 mixers (defined in `modules`): one
+    forward over the documents, the mixers' states at every end recorded (`recorded_segment_ends`), where a pass in
+    segments runs the whole model once for each segment (and, in the update, backward once for each). None where a
+    layer's states were not recorded (a mixer that calls other functions than its module's)."""
     device, dtype = ids.device, next(model.parameters()).dtype
     (rows, length), cache, records = ids.shape, new_cache(model), {}
     seen = torch.ones(length, length, dtype=torch.bool, device=device).tril()[None].expand(rows, -1, -1)
     with short_chunks(model), recorded_segment_ends(modules, ends, records):
         model(input_ids=ids, use_cache=True, logits_to_keep=1,
               **inputs(model, cache, torch.arange(length, device=device)[None].expand(rows, -1), additive_mask(seen, dtype)))
+    if records.keys() != layers or any(record.keys() != {"conv", "ssm"} for record in records.values()):
+        return None
     return {end: States({i: {0: states_at(record, end)} for i, record in records.items()}) for end in ends}, cache
 
 
@@ -101,8 +109,10 @@ def document_states(model, docs: list[list[int]], ends: list[int], pad_id: int =
     device = next(model.parameters()).device
     ids = right_pad([doc[: ends[-1]] for doc in docs], pad_id)[0].to(device)
     ids = F.pad(ids, (0, ends[-1] - ids.size(1)), value=pad_id)  # every document as long as the last end
-    modules = recording_modules(model, {i for i, layer in enumerate(cache_layers(model)) if is_recurrent(layer)})
-    return Documents(*(segments_pass(model, ids, ends) if modules is None else one_pass(model, modules, ids, ends)))
+    layers = {i for i, layer in enumerate(cache_layers(model)) if is_recurrent(layer)}
+    modules = recording_modules(model, layers)
+    passed = None if modules is None else one_pass(model, modules, layers, ids, ends)
+    return Documents(*(passed or segments_pass(model, ids, ends)))
 
 
 class Prefix:
