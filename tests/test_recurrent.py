@@ -62,16 +62,16 @@ def test_one_forward_leaves_the_states_of_a_pass_in_segments(hybrid_dir, short_c
     in several."""
     monkeypatch.setattr(mamba2_torch, "SHORT_CHUNK", short_chunk)
     model, tok, _ = load_model_and_tokenizer(hybrid_dir)
-    layers = {i for i, layer in enumerate(recurrent_states.cache_layers(model)) if recurrent_states.is_recurrent(layer)}
-    modules = mamba2_torch.recording_modules(model, layers)
-    assert (modules is None) == (model.config.model_type == "qwen3_next")
-    if modules is None:
+    serves = recurrent.mamba2_pass(model)
+    assert (serves is None) == (model.config.model_type == "qwen3_next")
+    if serves is None:
         return
+    layers = serves[1]
     ends = [3, 5, 9, 17, 19, 30]
     ids = right_pad([tok(t)["input_ids"][:30] for t in TEXTS], tok.pad_token_id)[0]
     ids = torch.nn.functional.pad(ids, (0, 30 - ids.size(1)), value=tok.pad_token_id)
     results = []
-    for run in (recurrent.segments_pass, lambda model, ids, ends: recurrent.one_pass(model, modules, layers, ids, ends)):
+    for run in (recurrent.segments_pass, recurrent.one_pass):
         model.zero_grad()
         weights = torch.Generator().manual_seed(0)  # the same random weighting of the states in both
         states, cache = run(model, ids, ends)
@@ -94,15 +94,19 @@ def test_the_probe_refuses_attention_only_models(llama_dir):
     assert supports_recurrent_rows(model) == "no recurrent layer in its cache"
 
 
-@pytest.mark.parametrize("positions, reward_tokens, min_segment, group_cost, short_chunk",
-                         [("random:3", 1, 16, 256, 16), ("all", 3, 16, 256, 16), ("all", 3, 2, 256, 16),
-                          ("all", 1, 16, 0, 16), ("all", 3, 16, 256, 2)])
+@pytest.mark.parametrize("positions, reward_tokens, min_segment, group_cost, short_chunk, one_forward",
+                         [("random:3", 1, 16, 256, 16, True), ("all", 3, 16, 256, 16, True),
+                          ("all", 3, 16, 256, 16, False), ("all", 3, 2, 256, 16, False), ("all", 1, 16, 0, 16, True),
+                          ("all", 3, 16, 256, 2, True)])
 def test_recurrent_equals_reference(hybrid_dir, positions, reward_tokens, min_segment, group_cost, short_chunk,
-                                    monkeypatch):
-    """Dense positions too (`all`: every position), where most of the update's rows start before their position and
-    carry the tokens between (up to 15 of them; with segments of 2 tokens, one); with no cost to a forward, the
-    update runs a forward for every row width, its rows out of order; with the engine's Mamba-2 scans in chunks of 2
-    tokens where the model's are 4 (`short_chunks`)."""
+                                    one_forward, monkeypatch):
+    """Dense positions too (`all`: every position). The pass over the documents in one forward (Mamba-2 models, every
+    position an end) and in segments (Qwen3Next always; the others with `one_forward` off), where most of the
+    update's rows start before their position and carry the tokens between (up to 15 of them; with segments of 2
+    tokens, one); with no cost to a forward, the update runs a forward for every row width, its rows out of order;
+    with the engine's Mamba-2 scans in chunks of 2 tokens where the model's are 4 (`short_chunks`)."""
+    if not one_forward:
+        monkeypatch.setattr(recurrent, "mamba2_pass", lambda model: None)
     monkeypatch.setattr(recurrent, "MIN_SEGMENT", min_segment)
     monkeypatch.setattr(recurrent, "GROUP_COST", group_cost)
     monkeypatch.setattr(mamba2_torch, "SHORT_CHUNK", short_chunk)

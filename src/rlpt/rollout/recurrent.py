@@ -22,7 +22,8 @@ gradient. The teacher scores S_ema with one forward over each document, as in th
 
 Where every recurrent layer is a Mamba-2 mixer (NemotronH, FalconH1, Mamba2; not gated DeltaNet), the pass is one
 forward over the documents instead (`one_pass`): the mixers record their states at every segment's end, the same
-states with their gradients, without a forward (and in the update a backward) of the whole model for each segment.
+states with their gradients, without a forward (and in the update a backward) of the whole model for each segment;
+the update then ends a segment at every position, and its rows carry no context tokens.
 The mixers scan in short chunks in the engine's forwards and decode with a leaner one-token step
 (`mamba2_torch.py`).
 
@@ -41,13 +42,14 @@ from transformers.cache_utils import DynamicCache, DynamicSlidingWindowLayer
 from rlpt.generation import right_pad
 from rlpt.logprobs import chosen_logprobs
 from rlpt.rollout.base import Rollouts, RolloutSpec
-from rlpt.rollout.mamba2_torch import lean_steps, recorded_segment_ends, recording_modules, short_chunks, states_at
+from rlpt.rollout.mamba2_torch import (lean_steps, recorded_segment_ends, recording_modules, short_chunks,
+                                       states_at)
 from rlpt.rollout.packed import PackedEngine, additive_mask, documents_and_baseline
 from rlpt.rollout.recurrent_states import (States, cache_layers, fresh_states, has_attention, inputs, is_recurrent,
                                            new_cache, rows_cache, taken)
 from rlpt.rollout.shared_prefix import SharedPrefix, shared_prefix_attention
 
-MIN_SEGMENT = 16  # tokens at least in a segment of the update's pass (see `update_starts`)
+MIN_SEGMENT = 16  # tokens at least in a segment of the update's pass in segments (see `update_starts`)
 
 
 # ------------------------------------------------------------------------------------------------ the documents
@@ -84,20 +86,30 @@ def segments_pass(model, ids: torch.Tensor, ends: list[int]) -> tuple[dict[int, 
     return states, cache
 
 
-def one_pass(model, modules: list, layers: set[int], ids: torch.Tensor, ends: list[int]
-             ) -> tuple[dict[int, States], DynamicCache] | None:
-    """`segments_pass` for a model whose recurrent layers (`layers`) are all Mamba-2 mixers (defined in `modules`): one
-    forward over the documents, the mixers' states at every end recorded (`recorded_segment_ends`), where a pass in
-    segments runs the whole model once for each segment (and, in the update, backward once for each). None where a
-    layer's states were not recorded (a mixer that calls other functions than its module's)."""
+def mamba2_pass(model) -> tuple[list, set[int]] | None:
+    """What `one_pass` needs where every recurrent layer of the model is a Mamba-2 mixer: the modeling modules whose
+    functions it wraps and the recurrent layers' indices; None elsewhere (gated DeltaNet; mamba-ssm's kernels)."""
+    layers = {i for i, layer in enumerate(cache_layers(model)) if is_recurrent(layer)}
+    modules = recording_modules(model, layers)
+    return None if modules is None else (modules, layers)
+
+
+def one_pass(model, ids: torch.Tensor, ends: list[int]) -> tuple[dict[int, States], DynamicCache]:
+    """`segments_pass` for a model whose recurrent layers are all Mamba-2 mixers (`mamba2_pass`): one forward over the
+    documents, the mixers' states at every end recorded (`recorded_segment_ends`), where a pass in segments runs the
+    whole model once for each segment (and, in the update, backward once for each). A layer whose states were not
+    recorded (a mixer calling other functions than its module's) is an error: the start-up probe runs this too, and
+    falls back to the reference engine with the reason."""
+    modules, layers = mamba2_pass(model)
     device, dtype = ids.device, next(model.parameters()).dtype
     (rows, length), cache, records = ids.shape, new_cache(model), {}
     seen = torch.ones(length, length, dtype=torch.bool, device=device).tril()[None].expand(rows, -1, -1)
     with short_chunks(model), recorded_segment_ends(modules, ends, records):
         model(input_ids=ids, use_cache=True, logits_to_keep=1,
               **inputs(model, cache, torch.arange(length, device=device)[None].expand(rows, -1), additive_mask(seen, dtype)))
-    if records.keys() != layers or any(record.keys() != {"conv", "ssm"} for record in records.values()):
-        return None
+    missing = sorted(i for i in layers if records.get(i, {}).keys() != {"conv", "ssm"})
+    if missing:
+        raise RuntimeError(f"the Mamba-2 states of layers {missing} were not recorded in one forward")
     return {end: States({i: {0: states_at(record, end)} for i, record in records.items()}) for end in ends}, cache
 
 
@@ -109,10 +121,7 @@ def document_states(model, docs: list[list[int]], ends: list[int], pad_id: int =
     device = next(model.parameters()).device
     ids = right_pad([doc[: ends[-1]] for doc in docs], pad_id)[0].to(device)
     ids = F.pad(ids, (0, ends[-1] - ids.size(1)), value=pad_id)  # every document as long as the last end
-    layers = {i for i, layer in enumerate(cache_layers(model)) if is_recurrent(layer)}
-    modules = recording_modules(model, layers)
-    passed = None if modules is None else one_pass(model, modules, layers, ids, ends)
-    return Documents(*(passed or segments_pass(model, ids, ends)))
+    return Documents(*(segments_pass(model, ids, ends) if mamba2_pass(model) is None else one_pass(model, ids, ends)))
 
 
 class Prefix:
@@ -200,12 +209,13 @@ class RecurrentEngine(PackedEngine):
 
 def update_rows(model, docs: list[list[int]], doc_of_row: list[int], positions: list[int], tails: list[list[int]],
                 pad_id: int) -> list[tuple[list[int], object, list[int]]]:
-    """The update's forwards: one segmented pass over `docs` (segments of at least MIN_SEGMENT tokens, ending where
-    `update_starts` says), then the rows `x_s .. x_{t-1} tail` (t = positions[i], of document doc_of_row[i]) from the
+    """The update's forwards: the pass over `docs` (`document_states`: segments of at least MIN_SEGMENT tokens, or one
+    token with `one_pass`, ending where `update_starts` says), then the rows `x_s .. x_{t-1} tail` (t = positions[i], of document doc_of_row[i]) from the
     states at s, rows of similar width in one forward (`width_groups`). Returns, for each group, its rows (indices
     into the arguments), `forward(run)`, which runs them with `run` (the model or its body), and each of its rows' gap
     t - s: where the row's tail starts."""
-    starts = update_starts(sorted(set(positions)), MIN_SEGMENT)  # ends shared by every document
+    # ends shared by every document; one forward makes an end cost next to nothing: every position is one
+    starts = update_starts(sorted(set(positions)), MIN_SEGMENT if mamba2_pass(model) is None else 1)
     documents = document_states(model, docs, sorted(set(starts.values()) - {0}), pad_id)
     gaps = [docs[d][starts[t]:t] for d, t in zip(doc_of_row, positions)]
     rows = [gap + tail for gap, tail in zip(gaps, tails)]
