@@ -1,7 +1,8 @@
 """How the recurrent engine runs a model's Mamba-2 mixers in PyTorch (what runs without the CUDA kernels of
-`mamba-ssm`): its short forwards scan in short chunks (`short_chunks`), and decoding takes a leaner one-token step
-(`lean_steps`). Both give the model's own states and outputs, up to rounding, and both are left alone where the
-kernels run (CUDA with `mamba_ssm` installed).
+`mamba-ssm`): its short forwards scan in short chunks (`short_chunks`), decoding takes a leaner one-token step
+(`lean_steps`), and one forward over the documents records the mixers' states at every segment's end
+(`recorded_segment_ends`, for `recurrent.one_pass`). All give the model's own states and outputs, up to rounding,
+and all are left alone where the kernels run (CUDA with `mamba_ssm` installed).
 
 The one-token step: transformers' PyTorch `selective_state_update` expands the time step, its decay and B over every
 (head_dim, state) element before using them: six passes over tensors as big as the state (rows x heads x head_dim x
