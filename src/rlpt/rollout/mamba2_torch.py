@@ -48,6 +48,24 @@ def mamba_mixers(model) -> list:
 
 
 @contextmanager
+def replaced(settings: list[tuple[object, str, object]]):
+    """Inside, each (owner, name, value) of `settings` has `owner.name = value`; after, what it had before."""
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in settings]
+    try:
+        for owner, name, value in settings:
+            setattr(owner, name, value)
+        yield
+    finally:
+        for owner, name, value in reversed(saved):
+            setattr(owner, name, value)
+
+
+def mixer_modules(model) -> list:
+    """The modeling modules that define the model's Mamba-2 mixers (each once)."""
+    return list({type(m).__module__: sys.modules[type(m).__module__] for m in mamba_mixers(model)}.values())
+
+
+@contextmanager
 def short_chunks(model):
     """Inside, the model's Mamba-2 mixers scan in chunks of SHORT_CHUNK tokens. PyTorch's chunked scan pads a sequence
     to a whole chunk (128 or 256 tokens in the shipped configs) and costs the square of the chunk per chunk; the
@@ -56,15 +74,8 @@ def short_chunks(model):
     chunks. The chunk is the scan's own choice, not the model's: any size gives the same states and outputs, up to
     rounding. Left as it is where the mamba-ssm kernels run (CUDA with `mamba_ssm` installed), which have their own
     tuned chunk."""
-    mixers = [] if kernels_run(model) else mamba_mixers(model)
-    sizes = [m.chunk_size for m in mixers]
-    for m in mixers:
-        m.chunk_size = SHORT_CHUNK
-    try:
+    with replaced([] if kernels_run(model) else [(m, "chunk_size", SHORT_CHUNK) for m in mamba_mixers(model)]):
         yield
-    finally:
-        for m, size in zip(mixers, sizes):
-            m.chunk_size = size
 
 
 def lean_state_update(original):
@@ -109,32 +120,16 @@ def lean_state_update(original):
     return update
 
 
-def mixer_modules(model) -> list:
-    """The modeling modules of the model's Mamba-2 mixers that define the step (each once)."""
-    modules = {}
-    for mixer in mamba_mixers(model):
-        module = sys.modules.get(type(mixer).__module__)
-        if module is not None and callable(getattr(module, NAME, None)):
-            modules[module.__name__] = module
-    return list(modules.values())
-
-
 @contextmanager
 def lean_steps(model):
     """Inside, the model's Mamba-2 mixers take `lean_state_update` for their one-token steps. The step is a function
     of the mixers' modeling module, so every model of that family in the process takes it while inside (rlpt decodes
     one model at a time)."""
-    swapped = []
-    for module in [] if kernels_run(model) else mixer_modules(model):
-        original = getattr(module, NAME)
-        if not hasattr(original, "lean_original"):  # not already inside another block
-            setattr(module, NAME, lean_state_update(original))
-            swapped.append((module, original))
-    try:
+    modules = [] if kernels_run(model) else mixer_modules(model)
+    steps = [(module, getattr(module, NAME, None)) for module in modules]
+    with replaced([(module, NAME, lean_state_update(step)) for module, step in steps
+                   if callable(step) and not hasattr(step, "lean_original")]):  # not already inside another block
         yield
-    finally:
-        for module, original in swapped:
-            setattr(module, NAME, original)
 
 
 # ------------------------------------------------------------------------------------------------ one pass, every segment's end
@@ -144,13 +139,12 @@ SCAN, CONV, CHUNK_SCAN = "mamba2_scan_forward", "causal_conv1d_forward", "mamba2
 def recording_modules(model, recurrent_layers: set[int]) -> list | None:
     """The modeling modules whose functions `recorded_segment_ends` wraps, or None where it cannot serve the model: a
     recurrent layer that is not a Mamba-2 mixer (gated DeltaNet), or mamba-ssm's kernels running."""
-    mixers = mamba_mixers(model)
-    if kernels_run(model) or {getattr(m, "layer_idx", None) for m in mixers} != recurrent_layers:
+    if kernels_run(model) or {getattr(m, "layer_idx", None) for m in mamba_mixers(model)} != recurrent_layers:
         return None
-    modules = {sys.modules.get(type(m).__module__) for m in mixers}
-    if any(m is None or not all(callable(getattr(m, f, None)) for f in (SCAN, CONV, CHUNK_SCAN)) for m in modules):
+    modules = mixer_modules(model)
+    if not all(callable(getattr(m, f, None)) for m in modules for f in (SCAN, CONV, CHUNK_SCAN)):
         return None
-    return list(modules)
+    return modules
 
 
 def segment_end_states(mixer, chunk_scan, x, B, C, dt, ends: list[int]) -> list[torch.Tensor]:
@@ -197,7 +191,7 @@ def recorded_segment_ends(modules: list, ends: list[int], records: dict):
     convolution's input and kernel width, and its SSM states after each of `ends` tokens (`segment_end_states`), with
     their gradients: one forward over the documents gives the states that a pass in segments ending there leaves.
     """
-    swapped = []
+    settings = []
     for module in modules:
         scan, conv, chunk_scan = (getattr(module, f) for f in (SCAN, CONV, CHUNK_SCAN))
 
@@ -211,15 +205,9 @@ def recorded_segment_ends(modules: list, ends: list[int], records: dict):
             records.setdefault(mixer.layer_idx, {})["ssm"] = dict(zip(ends, ssm))
             return scan(mixer, x, B, C, dt, cache, *args, **kwargs)
 
-        swapped.append((module, scan, conv))
-        setattr(module, CONV, recording_conv)
-        setattr(module, SCAN, recording_scan)
-    try:
+        settings += [(module, CONV, recording_conv), (module, SCAN, recording_scan)]
+    with replaced(settings):
         yield
-    finally:
-        for module, scan, conv in swapped:
-            setattr(module, SCAN, scan)
-            setattr(module, CONV, conv)
 
 
 def states_at(record: dict, end: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,6 +33,7 @@ engine.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -86,12 +87,18 @@ def segments_pass(model, ids: torch.Tensor, ends: list[int]) -> tuple[dict[int, 
     return states, cache
 
 
+MAMBA2_PASS = weakref.WeakKeyDictionary()  # model -> (its device type, `mamba2_pass`): asked at every pass
+
+
 def mamba2_pass(model) -> tuple[list, set[int]] | None:
     """What `one_pass` needs where every recurrent layer of the model is a Mamba-2 mixer: the modeling modules whose
     functions it wraps and the recurrent layers' indices; None elsewhere (gated DeltaNet; mamba-ssm's kernels)."""
-    layers = {i for i, layer in enumerate(cache_layers(model)) if is_recurrent(layer)}
-    modules = recording_modules(model, layers)
-    return None if modules is None else (modules, layers)
+    device = next(model.parameters()).device.type
+    if MAMBA2_PASS.get(model, (None,))[0] != device:  # the kernels' use depends on the device
+        layers = {i for i, layer in enumerate(cache_layers(model)) if is_recurrent(layer)}
+        modules = recording_modules(model, layers)
+        MAMBA2_PASS[model] = device, None if modules is None else (modules, layers)
+    return MAMBA2_PASS[model][1]
 
 
 def one_pass(model, ids: torch.Tensor, ends: list[int]) -> tuple[dict[int, States], DynamicCache]:
