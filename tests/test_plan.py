@@ -96,3 +96,58 @@ def test_plan_gives_memory_alone_from_a_models_sizes(llama_dir, capsys):
     assert "FLOPs" in capsys.readouterr().out
     assert main(["plan"]) == 2 and "for its memory" in capsys.readouterr().err
     assert main(["plan", "--tokens", "1e5"]) == 2 and "needs --params" in capsys.readouterr().err
+
+
+# a row's recurrent states in values, by hand from conftest's HYBRID (hidden 32, so a Mamba-2 mixer's heads * head_dim
+# = expand * hidden = 32): (attention layers, conv values, SSM values).
+# NemotronH "M*M-": 2 Mamba layers, 1 attention; conv (heads 4 * head_dim 8 + 2 * groups 1 * state 8) * kernel 4 = 192,
+#   SSM heads 4 * head_dim 8 * state 8 = 256, each a layer.
+# FalconH1: 2 hybrid layers (attention and Mamba each), the same mixer sizes under mamba_* names.
+# Qwen3Next [linear, full]: 1 gated DeltaNet, conv (2 * key heads 2 * key dim 8 + value heads 2 * value dim 8) *
+#   kernel 4 = 192, state value heads 2 * key dim 8 * value dim 8 = 128; 1 attention layer.
+# Mamba2: 2 Mamba layers, no attention.
+HYBRID_STATES = {"nemotron_h": (1, 2 * 192, 2 * 256), "falcon_h1": (2, 2 * 192, 2 * 256),
+                 "qwen3_next": (1, 192, 128), "mamba2": (0, 2 * 192, 2 * 256)}
+RECURRENT = "recurrent states (conv and SSM; the position's and G rows')"
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "mistral", "gemma3", "gpt2", "gpt_neox", *HYBRID_STATES])
+def test_plan_reads_the_model_folder_of_every_family(arch, tmp_path, capsys):
+    """`rlpt plan --model DIR` on each family the engines run: attention-only models (whose config.json names every
+    layer `full_attention` or `sliding_attention` in transformers 5, or names none) count no recurrent state and a
+    KV cache in every layer; hybrids count their recurrent layers' states as the config sizes them."""
+    from conftest import save_hybrid, save_tiny
+
+    from rlpt.plan import shape_of
+
+    folder = save_hybrid(tmp_path, arch) if arch in HYBRID_STATES else save_tiny(tmp_path, arch)
+    assert main(["plan", "--model", folder, "--json"]) == 0
+    parts = json.loads(capsys.readouterr().out)["memory_bytes"]
+    assert sum(parts.values()) > 0 and parts["weights (float32)"] > 0
+    shape = shape_of(folder)
+    if arch in HYBRID_STATES:
+        assert (shape.kv_layers, shape.conv_state, shape.ssm_state) == HYBRID_STATES[arch]
+        _, conv, ssm = HYBRID_STATES[arch]
+        assert parts[RECURRENT] == (conv * 4 + ssm * 4) * (1 + 16)  # float32, the position's and G = 16 rows'
+    else:
+        assert (shape.kv_layers, shape.conv_state, shape.ssm_state) == (2, 0, 0) and parts[RECURRENT] == 0
+
+
+@pytest.mark.parametrize("layout, named", [
+    (dict(layer_types=["full_attention", "teleport_attention"]), "'teleport_attention' not understood"),
+    (dict(hybrid_override_pattern="M*Q"), "'Q' not understood"),
+    # a Mamba layer without its sizes: the names each family gives its heads
+    (dict(layer_types=["linear_attention", "full_attention"]), "mamba_num_heads, mamba_n_heads, num_heads"),
+    (dict(layer_types=["linear_attention"], mamba_num_heads=4, ssm_state_size=8, n_groups=1, mamba_head_dim=8),
+     "conv_kernel, mamba_d_conv"),
+    (dict(layer_types="full_attention"), "not a list"),
+    (dict(hidden_size=None), "hidden_size, n_embd"),
+])
+def test_plan_names_what_it_does_not_understand_in_a_model_folder(layout, named, tmp_path, capsys):
+    """A config.json of a layout rlpt does not know is a clear error naming the folder and what was not understood
+    (exit code 2, one line), not a traceback."""
+    config = dict(model_type="mystery", hidden_size=32, vocab_size=10, num_hidden_layers=2, num_attention_heads=2)
+    (tmp_path / "config.json").write_text(json.dumps({**config, **layout}))
+    assert main(["plan", "--model", str(tmp_path), "--json"]) == 2
+    err = capsys.readouterr().err
+    assert f"--model: {tmp_path}/config.json" in err and named in err and "Traceback" not in err

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from rlpt.baselines.cpt import flop_matched_tokens
+from rlpt.errors import UserError
 
 H100_BF16_FLOPS = 989e12  # dense bf16 peak of one H100 SXM
 
@@ -82,69 +83,107 @@ def shape_of(folder: str) -> Shape:
     import json
     from pathlib import Path
 
-    from rlpt.errors import UserError
-
     try:
         config = json.loads((Path(folder) / "config.json").read_text())
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise UserError(f"--model: {folder} has no readable config.json") from exc
-    config = config.get("text_config", config)
+    try:
+        shape = config_shape(config.get("text_config", config) if isinstance(config, dict) else {})
+    except UserError as exc:  # name the folder: the config's own message does not know it
+        raise UserError(f"--model: {folder}/config.json is not a layout rlpt plan understands: {exc}") from exc
+    shape.counted_params = parameter_count(folder)
+    return shape
+
+
+def config_shape(config: dict) -> Shape:
+    """The sizes a config.json (its text part) gives; a UserError naming what it lacks or what is not understood."""
     heads = config.get("num_attention_heads") or config.get("n_head") or 1
-    hidden = config.get("hidden_size") or config.get("n_embd")
+    hidden = setting(config, "hidden_size", "n_embd")
     layers = config.get("num_hidden_layers") or config.get("n_layer") or len(layer_types(config))
-    return Shape(layers=layers, hidden=hidden, vocab=config["vocab_size"], heads=heads,
+    if not layers:
+        raise missing("num_hidden_layers", "n_layer", "layer_types")
+    return Shape(layers=layers, hidden=hidden, vocab=setting(config, "vocab_size"), heads=heads,
                  kv_heads=config.get("num_key_value_heads") or heads, head_dim=config.get("head_dim") or hidden // heads,
                  intermediate=config.get("intermediate_size") or config.get("n_inner") or 4 * hidden,
-                 **recurrent_sizes(config, layers), counted_params=parameter_count(folder))
+                 **recurrent_sizes(config, layers))
+
+
+def setting(config: dict, *names: str):
+    """The first of `names` the config sets (to other than None or "auto"); a UserError naming them all if none."""
+    for name in names:
+        if config.get(name) not in (None, "auto"):
+            return config[name]
+    raise missing(*names)
+
+
+def missing(*names: str) -> UserError:
+    return UserError(f"it sets none of {', '.join(names)}")
+
+
+# what a layer of each kind keeps while decoding: (keys and values, a recurrent state). transformers 5 names the
+# layers of attention-only models too (Qwen2, Qwen3, Gemma3: full or sliding, a window's cache counted whole, a bound)
+# and renamed "attention" and "mamba"; a Mamba-2 mixer and a gated DeltaNet are both "linear_attention"
+LAYER_KINDS = {"full_attention": (1, 0), "sliding_attention": (1, 0), "chunked_attention": (1, 0), "attention": (1, 0),
+               "linear_attention": (0, 1), "mamba": (0, 1), "hybrid": (1, 1), "mlp": (0, 0), "moe": (0, 0)}
 
 
 def layer_types(config: dict) -> list[str]:
-    """Each layer's kind, as transformers' hybrid configs name them (`linear_attention`, `full_attention`, `hybrid`:
-    both, `mlp`, `moe`); [] for a model of attention layers only."""
-    if config.get("layer_types"):
-        return list(config["layer_types"])
-    if config.get("layers_block_type"):
-        return list(config["layers_block_type"])
+    """Each layer's kind, as transformers' configs name them (LAYER_KINDS: `full_attention`, `linear_attention`,
+    `hybrid`: both, `mlp`, `moe`, ...); [] for a model of attention layers that does not name them."""
+    kinds = config.get("layer_types") or config.get("layers_block_type")
+    if kinds:
+        if not isinstance(kinds, list):
+            raise UserError(f"its layer_types {kinds!r} is not a list of layer kinds")
+        return kinds
     pattern = config.get("hybrid_override_pattern")
-    if pattern:
-        return [{"M": "linear_attention", "*": "full_attention", "-": "mlp", "E": "moe"}.get(c, "mlp") for c in pattern]
+    if pattern:  # a letter not in the map stays as it is, and is not understood
+        return [{"M": "linear_attention", "*": "full_attention", "-": "mlp", "E": "moe"}.get(c, c) for c in pattern]
     kind = config.get("model_type")
     if kind == "falcon_h1":
-        return ["hybrid"] * config["num_hidden_layers"]
+        return ["hybrid"] * setting(config, "num_hidden_layers")
     if kind in ("mamba2", "mamba"):
-        return ["linear_attention"] * config["num_hidden_layers"]
+        return ["linear_attention"] * setting(config, "num_hidden_layers")
     return []
 
 
 def recurrent_sizes(config: dict, layers: int) -> dict:
     """The recurrent layers' states per batch row, summed over layers (Mamba-2 mixers: a convolution over its input,
     B and C, and an SSM state per head; gated DeltaNet: a convolution over q, k, v and a state per value head), and
-    how many layers keep keys and values."""
+    how many layers keep keys and values; {} for a model that does not name its layers (all attention)."""
     kinds = layer_types(config)
-    if not kinds:
-        return {}
-    recurrent = sum(k in ("linear_attention", "hybrid") for k in kinds)
-    attention = sum(k in ("full_attention", "hybrid", "attention") for k in kinds)
+    unknown = sorted({repr(k) for k in kinds if not isinstance(k, str) or k not in LAYER_KINDS})
+    if unknown:
+        raise UserError(f"layer kind {', '.join(unknown)} not understood (rlpt knows {', '.join(LAYER_KINDS)})")
+    attention = sum(LAYER_KINDS[k][0] for k in kinds)
+    recurrent = sum(LAYER_KINDS[k][1] for k in kinds)
+    if not recurrent:  # attention only, full or windowed: no state to size
+        return dict(attention_layers=attention) if kinds else {}
     if config.get("linear_num_value_heads"):  # gated DeltaNet (Qwen3Next)
-        key_dim = config["linear_num_key_heads"] * config["linear_key_head_dim"]
-        value_dim = config["linear_num_value_heads"] * config["linear_value_head_dim"]
-        conv = (2 * key_dim + value_dim) * config["linear_conv_kernel_dim"]
-        ssm = config["linear_num_value_heads"] * config["linear_key_head_dim"] * config["linear_value_head_dim"]
+        key_heads, key_dim = setting(config, "linear_num_key_heads"), setting(config, "linear_key_head_dim")
+        value_heads, value_dim = config["linear_num_value_heads"], setting(config, "linear_value_head_dim")
+        conv = (2 * key_heads * key_dim + value_heads * value_dim) * setting(config, "linear_conv_kernel_dim")
+        ssm = value_heads * key_dim * value_dim
     else:  # a Mamba-2 mixer, under each family's names
-        first = lambda *names: next(config[n] for n in names if config.get(n) not in (None, "auto"))  # noqa: E731
-        heads = first("mamba_num_heads", "mamba_n_heads", "num_heads")
-        state = first("ssm_state_size", "mamba_d_state", "state_size")
-        groups = first("n_groups", "mamba_n_groups")
-        kernel = first("conv_kernel", "mamba_d_conv")
-        if config.get("model_type") == "mamba2":
-            head_dim = config["head_dim"]
-        elif config.get("mamba_head_dim"):  # NemotronH
-            head_dim = config["mamba_head_dim"]
-        else:  # FalconH1: given, or "auto" (the SSM width over the heads)
-            head_dim = config.get("mamba_d_head") if config.get("mamba_d_head") != "auto" else config["mamba_d_ssm"] // heads
+        heads = setting(config, "mamba_num_heads", "mamba_n_heads", "num_heads")
+        state = setting(config, "ssm_state_size", "mamba_d_state", "state_size")
+        groups = setting(config, "n_groups", "mamba_n_groups")
+        kernel = setting(config, "conv_kernel", "mamba_d_conv")
+        head_dim = mamba_head_dim(config, heads)
         conv = (heads * head_dim + 2 * groups * state) * kernel
         ssm = heads * head_dim * state
     return dict(attention_layers=attention, conv_state=recurrent * conv, ssm_state=recurrent * ssm)
+
+
+def mamba_head_dim(config: dict, heads: int) -> int:
+    """A Mamba-2 head's width: Mamba2's head_dim, NemotronH's mamba_head_dim, FalconH1's mamba_d_head, or where that
+    is "auto", FalconH1's SSM width over the heads (a NemotronH or FalconH1 head_dim is its attention's)."""
+    if config.get("model_type") == "mamba2":
+        return setting(config, "head_dim")
+    if any(config.get(name) not in (None, "auto") for name in ("mamba_head_dim", "mamba_d_head")):
+        return setting(config, "mamba_head_dim", "mamba_d_head")
+    if config.get("mamba_d_ssm") is None:
+        raise missing("mamba_head_dim", "mamba_d_head", "mamba_d_ssm")
+    return config["mamba_d_ssm"] // heads
 
 
 def parameter_count(folder: str) -> int | None:
@@ -287,8 +326,6 @@ def add_arguments(parser) -> None:
 
 def run(args) -> str:
     """The compute plan (with --tokens and --steps), the memory of one GPU (with a model's sizes), or both."""
-    from rlpt.errors import UserError
-
     shape = model_shape(args)
     params = args.params if args.params is not None else (shape.params if shape else None)
     computing = args.tokens is not None or args.steps is not None
@@ -314,8 +351,6 @@ def run(args) -> str:
 
 
 def model_shape(args) -> Shape | None:
-    from rlpt.errors import UserError
-
     if args.model:
         return shape_of(args.model)
     if args.layers is None and args.hidden is None and args.vocab is None:
