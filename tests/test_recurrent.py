@@ -74,8 +74,9 @@ def test_one_forward_leaves_the_states_of_a_pass_in_segments(hybrid_dir, short_c
     for run in (recurrent.segments_pass, recurrent.one_pass):
         model.zero_grad()
         weights = torch.Generator().manual_seed(0)  # the same random weighting of the states in both
-        states, cache = run(model, ids, ends)
-        flat = [x for end in ends for i in sorted(layers) for x in states[end].layers[i][0]]  # conv, SSM at each end
+        states, cache = run(model, ids, [ends] * len(TEXTS))
+        # conv, SSM of every document at each end
+        flat = [x for end in ends for d in range(len(TEXTS)) for i in sorted(layers) for x in states[d, end].layers[i][0]]
         keys = [layer.keys for layer in cache.layers if recurrent_states.attends(layer)]
         loss = sum((torch.randn(x.shape, generator=weights) * x).sum() for x in flat + keys)
         loss.backward()
@@ -143,9 +144,9 @@ def test_a_state_one_token_early_is_caught(hybrid_dir, monkeypatch):
     ref = run_engine(ReferenceEngine(), model, contexts, spec, seed=1)
     for name in ("segments_pass", "one_pass"):  # the pass in segments, and the one forward of Mamba-2 models
         def early(*args, original=getattr(recurrent, name)):
-            *first, ends = args
-            states, cache = original(*first, [e - 1 for e in ends])
-            return {e: states[e - 1] for e in ends}, cache
+            *first, ends_of = args
+            states, cache = original(*first, [[e - 1 for e in ends] for ends in ends_of])
+            return {(d, e): states[d, e - 1] for d, ends in enumerate(ends_of) for e in ends}, cache
 
         monkeypatch.setattr(recurrent, name, early)
     assert supports_recurrent_rows(model) is not None

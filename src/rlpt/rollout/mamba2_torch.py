@@ -147,49 +147,51 @@ def recording_modules(model, recurrent_layers: set[int]) -> list | None:
     return modules
 
 
-def segment_end_states(mixer, chunk_scan, x, B, C, dt, ends: list[int]) -> list[torch.Tensor]:
-    """The mixer's SSM state (b, heads, head_dim, state) after each of `ends` (increasing) tokens of its scan's inputs
-    (b, T, ...), from a zero state. Each segment's own state (from zero, over its tokens only) comes from the model's
-    scan run on the segments apart, left-padded with zeros to a power of two (a zero input leaves a zero state zero;
-    segments of about the same length in one call, so the padding stays under half); a segment then adds its own to
-    the state before it, decayed by its total time step times A."""
-    starts, (b, _, _) = [0] + ends[:-1], x.shape
+def segment_end_states(mixer, chunk_scan, x, B, C, dt, ends_of: list[list[int]]) -> dict[tuple[int, int], torch.Tensor]:
+    """The mixer's SSM state (1, heads, head_dim, state) of document (batch row) d after each of its own ends
+    `ends_of[d]` (increasing) tokens of its scan's inputs (b, T, ...), from a zero state, keyed (d, end): only the
+    states a row reads, never every document's at every document's ends. Each segment's own state (from zero, over its
+    tokens only) comes from the model's scan run on the segments apart, left-padded with zeros to a power of two (a
+    zero input leaves a zero state zero; segments of about the same length in one call, so the padding stays under
+    half); a segment then adds its own to the state before it, decayed by its total time step times A."""
+    segments = [(d, start, end) for d, ends in enumerate(ends_of) for start, end in zip([0] + ends[:-1], ends)]
     heads, groups, size = mixer.num_heads, mixer.n_groups, mixer.ssm_state_size
     A = -torch.exp(mixer.A_log.float())
     step = torch.clamp(F.softplus(dt + mixer.dt_bias.to(dt.dtype)), *mixer.time_step_limit)  # as the scan takes it
     log_decay = step.float() * A  # (b, T, heads)
     by_width: dict[int, list[int]] = {}
-    for k, (start, end) in enumerate(zip(starts, ends)):
+    for k, (_, start, end) in enumerate(segments):
         by_width.setdefault(1 << (end - start - 1).bit_length(), []).append(k)
-    own, decay = [None] * len(ends), [None] * len(ends)
-    for width, segments in by_width.items():
-        index = torch.tensor([[ends[k] - width + j for j in range(width)] for k in segments], device=x.device)
-        real = index >= torch.tensor([starts[k] for k in segments], device=x.device)[:, None]  # the segment's tokens
+    own, decay = [None] * len(segments), [None] * len(segments)
+    for width, picked in by_width.items():
+        docs = torch.tensor([segments[k][0] for k in picked], device=x.device)[:, None]
+        index = torch.tensor([[segments[k][2] - width + j for j in range(width)] for k in picked], device=x.device)
+        real = index >= torch.tensor([segments[k][1] for k in picked], device=x.device)[:, None]  # the segment's tokens
         index = index.clamp(min=0)
 
-        def apart(t, per_token, index=index, real=real):  # (b, T, ...) -> (b * segments, width, *per_token)
-            picked = t[:, index] * real.view(1, *real.shape, *[1] * (t.dim() - 2)).to(t.dtype)
-            return picked.reshape(-1, width, *per_token)
+        def apart(t, per_token, docs=docs, index=index, real=real):  # (b, T, ...) -> (segments, width, *per_token)
+            picked = t[docs, index] * real.view(*real.shape, *[1] * (t.dim() - 2)).to(t.dtype)
+            return picked.reshape(len(picked), width, *per_token)
 
         _, states = chunk_scan(apart(x, (heads, mixer.head_dim)), apart(dt, (heads,)), A, apart(B, (groups, size)),
                                apart(C, (groups, size)), chunk_size=min(width, SHORT_CHUNK), dt_bias=mixer.dt_bias,
                                dt_softplus=True, dt_limit=mixer.time_step_limit, return_final_states=True)
-        states = states.view(b, len(segments), *states.shape[1:]).unbind(1)
-        sums = apart(log_decay, (heads,)).sum(1).view(b, len(segments), heads).unbind(1)  # over each segment's tokens
-        for k, state, total in zip(segments, states, sums):
-            own[k], decay[k] = state, torch.exp(total)
-    state, states = torch.zeros_like(own[0]), []
-    for k in range(len(ends)):  # one small step an end: the states are (b, heads, head_dim, state)
-        state = decay[k][:, :, None, None] * state + own[k]
-        states.append(state)
-    return states
+        sums = apart(log_decay, (heads,)).sum(1)  # (segments, heads): each segment's total log-decay
+        for i, k in enumerate(picked):
+            own[k], decay[k] = states[i : i + 1], torch.exp(sums[i : i + 1])
+    recorded, state = {}, None
+    for k, (d, start, end) in enumerate(segments):  # one small step an end: the states are (1, heads, head_dim, state)
+        state = own[k] if start == 0 else decay[k][:, :, None, None] * state + own[k]
+        recorded[d, end] = state
+    return recorded
 
 
 @contextmanager
-def recorded_segment_ends(modules: list, ends: list[int], records: dict):
+def recorded_segment_ends(modules: list, ends_of: list[list[int]], records: dict):
     """Inside, each Mamba-2 mixer's forward (from an empty cache) also leaves in `records[layer_idx]` its
-    convolution's input and kernel width, and its SSM states after each of `ends` tokens (`segment_end_states`), with
-    their gradients: one forward over the documents gives the states that a pass in segments ending there leaves.
+    convolution's input and kernel width, and the SSM states of each document d after each of `ends_of[d]` tokens
+    (`segment_end_states`), with their gradients: one forward over the documents gives the states that a pass in
+    segments ending there leaves.
     """
     settings = []
     for module in modules:
@@ -201,8 +203,7 @@ def recorded_segment_ends(modules: list, ends: list[int], records: dict):
             return conv(conv1d, hidden_states, cache, layer_idx, *args, **kwargs)
 
         def recording_scan(mixer, x, B, C, dt, cache, *args, scan=scan, chunk_scan=chunk_scan, **kwargs):
-            ssm = segment_end_states(mixer, chunk_scan, x, B, C, dt, ends)
-            records.setdefault(mixer.layer_idx, {})["ssm"] = dict(zip(ends, ssm))
+            records.setdefault(mixer.layer_idx, {})["ssm"] = segment_end_states(mixer, chunk_scan, x, B, C, dt, ends_of)
             return scan(mixer, x, B, C, dt, cache, *args, **kwargs)
 
         settings += [(module, CONV, recording_conv), (module, SCAN, recording_scan)]
@@ -210,9 +211,9 @@ def recorded_segment_ends(modules: list, ends: list[int], records: dict):
         yield
 
 
-def states_at(record: dict, end: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A recorded mixer's (conv, SSM) states after `end` tokens (one of the recorded ends), as its cache would hold
-    them: the convolution's last `width` inputs, zeros before the first token."""
+def states_at(record: dict, doc: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A recorded mixer's (conv, SSM) states of document `doc` after `end` tokens (one of its recorded ends), as its
+    cache would hold them, a batch row of one: the convolution's last `width` inputs, zeros before the first token."""
     inputs, width = record["conv"]
-    conv = inputs[:, :, max(0, end - width) : end]
-    return F.pad(conv, (width - conv.shape[-1], 0)), record["ssm"][end]
+    conv = inputs[doc : doc + 1, :, max(0, end - width) : end]
+    return F.pad(conv, (width - conv.shape[-1], 0)), record["ssm"][doc, end]

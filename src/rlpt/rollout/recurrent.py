@@ -56,33 +56,34 @@ MIN_SEGMENT = 16  # tokens at least in a segment of the update's pass in segment
 # ------------------------------------------------------------------------------------------------ the documents
 @dataclass
 class Documents:
-    """The documents' states at the segments' ends, and their attention layers' keys and values (from the same pass)."""
+    """The documents' states at their segments' ends, and their attention layers' keys and values (from the same
+    pass)."""
 
-    states: dict[int, States]  # {t: the states after x_<t, a batch row per document}
+    states: dict[tuple[int, int], States]  # {(document, t): its states after x_<t, a batch row of one}
     cache: DynamicCache | None  # the pass's cache: its attention layers hold the documents' keys (None: no segment)
 
     def state(self, doc: int, t: int) -> States:
-        """Document `doc`'s states after x_<t (a segment's end)."""
-        return States({i: {k: tuple(None if x is None else x[doc : doc + 1] for x in pair) for k, pair in states.items()}
-                       for i, states in self.states[t].layers.items()})
+        """Document `doc`'s states after x_<t (one of its segments' ends)."""
+        return self.states[doc, t]
 
 
-def segments_pass(model, ids: torch.Tensor, ends: list[int]) -> tuple[dict[int, States], DynamicCache]:
-    """One forward over the documents `ids` (B, T), right-padded, in segments that end at `ends` (increasing, each >
-    0), all documents together, continuing one cache: the states after each end, and the cache (its attention layers
-    hold the documents' keys). A document shorter than an end runs its padding there; no row reads those states."""
+def segments_pass(model, ids: torch.Tensor, ends_of: list[list[int]]) -> tuple[dict, DynamicCache]:
+    """One forward over the documents `ids` (B, T), right-padded, in segments that end at every document's ends (the
+    union of `ends_of`), all documents together, continuing one cache: each document's states after each of its own
+    ends (copied out; the others are not kept), and the cache (its attention layers hold the documents' keys)."""
     device, dtype = ids.device, next(model.parameters()).dtype
     cache = new_cache(model)
     states, start = {}, 0
     with short_chunks(model):
-        for end in ends:
+        for end in sorted(set().union(*ends_of)):
             # causal over the cached tokens and its own: without a mask, attention would align a segment's first token
             # with the first cached key
-            seen = torch.ones(end - start, end, dtype=torch.bool, device=device).tril(start)[None].expand(ids.size(0), -1, -1)
+            seen = torch.ones(end - start, end, dtype=torch.bool, device=device).tril(start)
             model(input_ids=ids[:, start:end], use_cache=True, logits_to_keep=1,
                   **inputs(model, cache, torch.arange(start, end, device=device)[None].expand(ids.size(0), -1),
-                           additive_mask(seen, dtype)))
-            states[end] = taken(cache)
+                           additive_mask(seen, dtype, ids.size(0))))
+            docs = [d for d, ends in enumerate(ends_of) if end in ends]
+            states.update(zip(((d, end) for d in docs), taken(cache, docs)))
             start = end
     return states, cache
 
@@ -101,34 +102,45 @@ def mamba2_pass(model) -> tuple[list, set[int]] | None:
     return MAMBA2_PASS[model][1]
 
 
-def one_pass(model, ids: torch.Tensor, ends: list[int]) -> tuple[dict[int, States], DynamicCache]:
+def one_pass(model, ids: torch.Tensor, ends_of: list[list[int]]) -> tuple[dict, DynamicCache]:
     """`segments_pass` for a model whose recurrent layers are all Mamba-2 mixers (`mamba2_pass`): one forward over the
-    documents, the mixers' states at every end recorded (`recorded_segment_ends`), where a pass in segments runs the
-    whole model once for each segment (and, in the update, backward once for each). A layer whose states were not
-    recorded (a mixer calling other functions than its module's) is an error: the start-up probe runs this too, and
-    falls back to the reference engine with the reason."""
+    documents, the mixers' states at each document's ends recorded (`recorded_segment_ends`), where a pass in segments
+    runs the whole model once for each segment (and, in the update, backward once for each). A layer whose states were
+    not recorded (a mixer calling other functions than its module's) is an error: the start-up probe runs this too,
+    and falls back to the reference engine with the reason."""
     modules, layers = mamba2_pass(model)
     device, dtype = ids.device, next(model.parameters()).dtype
     (rows, length), cache, records = ids.shape, new_cache(model), {}
-    seen = torch.ones(length, length, dtype=torch.bool, device=device).tril()[None].expand(rows, -1, -1)
-    with short_chunks(model), recorded_segment_ends(modules, ends, records):
+    seen = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    with short_chunks(model), recorded_segment_ends(modules, ends_of, records):
         model(input_ids=ids, use_cache=True, logits_to_keep=1,
-              **inputs(model, cache, torch.arange(length, device=device)[None].expand(rows, -1), additive_mask(seen, dtype)))
+              **inputs(model, cache, torch.arange(length, device=device)[None].expand(rows, -1), additive_mask(seen, dtype, rows)))
     missing = sorted(i for i in layers if records.get(i, {}).keys() != {"conv", "ssm"})
     if missing:
         raise RuntimeError(f"the Mamba-2 states of layers {missing} were not recorded in one forward")
-    return {end: States({i: {0: states_at(record, end)} for i, record in records.items()}) for end in ends}, cache
+    return {(d, end): States({i: {0: states_at(record, d, end)} for i, record in records.items()})
+            for d, ends in enumerate(ends_of) for end in ends}, cache
 
 
-def document_states(model, docs: list[list[int]], ends: list[int], pad_id: int = 0) -> Documents:
-    """The documents' states at `ends` (the union of every document's): `one_pass` where the model's recurrent layers
-    are all Mamba-2 mixers, else `segments_pass`."""
-    if not ends:  # every row starts at 0: no segment
+def document_states(model, docs: list[list[int]], ends_of: list[list[int]], pad_id: int = 0) -> Documents:
+    """Each document's states at its own ends (`ends_of[d]`, increasing, each > 0): `one_pass` where the model's
+    recurrent layers are all Mamba-2 mixers, else `segments_pass`."""
+    last = max((ends[-1] for ends in ends_of if ends), default=0)
+    if not last:  # every row starts at 0: no segment
         return Documents({}, None)
     device = next(model.parameters()).device
-    ids = right_pad([doc[: ends[-1]] for doc in docs], pad_id)[0].to(device)
-    ids = F.pad(ids, (0, ends[-1] - ids.size(1)), value=pad_id)  # every document as long as the last end
-    return Documents(*(segments_pass(model, ids, ends) if mamba2_pass(model) is None else one_pass(model, ids, ends)))
+    ids = right_pad([doc[:last] for doc in docs], pad_id)[0].to(device)
+    ids = F.pad(ids, (0, last - ids.size(1)), value=pad_id)  # every document as long as the last end
+    return Documents(*(segments_pass(model, ids, ends_of) if mamba2_pass(model) is None else one_pass(model, ids, ends_of)))
+
+
+def ends_by_document(documents: int, doc_of: list[int], starts: list[int]) -> list[list[int]]:
+    """Each document's segment ends: the starts (> 0) of the rows that continue from it, increasing."""
+    ends = [set() for _ in range(documents)]
+    for d, s in zip(doc_of, starts):
+        if s:
+            ends[d].add(s)
+    return [sorted(e) for e in ends]
 
 
 class Prefix:
@@ -160,7 +172,7 @@ class RecurrentEngine(PackedEngine):
         G = spec.group_size
         docs, doc_of_context, _, _, answers, answer_lengths, s_ema = documents_and_baseline(teacher, contexts, spec)
         positions = [c.position for c in contexts]
-        documents = document_states(policy, docs, sorted(set(positions) - {0}), spec.pad_id)
+        documents = document_states(policy, docs, ends_by_document(len(docs), doc_of_context, positions), spec.pad_id)
         row_context = torch.arange(len(contexts), device=device).repeat_interleave(G)
         row_t = torch.tensor(positions, device=device)[row_context]
         prefix = Prefix(policy, documents, torch.tensor(doc_of_context, device=device)[row_context], row_t)
@@ -194,8 +206,9 @@ class RecurrentEngine(PackedEngine):
         lengths = [len(t) for t in thoughts]
         longest = max(lengths)
         parts, order = [], []
-        for group, forward, gaps in update_rows(model, pieces, doc_of_row, [c.position for c in contexts],
-                                                [[spec.think.open_id] + t[:-1] for t in thoughts], spec.pad_id):
+        groups, passed = update_rows(model, pieces, doc_of_row, [c.position for c in contexts],
+                                     [[spec.think.open_id] + t[:-1] for t in thoughts], spec.pad_id)
+        for group, forward, gaps in groups:
             counts = [lengths[i] for i in group]
             width = max(counts)
             # thought token u of a row is predicted by the output at gap + u (the <think> token and after)
@@ -205,8 +218,10 @@ class RecurrentEngine(PackedEngine):
                 return states.gather(1, index[:, :, None].expand(-1, -1, states.size(-1)))
 
             targets = right_pad([thoughts[i] for i in group], spec.pad_id)[0].to(device)
+            # DDP averages gradients only after a forward of the model it wraps: the documents' pass is one, where it
+            # ran (every row can start at 0: no segment, then the rows run the whole model)
             logp = chosen_logprobs(model, forward, targets, spec.temperature, spec.think.close_id, pick,
-                                   root_forward_runs=True)
+                                   root_forward_runs=passed)
             parts.append(F.pad(logp, (0, longest - width)))
             order += group
         logp = torch.cat(parts)[torch.argsort(torch.tensor(order, device=device))]
@@ -215,20 +230,21 @@ class RecurrentEngine(PackedEngine):
 
 
 def update_rows(model, docs: list[list[int]], doc_of_row: list[int], positions: list[int], tails: list[list[int]],
-                pad_id: int) -> list[tuple[list[int], object, list[int]]]:
+                pad_id: int) -> tuple[list[tuple[list[int], object, list[int]]], bool]:
     """The update's forwards: the pass over `docs` (`document_states`: segments of at least MIN_SEGMENT tokens, or one
     token with `one_pass`, ending where `update_starts` says), then the rows `x_s .. x_{t-1} tail` (t = positions[i], of document doc_of_row[i]) from the
     states at s, rows of similar width in one forward (`width_groups`). Returns, for each group, its rows (indices
     into the arguments), `forward(run)`, which runs them with `run` (the model or its body), and each of its rows' gap
-    t - s: where the row's tail starts."""
+    t - s: where the row's tail starts; and whether the pass over the documents ran (no segment ends: it did not)."""
     # ends shared by every document; one forward makes an end cost next to nothing: every position is one
     starts = update_starts(sorted(set(positions)), MIN_SEGMENT if mamba2_pass(model) is None else 1)
-    documents = document_states(model, docs, sorted(set(starts.values()) - {0}), pad_id)
+    documents = document_states(model, docs, ends_by_document(len(docs), doc_of_row, [starts[t] for t in positions]),
+                                pad_id)
     gaps = [docs[d][starts[t]:t] for d, t in zip(doc_of_row, positions)]
     rows = [gap + tail for gap, tail in zip(gaps, tails)]
     return [(group, rows_forward(model, documents, [rows[i] for i in group], [doc_of_row[i] for i in group],
                                  [starts[positions[i]] for i in group], pad_id), [len(gaps[i]) for i in group])
-            for group in width_groups([len(row) for row in rows])]
+            for group in width_groups([len(row) for row in rows])], documents.cache is not None
 
 
 def rows_forward(model, documents: Documents, rows: list[list[int]], row_doc: list[int], row_start: list[int],
@@ -242,9 +258,9 @@ def rows_forward(model, documents: Documents, rows: list[list[int]], row_doc: li
     ids, width = ids.to(device), ids.size(1)
     start = torch.tensor(row_start, device=device)
     prefix = Prefix(model, documents, torch.tensor(row_doc, device=device), start)
-    own = torch.ones(width, width, dtype=torch.bool, device=device).tril()[None].expand(len(rows), -1, -1)
+    own = torch.ones(width, width, dtype=torch.bool, device=device).tril()
     kwargs = inputs(model, prefix.cache, start[:, None] + torch.arange(width, device=device)[None, :],
-                    additive_mask(own, next(model.parameters()).dtype))
+                    additive_mask(own, next(model.parameters()).dtype, len(rows)))
 
     def forward(run):
         with prefix.attention(model), short_chunks(model):
@@ -327,14 +343,14 @@ def supports_recurrent_rows(model) -> str | None:
     ts = [3, 4, PROBE_LENGTH - 1]  # the update's rows of 3 and 4 start at 0 and carry their context; 23's at 23
     try:
         alone = [model(input_ids=torch.tensor([doc[:t] + row], device=device)).logits[0, t:] for t, row in zip(ts, rows)]
-        documents = document_states(model, [doc], ts)
+        documents = document_states(model, [doc], [ts])
         row_doc, row_t = torch.zeros(3, dtype=torch.long, device=device), torch.tensor(ts, device=device)
         prefix = Prefix(model, documents, row_doc, row_t)
         decode = RecurrentEngine().decoder(model, prefix, row_t, 4)
         with lean_steps(model):
             stepped = torch.stack([decode(torch.tensor([r[j] for r in rows], device=device), j) for j in range(4)], 1)
         batched = [None] * len(rows)
-        for group, forward, gaps in update_rows(model, [doc], [0, 0, 0], ts, rows, 0):
+        for group, forward, gaps in update_rows(model, [doc], [0, 0, 0], ts, rows, 0)[0]:
             logits = forward(model).logits
             for k, (i, g) in enumerate(zip(group, gaps)):
                 batched[i] = logits[k, g : g + 4]

@@ -87,12 +87,15 @@ class States:
                        for i, states in self.layers.items()})
 
 
-def taken(cache: DynamicCache) -> States:
-    """The recurrent states `cache` holds now, copied (a later one-token step would write into them)."""
-    return States({i: {k: (None if layer.conv_states[k] is None else layer.conv_states[k].clone(),
-                           None if layer.recurrent_states[k] is None else layer.recurrent_states[k].clone())
-                       for k in range(layer.number_of_states) if layer.has_previous_state[k]}
-                   for i, layer in enumerate(cache.layers) if is_recurrent(layer)})
+def taken(cache: DynamicCache, rows: list[int]) -> list[States]:
+    """The recurrent states `cache` holds now of each batch row of `rows`, copied (a later step would write into
+    them), a batch row of one each."""
+    def row(x, r):
+        return None if x is None else x[r : r + 1].clone()
+
+    return [States({i: {k: (row(layer.conv_states[k], r), row(layer.recurrent_states[k], r))
+                        for k in range(layer.number_of_states) if layer.has_previous_state[k]}
+                    for i, layer in enumerate(cache.layers) if is_recurrent(layer)}) for r in rows]
 
 
 def rows_cache(model, states: list[States]) -> DynamicCache:
@@ -137,5 +140,5 @@ def fresh_states(model) -> States:
         cache = new_cache(model)
         model(input_ids=torch.zeros(1, 2, dtype=torch.long, device=device), use_cache=True, logits_to_keep=1,
               **inputs(model, cache, torch.arange(2, device=device)[None]))
-        FRESH[model] = taken(cache).zeros()
+        FRESH[model] = taken(cache, [0])[0].zeros()
     return FRESH[model]
