@@ -137,3 +137,61 @@ def test_signed_never_prints_negative_zero():
     from rlpt.model_commands import signed
 
     assert signed(-0.00001) == "+0.000" and signed(-0.5) == "-0.500" and signed(0.25) == "+0.250"
+
+
+def test_eval_answer_contexts_are_the_training_ones(tmp_path):
+    """`rlp.positions=answer`: eval's contexts of a question/answer file are those the trainer makes of it (a thought
+    before each answer, the same prefix and scored tokens), not the second token of each record."""
+    from rlpt.config import DataConfig
+    from rlpt.data import load_documents, make_contexts
+    from rlpt.evaluate import answer_contexts, answer_records, load_eval_set
+    from rlpt.tiny import char_tokenizer
+
+    tokenizer = char_tokenizer()
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text('{"question": "12+34=", "answer": "46."}\n{"question": "Q: 5+5?", "answer": " 10."}\n')
+    trained = make_contexts(list(load_documents(DataConfig(path=str(qa)), tokenizer)), "answer", 0, 0, reward_tokens=3)
+    questions, _ = load_eval_set(str(qa))
+    scored = answer_contexts(tokenizer, str(qa), answer_records(str(qa), questions), 10, reward_tokens=3)
+    assert [(c.prefix, c.scored) for c in scored] == [(c.prefix, c.scored) for c in trained]
+    assert [tokenizer.decode(c.scored) for c in scored] == ["46.", " 10"] and scored[0].position == 7  # <bos>12+34=
+
+
+def test_eval_of_an_answer_run_scores_each_answer_or_says_why_not(llama_dir, tmp_path, capsys):
+    """A run of rlp.positions=answer (question/answer records, one thought before each answer): eval of its folder
+    scores a question/answer file and a built-in set at each answer's first token, where the run trained (the same
+    contexts, so the same numbers, as `first:=` on the same problems), and refuses {"text": ...} documents, which have
+    no answer to score, saying why and naming --positions."""
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text('{"question": "12+34=", "answer": "46."}\n{"question": "5+5=", "answer": "10."}\n')
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text('{"text": "12+34=46."}\n{"text": "5+5=10."}\n')
+    run = tmp_path / "run"
+    assert main(["train", "--output", str(run), "--set", f"model.name_or_path={llama_dir}", "--set", "rlp.group_size=2",
+                 "--set", "rlp.max_thought_tokens=3", "--set", "train.max_steps=1", "--set", "eval.tasks=",
+                 "--set", "rlp.positions=answer", "--set", "rlp.reward_tokens=3", "--set", "train.batch_documents=1",
+                 "--set", f"data.path={qa}"]) == 0
+    capsys.readouterr()
+    common = ["eval", "--model", str(run), "--max-thought-tokens", "3", "--json"]
+
+    def scores(*extra):
+        assert main([*common, *extra]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    answers = scores("--tasks", str(qa))
+    assert (answers["position_rule"], answers["positions"], answers["scored_tokens"], answers["n"]) == ("answer", 2, 3, 2)
+    assert answers["scoring_from"] == "the run's rlp.positions; the run's rlp.reward_tokens"
+    marked = scores("--tasks", str(docs), "--positions", "first:=")
+    builtin = scores("--tasks", "builtin:arith", "--max-questions", "4")
+    builtin_marked = scores("--tasks", "builtin:arith", "--max-questions", "4", "--positions", "first:=")
+    assert (builtin["position_rule"], builtin["positions"]) == ("answer", 4)
+    for key in ("logp_nothink", "logp_think"):
+        assert answers[key] == pytest.approx(marked[key], abs=1e-5)
+        assert builtin[key] == pytest.approx(builtin_marked[key], abs=1e-5)
+    assert main([*common, "--tasks", str(docs)]) == 2
+    err = capsys.readouterr().err
+    assert "rlp.positions=answer" in err and "no answer to score" in err and "--positions" in err
+    assert scores("--tasks", str(docs), "--positions", "all")["positions"] == 9 + 7  # elsewhere, by request
+    assert main(["eval", "--model", str(run), "--tasks", "builtin:arith", "--max-questions", "2",
+                 "--max-thought-tokens", "3"]) == 0
+    assert "the first token of each question's answer" in capsys.readouterr().out

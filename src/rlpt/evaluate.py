@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from rlpt import arith
 from rlpt.data import after_marker, make_contexts
-from rlpt.documents import Document, first_position_after, jsonl_records
+from rlpt.documents import Document, first_position_after, jsonl_records, windows
 from rlpt.errors import UserError
 from rlpt.generation import Chooser, decode, greedy
 from rlpt.models import ThinkTokens
@@ -123,6 +123,25 @@ def document_contexts(tokenizer, texts: list[str], rule: str, limit: int, reward
         if first is not None and len(ids) >= 2:
             docs.append(Document(ids, "eval", first))
     return make_contexts(docs, rule, seed=0, step=0, reward_tokens=reward_tokens)[:limit]
+
+
+def answer_records(spec: str, questions: list[dict]) -> list[tuple[str, int]]:
+    """(text, answer_at) of each question/answer pair of an evaluation set, as `rlp.positions=answer` trains on one:
+    the question followed by its answer, which starts at character `answer_at`. A JSONL file's pair as the training
+    corpus reads the record (question + answer); a built-in set's problem as its document writes it (question,
+    answer, period: the RLVR records of `rlpt experiment --post`); a reasoning-gym prompt (`...Answer:`), a space,
+    then the answer."""
+    tail = "{}." if spec.startswith("builtin:") else " {}" if spec.startswith("reasoning_gym:") else "{}"
+    return [(q["question"] + tail.format(q["answer"]), len(q["question"])) for q in questions]
+
+
+def answer_contexts(tokenizer, spec: str, records: list[tuple[str, int]], limit: int, reward_tokens: int = 1) -> list:
+    """The first `limit` contexts of `answer_records`: one per record, at the first token of its answer (where
+    `rlp.positions=answer` puts the thought), each scoring `reward_tokens` tokens from there on."""
+    docs = []
+    for number, (text, answer_at) in enumerate(records, start=1):
+        docs += windows(text, f"{spec} (question {number})", tokenizer, 1 << 30, None, answer_at)  # one window
+    return make_contexts(docs, "answer", seed=0, step=0, reward_tokens=reward_tokens)[:limit]
 
 
 def check_eval_set(spec: str, key: str = "--tasks") -> None:

@@ -17,6 +17,8 @@ def cmd_eval(args) -> int:
         raise UserError("--reward-tokens must be >= 1")
     check_model_source(checkpoint.source(args.model), "--model")
     questions, documents = evaluate.load_eval_set(args.tasks, args.max_questions)  # read before a model is built
+    rule, tokens, origin = document_scoring(args, checkpoint.run_config(args.model))
+    records = answer_records(args, rule, questions, documents)  # what `answer` scores, or why it cannot
     model, tokenizer, think = load_model_and_tokenizer(checkpoint.source(args.model))
     result = {"model": args.model, "tasks": args.tasks, "think": args.think}
     if questions:
@@ -27,9 +29,9 @@ def cmd_eval(args) -> int:
             dict(question=q["question"], answer=q["answer"], thought=o["thought"], predicted=o["answer"], correct=c)
             for q, o, c in list(zip(questions, qa["outputs"], qa["correct"]))[:5]
         ]
-    if documents:
-        rule, tokens, origin = document_scoring(args, checkpoint.run_config(args.model))
-        contexts = evaluate.document_contexts(tokenizer, documents, rule, args.max_positions, tokens)
+    if records or (documents and rule != "answer"):
+        contexts = (evaluate.answer_contexts(tokenizer, args.tasks, records, args.max_positions, tokens) if records
+                    else evaluate.document_contexts(tokenizer, documents, rule, args.max_positions, tokens))
         if not contexts:
             raise UserError(f"--tasks {args.tasks}: no usable position under rule {rule!r}")
         metric = evaluate.intrinsic(model, tokenizer, think, contexts, max_thought_tokens=args.max_thought_tokens)
@@ -55,9 +57,10 @@ def builtin_rule(tasks: str) -> str:
 def document_scoring(args, run) -> tuple[str, int, str]:
     """Where and what the intrinsic metric scores: the position rule, the tokens scored from x_t on, and where they
     come from. By default what the model's run trained on: its rlp.reward_tokens, and its rlp.positions where the rule
-    reads the text (all, every:, after:, first:) or the set is the run's own (its data.path or eval.tasks: a list or
-    random rule names places in the run's documents only). Otherwise the answer of a built-in set's documents, or
-    every position of one's own documents, one token each. --positions and --reward-tokens override."""
+    reads the text (all, every:, after:, first:, answer: the answer of each question/answer pair, `answer_records`)
+    or the set is the run's own (its data.path or eval.tasks: a list or random rule names places in the run's
+    documents only). Otherwise the answer of a built-in set's documents, or every position of one's own documents,
+    one token each. --positions and --reward-tokens override."""
     from rlpt.suites import ANSWER_TOKENS  # a built-in set's documents are scored on their whole answer
 
     own_set = run is not None and args.tasks in (run.data.path, run.eval.tasks)
@@ -76,10 +79,29 @@ def document_scoring(args, run) -> tuple[str, int, str]:
     return rule, tokens, where if where == what else f"{where}; {what}"
 
 
+def answer_records(args, rule: str, questions: list[dict], documents: list[str]) -> list[tuple[str, int]]:
+    """Under the `answer` rule (a run of `rlp.positions=answer`, or --positions answer): the set's question/answer
+    pairs as that rule trains on them (`evaluate.answer_records`), scored at each answer's first token. A `{"text":
+    ...}` document of a JSONL file has no answer to put the thought before: an error, before a model is built, that
+    names --positions (no other rule finds the place the run trained at in plain text). [] under any other rule."""
+    from rlpt import evaluate
+
+    if rule != "answer":
+        return []
+    where = "--positions answer" if args.positions else "the run's rlp.positions=answer (where it trained)"
+    own_documents = documents and not args.tasks.startswith(("builtin:", "reasoning_gym:"))  # a set's are its problems
+    if own_documents or not questions:
+        raise UserError(f'--tasks {args.tasks}: {len(documents)} {{"text": ...}} document(s), and {where} scores the '
+                        "first token of the answer of each question/answer record, one thought before each answer: a "
+                        'document has no answer to score there. Evaluate a file of {"question": ..., "answer": ...} '
+                        "records, or score the documents elsewhere with --positions RULE (e.g. --positions all)")
+    return evaluate.answer_records(args.tasks, questions)
+
+
 def describe_positions(rule: str) -> str:
     kind, _, text = rule.partition(":")
-    return {"all": "every position", "first": f"the first token after {text!r}",
-            "after": f"every token after {text!r}"}.get(kind, f"positions {rule}")
+    return {"all": "every position", "first": f"the first token after {text!r}", "answer": "the first token of each "
+            "question's answer", "after": f"every token after {text!r}"}.get(kind, f"positions {rule}")
 
 
 def eval_summary(result: dict, has_questions: bool) -> str:
