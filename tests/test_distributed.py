@@ -175,3 +175,28 @@ def test_a_checkpoint_resumes_under_the_other_setting(tmp_path, llama_dir, corpu
     assert_same_metrics(metrics(straight), metrics(switched))
     start = [p.detach() for p in load_model_and_tokenizer(llama_dir)[0].parameters()]
     assert_same_weights(straight, switched, start)
+
+
+def test_recurrent_rows_without_a_documents_pass_average_gradients_across_ranks(tmp_path, corpus):
+    """The recurrent engine (a tiny Qwen3Next) with thoughts at t = 5 only: no position is MIN_SEGMENT (16) tokens
+    into its document, so the update runs no pass over the documents and each row from the empty prefix. Its
+    forwards must then run the DDP-wrapped model (not its body), whose forward hook is what averages gradients
+    across ranks: 2 processes with batch b train like 1 process with batch 2b (gradients left per rank would make
+    the ranks' weights, and so the metrics after step 1, differ)."""
+    from conftest import save_hybrid
+
+    model = save_hybrid(tmp_path / "qwen3_next", "qwen3_next")
+    one, two = tmp_path / "one", tmp_path / "two"
+
+    def recurrent_settings(per_rank_batch):
+        return [*settings(corpus, model, "ddp", per_rank_batch, max_steps=3), "--set", "rlp.positions=list:5",
+                "--set", "rlp.group_size=2", "--set", "rlp.max_thought_tokens=3", "--set", "train.checkpoint_every=3"]
+
+    train_one(one, *recurrent_settings(4))
+    train_two(two, *recurrent_settings(2))
+    for run in (one, two):
+        assert json.loads((run / "summary.json").read_text())["engine"] == "recurrent"
+    assert_same_metrics(metrics(one), metrics(two))
+    assert [r["contexts"] for r in metrics(one)] == [4, 4, 4]  # every document holds t = 5: one thought place each
+    start = [p.detach() for p in load_model_and_tokenizer(model)[0].parameters()]
+    assert_same_weights(one, two, start)
