@@ -156,13 +156,16 @@ def main() -> None:
 
 def predicted_update_mb(vocab: int, group_size: int, thought_tokens: int) -> float:
     """What `rlpt plan` says the update adds (gradients, activations, a log-prob chunk) for the model above."""
-    from rlpt.plan import Shape, memory
+    from rlpt.memory import StepSettings, update_parts
+    from rlpt.plan import Shape
 
     shape = Shape(layers=2, hidden=64, vocab=vocab, heads=2, kv_heads=2, head_dim=32, intermediate=128)
-    parts = memory(shape, group_size, thought_tokens, doc_tokens=64, micro_batch_thoughts=group_size)
-    update = ("gradients (float32)", "update activations (one micro-batch)", "log-prob chunk",
-              "output head's gradient of one chunk")
-    return sum(parts[k] for k in update) / 2**20
+    settings = StepSettings(group_size=group_size, thought_tokens=thought_tokens, doc_tokens=64, documents=1,
+                            positions=1)
+    parts = update_parts(shape, settings, group_size)
+    update = ("update: the thought rows' activations", "update: the documents' activations", "update: log-prob chunk",
+              "update: the output head's gradient of one chunk")
+    return (4 * shape.params + sum(parts[k] for k in update)) / 2**20  # with the gradients
 
 
 if __name__ == "__main__":

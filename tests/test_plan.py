@@ -33,52 +33,74 @@ def test_cli(capsys):
     assert "--params must be > 0" in capsys.readouterr().err
 
 
-def test_memory_by_hand_and_the_largest_micro_batch():
-    from rlpt.plan import Shape, largest_micro_batch, memory
+def test_memory_by_hand_and_the_chunks_that_fit():
+    from rlpt.memory import StepSettings, chunks_that_fit, fixed_parts, rollout_parts, step_parts, update_parts
+    from rlpt.plan import Shape
 
     shape = Shape(layers=2, hidden=4, vocab=10, heads=2, kv_heads=1, head_dim=2, intermediate=8)
     # tied embedding 40; per layer: attention 4 * 2 * (2 * 2 + 2 * 1) = 48, MLP 3 * 4 * 8 = 96, norms 8 -> 152;
     # the final norm 4
     assert shape.params == 40 + 2 * 152 + 4
-    parts = memory(shape, group_size=3, thought_tokens=5, doc_tokens=7, micro_batch_thoughts=2)
     n = 348
-    assert parts["weights (float32)"] == 4 * n and parts["Adam moments (float32)"] == 8 * n
-    assert parts["decoding KV cache (document once, G thought rows)"] == (2 * 2 * 1 * 2 * 4) * (7 + 3 * 5)
-    # 10 thought tokens, each layer keeps 10 * 4 + 4 * 8 + 2 * 2 * (7 + 5) = 120 floats a token
-    assert parts["update activations (one micro-batch)"] == 10 * 120 * 4 * 2
-    assert parts["log-prob chunk"] == 4 * 4 * 10 * 10  # fewer logits than a chunk holds: all of them, 4 copies
-    assert parts["output head's gradient of one chunk"] == 0  # float32: added in place
-    assert memory(shape, 3, 5, 7, 2, compute_bytes=2)["output head's gradient of one chunk"] == 2 * 2 * 10 * 4
-    checkpointed = memory(shape, group_size=3, thought_tokens=5, doc_tokens=7, micro_batch_thoughts=2, checkpointing=True)
-    assert checkpointed["update activations (one micro-batch)"] == 10 * (120 * 4 + 2 * 4 * 4)  # one layer + inputs
-    # the next-token term: 4 documents of 7 tokens, each layer keeps 10 * 4 + 4 * 8 + 2 * 2 * 7 = 100 floats a token,
-    # 28 * 100 * 4 * 2 layers = 22,400 bytes; the update's 9,600 are held already. Its 28 tokens' logits (280) make
-    # the chunk
-    with_term = memory(shape, group_size=3, thought_tokens=5, doc_tokens=7, micro_batch_thoughts=2, next_token_documents=4)
-    assert with_term["next-token term's activations beyond the update's"] == 28 * 100 * 4 * 2 - 10 * 120 * 4 * 2
-    assert with_term["log-prob chunk"] == 4 * 4 * 28 * 10
-    assert parts["next-token term's activations beyond the update's"] == 0
-    fixed = sum(memory(shape, 3, 5, 7, micro_batch_thoughts=1).values())
-    one_more = sum(memory(shape, 3, 5, 7, micro_batch_thoughts=2).values())
-    assert largest_micro_batch(shape, (fixed + one_more) / 2, group_size=3, thought_tokens=5, doc_tokens=7) == 1
-    assert largest_micro_batch(shape, 1.0, group_size=3, thought_tokens=5, doc_tokens=7) == 0
+    assert fixed_parts(shape) == {"weights (float32)": 4 * n, "gradients (float32)": 4 * n,
+                                  "Adam moments (float32)": 8 * n, "EMA teacher (float32)": 4 * n}
+    settings = StepSettings(group_size=3, thought_tokens=5, doc_tokens=7, documents=2, positions=2)
+    # the rollout of 6 rows (2 contexts, in both documents at most): a token's keys and values are 2 (k, v) x 2 layers
+    # x 1 head x 2 wide x 4 bytes = 32; each row holds <think>, 5 thought tokens, </think> and 1 scored token; a
+    # decoding step 24 bytes a logit
+    rollout = rollout_parts(shape, settings, 6)
+    assert rollout["rollout: the documents' keys and values"] == 32 * 7 * 2
+    assert rollout["rollout: the rows' own keys and values"] == 32 * 6 * 8
+    assert rollout["rollout: a decoding step's logits"] == 24 * 6 * 10
+    assert rollout["rollout: recurrent states of the rows and their positions"] == 0
+    # the update of 2 thoughts (10 tokens, of contexts in both documents): a thought token keeps, in each of the 2
+    # layers, 10 * 4 + 2 heads * 2 * (7 + 5) = 88 values of attention and 4 * 8 = 32 of the MLP: 240 values, 960 bytes
+    update = update_parts(shape, settings, 2)
+    assert update["update: the thought rows' activations"] == 10 * 960
+    # a document token: (10 * 4 + 2 * 2 * 7) * 2 + 32 * 2 = 200 values
+    assert update["update: the documents' activations"] == 2 * 7 * 200 * 4
+    assert update["update: log-prob chunk"] == 4 * 4 * 10 * 10  # fewer logits than a chunk holds: all, 4 copies
+    assert update["update: the output head's gradient of one chunk"] == 0  # float32: added in place
+    half = StepSettings(group_size=3, thought_tokens=5, doc_tokens=7, documents=2, positions=2, compute_bytes=2)
+    assert update_parts(shape, half, 2)["update: the output head's gradient of one chunk"] == 2 * 2 * 10 * 4
+    checkpointed = StepSettings(group_size=3, thought_tokens=5, doc_tokens=7, documents=2, positions=2, checkpointing=True)
+    # one layer's 480 bytes at a time, and every layer's input (2 x 4 values)
+    assert update_parts(shape, checkpointed, 2)["update: the thought rows' activations"] == 10 * (480 + 2 * 4 * 4)
+    # the next-token term: 4 documents of 7 tokens of 800 bytes = 22,400, beyond the update's 9,600 + 11,200; its 28
+    # tokens' logits (280) make the chunk
+    term = StepSettings(group_size=3, thought_tokens=5, doc_tokens=7, documents=2, positions=2, next_token_documents=4)
+    with_term = update_parts(shape, term, 2)
+    assert with_term["update: the next-token term's activations beyond the update's"] == 22_400 - 9_600 - 11_200
+    assert with_term["update: log-prob chunk"] == 4 * 4 * 28 * 10
+    assert update["update: the next-token term's activations beyond the update's"] == 0
+    # the peak: the fixed parts and the larger phase's
+    assert step_parts(shape, settings, 6, 2) == {**fixed_parts(shape), **update}
+    fixed = sum(fixed_parts(shape).values())
+    budget = fixed + sum(update_parts(shape, settings, 3).values()) - 1
+    chunks = chunks_that_fit(shape, settings, budget)
+    assert chunks.micro_batch_thoughts == 2 and chunks.fits
+    assert chunks.rollout_rows == max(r for r in range(3, 13, 3) if fixed + sum(rollout_parts(shape, settings, r).values()) <= budget)
+    assert not chunks_that_fit(shape, settings, 1.0).fits
+    given = chunks_that_fit(shape, settings, 1.0, rollout_rows=9, micro_batch_thoughts=5)
+    assert (given.rollout_rows, given.micro_batch_thoughts) == (9, 5)
 
 
 def test_the_shape_of_a_model_folder_gives_its_parameter_count(llama_dir, capsys):
     from rlpt.cli import main
+    from rlpt.memory import StepSettings, chunks_that_fit
     from rlpt.models import load_model_and_tokenizer
     from rlpt.plan import shape_of
 
     model, _, _ = load_model_and_tokenizer(llama_dir)
     assert shape_of(llama_dir).params == sum(p.numel() for p in model.parameters())
     assert main(["plan", "--params", "1e6", "--tokens", "1e5", "--steps", "10", "--model", llama_dir,
-                 "--gpu-memory", "1"]) == 0
+                 "--memory", "1"]) == 0
     out = capsys.readouterr().out
-    from rlpt.plan import largest_micro_batch
-
-    fits = largest_micro_batch(shape_of(llama_dir), 2**30, group_size=16, thought_tokens=2048, doc_tokens=512)
-    assert "update activations (one micro-batch)" in out and f"train.micro_batch_thoughts that fits 1 GiB: {fits}" in out
-    assert 0 < fits < 16  # at L = 2048 the activations of 16 thoughts do not fit a GiB, one does
+    # rlpt train's defaults: G = 16, L = 2,048, 8 documents of 512 tokens, every position
+    chunks = chunks_that_fit(shape_of(llama_dir), StepSettings(), 2**30)
+    assert f"train.rollout_rows {chunks.rollout_rows}, train.micro_batch_thoughts {chunks.micro_batch_thoughts}" in out
+    assert "phases beside the fixed parts: rollout" in out
+    assert 0 < chunks.micro_batch_thoughts < 16  # at L = 2048 the activations of 16 thoughts do not fit a GiB, one does
 
 
 def test_plan_gives_memory_alone_from_a_models_sizes(llama_dir, capsys):
@@ -108,7 +130,6 @@ def test_plan_gives_memory_alone_from_a_models_sizes(llama_dir, capsys):
 # Mamba2: 2 Mamba layers, no attention.
 HYBRID_STATES = {"nemotron_h": (1, 2 * 192, 2 * 256), "falcon_h1": (2, 2 * 192, 2 * 256),
                  "qwen3_next": (1, 192, 128), "mamba2": (0, 2 * 192, 2 * 256)}
-RECURRENT = "recurrent states (conv and SSM; the position's and G rows')"
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "mistral", "gemma3", "gpt2", "gpt_neox", *HYBRID_STATES])
@@ -118,6 +139,7 @@ def test_plan_reads_the_model_folder_of_every_family(arch, tmp_path, capsys):
     KV cache in every layer; hybrids count their recurrent layers' states as the config sizes them."""
     from conftest import save_hybrid, save_tiny
 
+    from rlpt.memory import state_bytes
     from rlpt.plan import shape_of
 
     folder = save_hybrid(tmp_path, arch) if arch in HYBRID_STATES else save_tiny(tmp_path, arch)
@@ -128,9 +150,9 @@ def test_plan_reads_the_model_folder_of_every_family(arch, tmp_path, capsys):
     if arch in HYBRID_STATES:
         assert (shape.kv_layers, shape.conv_state, shape.ssm_state) == HYBRID_STATES[arch]
         _, conv, ssm = HYBRID_STATES[arch]
-        assert parts[RECURRENT] == (conv * 4 + ssm * 4) * (1 + 16)  # float32, the position's and G = 16 rows'
+        assert state_bytes(shape, 4) == conv * 4 + ssm * 4  # a row's, float32
     else:
-        assert (shape.kv_layers, shape.conv_state, shape.ssm_state) == (2, 0, 0) and parts[RECURRENT] == 0
+        assert (shape.kv_layers, shape.conv_state, shape.ssm_state) == (2, 0, 0) and state_bytes(shape, 4) == 0
 
 
 @pytest.mark.parametrize("layout, named", [

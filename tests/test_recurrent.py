@@ -214,7 +214,8 @@ def test_plan_counts_the_recurrent_states_of_a_row(hybrid_dir, capsys):
     """`rlpt plan --model DIR` counts a row's conv and SSM states as the model's own cache holds them, the KV cache of
     its attention layers only, and gives the micro-batch that fits."""
     from rlpt.cli import main
-    from rlpt.plan import memory, shape_of
+    from rlpt.memory import state_bytes
+    from rlpt.plan import shape_of
 
     model, _, _ = load_model_and_tokenizer(hybrid_dir)
     states = recurrent.fresh_states(model)
@@ -224,8 +225,7 @@ def test_plan_counts_the_recurrent_states_of_a_row(hybrid_dir, capsys):
     assert (shape.conv_state, shape.ssm_state) == (conv, ssm)
     assert shape.params == sum(p.numel() for p in model.parameters())
     assert shape.kv_layers == sum(recurrent_states.attends(layer) for layer in recurrent_states.cache_layers(model))
-    parts = memory(shape, group_size=3, thought_tokens=5, doc_tokens=7, micro_batch_thoughts=2)
-    assert parts["recurrent states (conv and SSM; the position's and G rows')"] == (conv * 4 + ssm * 4) * (1 + 3)
-    assert main(["plan", "--model", hybrid_dir, "--gpu-memory", "1"]) == 0
+    assert state_bytes(shape, 4) == conv * 4 + ssm * 4
+    assert main(["plan", "--model", hybrid_dir, "--memory", "1", "--positions", "random:8"]) == 0
     out = capsys.readouterr().out
-    assert "recurrent states (conv and SSM" in out and "train.micro_batch_thoughts that fits 1 GiB:" in out
+    assert "recurrent states of the rows and their positions" in out and "chunks for 1.0 GiB: train.rollout_rows" in out

@@ -272,3 +272,63 @@ def test_next_token_term_of_a_model_without_a_split_runs_in_micro_batches(llama_
     assert abs(whole - split) < 1e-6
     for w, s in zip(whole_grads, split_grads):
         torch.testing.assert_close(w, s, atol=1e-6, rtol=1e-5)
+
+
+def test_a_rollout_in_chunks_equals_one_pass_packed(llama_dir, tmp_path):
+    rollout_in_chunks_equals_one_pass(llama_dir, tmp_path, "packed")
+
+
+def test_a_rollout_in_chunks_equals_one_pass_recurrent(hybrid_dir, tmp_path):
+    rollout_in_chunks_equals_one_pass(hybrid_dir, tmp_path, "recurrent")
+
+
+def rollout_in_chunks_equals_one_pass(folder, tmp_path, engine):
+    """The step's rows decoded a group at a time (train.rollout_rows = G) against all at once: the same thoughts,
+    rewards, log-probs and weights after the step, on the packed engine (Llama) and the recurrent one (each hybrid)."""
+    from rlpt.rollout import make_engine
+
+    texts = ("123+456=579. and more", "98+76=174.", "5+5=10. the end of it")
+    outcomes = []
+    for rows in (4, 1000):  # 4: one group a chunk
+        trainer = make_trainer(folder, tmp_path, f"train.rollout_rows={rows}", "rlp.positions=random:3", texts=texts)
+        trainer.engine = make_engine(engine, trainer.policy)
+        assert trainer.engine.name == engine
+        trainer.optimizer = torch.optim.SGD(trainer.policy.parameters(), lr=1e-2)  # moves with the gradients
+        outcome = trainer.rlp_step(0)
+        outcomes.append((outcome, params(trainer.policy)))
+    (chunked, chunked_params), (whole, whole_params) = outcomes
+    assert len(whole.rollouts.contexts) == 9 and chunked.metrics["rollout_rows"] == 4
+    assert chunked.rollouts.thoughts == whole.rollouts.thoughts
+    assert chunked.rollouts.contexts == whole.rollouts.contexts
+    torch.testing.assert_close(chunked.rewards, whole.rewards, atol=1e-5, rtol=0)
+    torch.testing.assert_close(chunked.rollouts.s_ema, whole.rollouts.s_ema, atol=1e-5, rtol=0)
+    assert abs(chunked.metrics["loss"] - whole.metrics["loss"]) < 1e-6
+    for p, q in zip(chunked_params, whole_params):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
+
+
+def test_chunks_are_sized_to_the_memory_budget(llama_dir, tmp_path):
+    """train.memory_gb sizes both chunks by rlpt.memory's count: a large budget takes the whole step at once; one
+    just short of two groups' rollout gives one group a chunk, and the largest micro-batch whose update fits (counted
+    one by one here); given sizes are kept."""
+    from rlpt.memory import fixed_parts, rollout_parts, update_parts
+
+    trainer = make_trainer(llama_dir, tmp_path, "train.memory_gb=64")
+    assert (trainer.chunks.rollout_rows, trainer.chunks.micro_batch_thoughts) == (24, 24)  # 3 documents x 2 x G = 4
+    shape, settings = trainer_shape(trainer)
+    fixed = sum(fixed_parts(shape).values())
+    budget = fixed + sum(rollout_parts(shape, settings, 8).values()) - 1
+    tight = make_trainer(llama_dir, tmp_path, f"train.memory_gb={budget / 2**30}")
+    fitting = [m for m in range(1, 25) if fixed + sum(update_parts(shape, settings, m).values()) <= budget]
+    assert tight.chunks.rollout_rows == 4 and tight.chunks.micro_batch_thoughts == max(fitting, default=1)
+    given = make_trainer(llama_dir, tmp_path, "train.memory_gb=64", "train.rollout_rows=8", "train.micro_batch_thoughts=3")
+    assert (given.chunks.rollout_rows, given.chunks.micro_batch_thoughts) == (8, 3)
+
+
+def trainer_shape(trainer):
+    from rlpt.memory import StepSettings
+    from rlpt.plan import config_shape
+
+    shape = config_shape(trainer.policy.config.to_dict())
+    shape.counted_params = sum(p.numel() for p in trainer.policy.parameters())
+    return shape, StepSettings(group_size=4, thought_tokens=5, doc_tokens=512, documents=3, positions=2)

@@ -106,8 +106,15 @@ class TrainConfig:
     batch_documents: int = 8
     """Documents per optimizer step per process (every chosen position of each gets G thoughts); N processes take
     N times as many."""
-    micro_batch_thoughts: int = 256
-    """Thoughts per forward/backward chunk (gradient accumulation); lowers memory, not the result."""
+    micro_batch_thoughts: int = 0
+    """Thoughts per forward/backward chunk of the update (gradient accumulation); lowers memory, not the result.
+    0: as many as fit `train.memory_gb`, by `rlpt plan`'s arithmetic."""
+    rollout_rows: int = 0
+    """Thought rows decoded at once (rounded down to whole groups of G, one group at least); the step's rollout runs
+    in chunks of them, with the same thoughts and rewards as one pass. 0: as many as fit `train.memory_gb`."""
+    memory_gb: float = 0.0
+    """GiB one process may use, which the two chunks above are sized to when 0. 0: the device's (a GPU's memory; on
+    CPU what the system has available when the run starts)."""
     gradient_checkpointing: bool = False
     """Recompute each decoder layer of the update's thought rows in the backward instead of keeping its activations:
     less memory for long thoughts, the same gradients, about one more forward of time."""
@@ -311,7 +318,9 @@ def validate(cfg: Config) -> None:
         (cfg.data.max_length >= 2, "data.max_length must be >= 2"),
         (cfg.train.lr > 0, "train.lr must be > 0"),
         (cfg.train.batch_documents >= 1, "train.batch_documents must be >= 1"),
-        (cfg.train.micro_batch_thoughts >= 1, "train.micro_batch_thoughts must be >= 1"),
+        (cfg.train.micro_batch_thoughts >= 0, "train.micro_batch_thoughts must be >= 0 (0: sized to train.memory_gb)"),
+        (cfg.train.rollout_rows >= 0, "train.rollout_rows must be >= 0 (0: sized to train.memory_gb)"),
+        (cfg.train.memory_gb >= 0, "train.memory_gb must be >= 0 (0: the device's)"),
         (cfg.train.max_steps >= 0, "train.max_steps must be >= 0"),
         (cfg.train.grad_clip >= 0, "train.grad_clip must be >= 0"),
         (cfg.train.checkpoint_every >= 0, "train.checkpoint_every must be >= 0"),

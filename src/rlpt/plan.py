@@ -63,6 +63,12 @@ class Shape:
     conv_state: int = 0  # per row: the recurrent layers' convolution states, values (in the compute dtype)
     ssm_state: int = 0  # per row: their SSM / linear-attention states, float32 values
     counted_params: int | None = None  # the model's own count, where known
+    recurrent_layers: int = 0  # layers with recurrent state (Mamba-2 mixers, gated DeltaNet)
+    conv_kernel: int = 1  # their convolution's width
+    scan_heads: int = 0  # a recurrent layer's heads
+    mixer_width: int = 0  # a recurrent layer's inner width (heads x head_dim)
+    scan_chunk: int = 256  # the model's own scan chunk
+    mlp_layers: int | None = None  # layers with an MLP (NemotronH's are layers of their own); None: all
 
     @property
     def params(self) -> int:
@@ -77,6 +83,10 @@ class Shape:
     @property
     def kv_layers(self) -> int:
         return self.layers if self.attention_layers is None else self.attention_layers
+
+    @property
+    def layers_with_mlp(self) -> int:
+        return self.layers if self.mlp_layers is None else self.mlp_layers
 
 
 def shape_of(folder: str) -> Shape:
@@ -160,9 +170,10 @@ def recurrent_sizes(config: dict, layers: int) -> dict:
         return dict(attention_layers=attention) if kinds else {}
     if config.get("linear_num_value_heads"):  # gated DeltaNet (Qwen3Next)
         key_heads, key_dim = setting(config, "linear_num_key_heads"), setting(config, "linear_key_head_dim")
-        value_heads, value_dim = config["linear_num_value_heads"], setting(config, "linear_value_head_dim")
-        conv = (2 * key_heads * key_dim + value_heads * value_dim) * setting(config, "linear_conv_kernel_dim")
-        ssm = value_heads * key_dim * value_dim
+        heads, head_dim = config["linear_num_value_heads"], setting(config, "linear_value_head_dim")
+        kernel = setting(config, "linear_conv_kernel_dim")
+        conv = (2 * key_heads * key_dim + heads * head_dim) * kernel
+        ssm = heads * key_dim * head_dim
     else:  # a Mamba-2 mixer, under each family's names
         heads = setting(config, "mamba_num_heads", "mamba_n_heads", "num_heads")
         state = setting(config, "ssm_state_size", "mamba_d_state", "state_size")
@@ -171,7 +182,11 @@ def recurrent_sizes(config: dict, layers: int) -> dict:
         head_dim = mamba_head_dim(config, heads)
         conv = (heads * head_dim + 2 * groups * state) * kernel
         ssm = heads * head_dim * state
-    return dict(attention_layers=attention, conv_state=recurrent * conv, ssm_state=recurrent * ssm)
+    pattern = config.get("hybrid_override_pattern")
+    mlp = sum(c in "-E" for c in pattern) if pattern else (0 if config.get("model_type") in ("mamba2", "mamba") else None)
+    return dict(attention_layers=attention, conv_state=recurrent * conv, ssm_state=recurrent * ssm,
+                recurrent_layers=recurrent, conv_kernel=kernel, scan_heads=heads, mixer_width=heads * head_dim,
+                scan_chunk=config.get("chunk_size") or config.get("mamba_chunk_size") or 256, mlp_layers=mlp)
 
 
 def mamba_head_dim(config: dict, heads: int) -> int:
@@ -200,87 +215,45 @@ def parameter_count(folder: str) -> int | None:
         return None
 
 
-# float32 values the update keeps per thought token and layer for the backward, besides attention: the layer's input,
-# normed input, q/k/v, rotated q/k, attention output and its projection, residual, normed residual (about 10 x hidden)
-# and the MLP's gate, up, activation and product (4 x intermediate). Attention keeps its scores and their softmax.
-ACTIVATIONS_PER_HIDDEN, ACTIVATIONS_PER_INTERMEDIATE, ATTENTION_COPIES = 10, 4, 2
-# float32 copies of a log-prob chunk's logits at once: the logits (turned into their gradient in place in the backward),
-# the exponentials inside the log-sum-exp, and what the allocator holds between chunks: 3.1 measured on CPU
-# (`bench/memory.py`'s run at 8k, chunks of 2^24 against 2^20 logits), rounded up
-LOGIT_COPIES = 4
+def step_settings(args) -> "StepSettings":
+    from rlpt.memory import StepSettings, positions_per_document
+
+    return StepSettings(group_size=args.group_size, thought_tokens=args.thought_tokens, doc_tokens=args.doc_tokens,
+                        documents=args.documents, positions=positions_per_document(args.positions, args.doc_tokens),
+                        reward_tokens=args.reward_tokens, compute_bytes=2 if args.bf16 else 4,
+                        checkpointing=args.gradient_checkpointing, next_token_documents=args.next_token_documents)
 
 
-def memory(shape: Shape, group_size: int, thought_tokens: int, doc_tokens: int, micro_batch_thoughts: int,
-           compute_bytes: int = 4, checkpointing: bool = False, next_token_documents: int = 0) -> dict[str, float]:
-    """Bytes on one GPU of training one context's group (DDP: every GPU holds all of it), by part. The master
-    weights, their gradients, Adam's two moments and the EMA teacher are float32; the KV cache of decoding and the
-    activations are in the compute dtype (`compute_bytes`). The update runs `micro_batch_thoughts` thoughts at a time,
-    and takes its log-probs a chunk of at most CHUNK_ELEMENTS logits at a time (`rlpt.logprobs`). The next-token term
-    (`train.next_token_documents` documents of `doc_tokens`, 0: none) runs its forward and backward before the
-    update's, so only what its activations need beyond the update's counts; its log-probs are chunked too. (Under
-    DDP or FSDP the term takes its full logits, in micro-batches of at most CHUNK_ELEMENTS logits, one document at
-    least: 3 float32 copies of those, not counted here.)"""
-    from rlpt.logprobs import CHUNK_ELEMENTS
+def memory_report(shape: Shape, args) -> dict:
+    """The chunks `rlpt train` would take (given, or sized to the budget: --memory, else this machine's available
+    memory, as training finds it), the parts of the step's peak with them, and each phase's total."""
+    from rlpt.memory import available_memory, chunks_that_fit, rollout_parts, step_parts, update_parts
 
-    n = shape.params
-    kv = 2 * shape.kv_layers * shape.kv_heads * shape.head_dim * compute_bytes  # bytes of one token's keys and values
-    states = shape.conv_state * compute_bytes + shape.ssm_state * 4  # bytes of one row's recurrent states
-    tokens = micro_batch_thoughts * thought_tokens
-    kept_layers = 1 if checkpointing else shape.layers  # checkpointed: one layer's at a time, plus every layer input
-    activations = tokens * (token_activations(shape, doc_tokens + thought_tokens, compute_bytes) * kept_layers
-                            + (shape.layers * shape.hidden * compute_bytes if checkpointing else 0))
-    next_token = next_token_documents * doc_tokens * token_activations(shape, doc_tokens, compute_bytes) * shape.layers
-    logits = LOGIT_COPIES * 4 * min(CHUNK_ELEMENTS, max(tokens, next_token_documents * doc_tokens) * shape.vocab)
-    return {
-        "weights (float32)": 4 * n, "gradients (float32)": 4 * n, "Adam moments (float32)": 8 * n,
-        "EMA teacher (float32)": 4 * n,
-        "decoding KV cache (document once, G thought rows)": kv * (doc_tokens + group_size * thought_tokens),
-        # the recurrent engine: the states at the context's position, and each of the G rows' own
-        "recurrent states (conv and SSM; the position's and G rows')": states * (1 + group_size),
-        "update activations (one micro-batch)": activations,
-        "next-token term's activations beyond the update's": max(0, next_token - activations), "log-prob chunk": logits,
-        # float32: added into the gradient in place; bfloat16: the head's weight cast once, and a chunk's product
-        "output head's gradient of one chunk": 0 if compute_bytes == 4 else 2 * compute_bytes * shape.vocab * shape.hidden,
-    }
+    import torch
 
-
-def token_activations(shape: Shape, context: int, compute_bytes: int) -> int:
-    """Bytes one token keeps for the backward in one layer, attending to `context` tokens."""
-    return (ACTIVATIONS_PER_HIDDEN * shape.hidden + ACTIVATIONS_PER_INTERMEDIATE * shape.intermediate
-            + ATTENTION_COPIES * shape.heads * context) * compute_bytes
-
-
-def largest_micro_batch(shape: Shape, gpu_bytes: float, **kwargs) -> int:
-    """The most thoughts per update chunk whose total fits `gpu_bytes` (0: not even one)."""
-    best = 0
-    for m in range(1, kwargs["group_size"] + 1):
-        if sum(memory(shape, micro_batch_thoughts=m, **kwargs).values()) <= gpu_bytes:
-            best = m
-    return best
-
-
-def memory_settings(args) -> dict:
-    return dict(group_size=args.group_size, thought_tokens=args.thought_tokens, doc_tokens=args.doc_tokens,
-                compute_bytes=2 if args.bf16 else 4, checkpointing=args.gradient_checkpointing,
-                next_token_documents=args.next_token_documents)
-
-
-def memory_parts(shape: Shape, args) -> dict[str, float]:
-    return memory(shape, micro_batch_thoughts=args.micro_batch_thoughts, **memory_settings(args))
+    settings = step_settings(args)
+    budget = args.memory * 2**30 if args.memory else available_memory(torch.device("cpu"))
+    chunks = chunks_that_fit(shape, settings, budget, args.rollout_rows, args.micro_batch_thoughts)
+    return dict(settings=settings, budget=budget, chunks=chunks,
+                parts=step_parts(shape, settings, chunks.rollout_rows, chunks.micro_batch_thoughts),
+                phases={"rollout": sum(rollout_parts(shape, settings, chunks.rollout_rows).values()),
+                        "update": sum(update_parts(shape, settings, chunks.micro_batch_thoughts).values())})
 
 
 def format_memory(shape: Shape, args) -> str:
-    settings = memory_settings(args)
-    parts = memory(shape, micro_batch_thoughts=args.micro_batch_thoughts, **settings)
+    report = memory_report(shape, args)
+    s, chunks, parts = report["settings"], report["chunks"], report["parts"]
     width = max(len(k) for k in parts)
-    lines = [f"memory on one GPU, {shape.params / 1e6:,.1f}M parameters, G = {args.group_size}, L = "
-             f"{args.thought_tokens}, {args.micro_batch_thoughts} thoughts a micro-batch:"]
+    lines = [f"memory of one process, {shape.params / 1e6:,.1f}M parameters, G = {s.group_size}, L = "
+             f"{s.thought_tokens}, {s.documents} documents of {s.doc_tokens} tokens x {s.positions} positions "
+             f"({s.rows:,} rows a step)",
+             f"  chunks for {report['budget'] / 2**30:.1f} GiB{'' if args.memory else ' (this machine available)'}: "
+             f"train.rollout_rows {chunks.rollout_rows}, train.micro_batch_thoughts {chunks.micro_batch_thoughts}"
+             + ("" if chunks.fits else "  (even these do not fit: shard with train.parallel=fsdp, or LoRA)")]
     lines += [f"  {name:<{width}}  {value / 2**30:8.2f} GiB" for name, value in parts.items()]
-    lines.append(f"  {'total':<{width}}  {sum(parts.values()) / 2**30:8.2f} GiB")
-    if args.gpu_memory:
-        fits = largest_micro_batch(shape, args.gpu_memory * 2**30, **settings)
-        lines.append(f"  train.micro_batch_thoughts that fits {args.gpu_memory:g} GiB: "
-                     + (str(fits) if fits else "none (shard with train.parallel=fsdp, or LoRA)"))
+    lines.append(f"  {'total (the peak)':<{width}}  {sum(parts.values()) / 2**30:8.2f} GiB")
+    lines.append(f"  phases beside the fixed parts: rollout {report['phases']['rollout'] / 2**30:.2f} GiB, update "
+                 f"{report['phases']['update'] / 2**30:.2f} GiB")
     return "\n".join(lines)
 
 
@@ -315,13 +288,19 @@ def add_arguments(parser) -> None:
     shape.add_argument("--model", help="a Hugging Face model folder: its config.json gives the sizes")
     for flag in ("layers", "hidden", "vocab", "heads", "kv-heads", "head-dim", "intermediate"):
         shape.add_argument(f"--{flag}", type=int)
-    shape.add_argument("--doc-tokens", type=int, default=512, help="tokens of a context's document")
-    shape.add_argument("--micro-batch-thoughts", type=int, default=16, help="train.micro_batch_thoughts")
+    shape.add_argument("--doc-tokens", type=int, default=512, help="tokens of a document (data.max_length)")
+    shape.add_argument("--documents", type=int, default=8, help="documents a step a process (train.batch_documents)")
+    shape.add_argument("--positions", default="all", help="rlp.positions (all, every:K, random:N, list:...)")
+    shape.add_argument("--reward-tokens", type=int, default=1, help="rlp.reward_tokens")
+    shape.add_argument("--rollout-rows", type=int, default=0, help="train.rollout_rows (default 0: sized to --memory)")
+    shape.add_argument("--micro-batch-thoughts", type=int, default=0, help="train.micro_batch_thoughts (default 0: "
+                       "sized to --memory)")
     shape.add_argument("--bf16", action="store_true", help="model.dtype bfloat16 (activations and KV cache)")
     shape.add_argument("--gradient-checkpointing", action="store_true", help="train.gradient_checkpointing")
     shape.add_argument("--next-token-documents", type=int, default=0, help="train.next_token_documents of a "
                        "next-token term beside RLP (train.next_token_data; default 0: none), each of --doc-tokens")
-    shape.add_argument("--gpu-memory", type=float, help="GiB of one GPU: the largest micro-batch that fits")
+    shape.add_argument("--memory", "--gpu-memory", type=float, help="GiB one process may use (train.memory_gb; "
+                       "default: this machine's available memory, as rlpt train finds it)")
 
 
 def run(args) -> str:
@@ -345,8 +324,12 @@ def run(args) -> str:
     if args.json:
         import json
 
-        return json.dumps({**(asdict(p) if p else {}), **({"memory_bytes": memory_parts(shape, args)} if shape else {})},
-                          indent=1)
+        memory = {}
+        if shape:
+            report = memory_report(shape, args)
+            memory = {"memory_bytes": report["parts"], "phase_bytes": report["phases"],
+                      "chunks": asdict(report["chunks"]), "memory_budget_bytes": report["budget"]}
+        return json.dumps({**(asdict(p) if p else {}), **memory}, indent=1)
     return "\n".join(([format_plan(p, args)] if p else []) + ([format_memory(shape, args)] if shape else []))
 
 

@@ -17,6 +17,7 @@ import json
 import math
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -29,10 +30,12 @@ from rlpt.baselines.rpt import rpt_rewards
 from rlpt.data import Document, make_contexts
 from rlpt.distributed import World, gathered
 from rlpt.ema import EmaTeacher
+from rlpt.errors import UserError
 from rlpt.generation import hash_key, right_pad, temperature_sampler
 from rlpt.logprobs import CHUNK_ELEMENTS, output_head
 from rlpt.pretrain import next_token_loss
 from rlpt.rollout import Context, Rollouts, RolloutSpec
+from rlpt.rollout.base import chunked_rollout
 
 
 @dataclass
@@ -114,6 +117,42 @@ class RlpTrainer:
             fused=device.type in ("cpu", "cuda"),
         )
         self.state = {"step": 0, "nonfinite_skipped": 0}
+        self.chunks = self.chunk_sizes()
+
+    def chunk_sizes(self):
+        """The rows decoded at once and the thoughts of an update micro-batch: `train.rollout_rows` and
+        `train.micro_batch_thoughts`, each sized to `train.memory_gb` (or the device's memory) where 0, by `rlpt plan`'s
+        arithmetic (`rlpt.memory`); the smallest over the ranks, which must run as many micro-batches."""
+        from rlpt.memory import Chunks, StepSettings, available_memory, chunks_that_fit, positions_per_document
+        from rlpt.plan import config_shape
+
+        cfg = self.cfg
+        given = (cfg.train.rollout_rows, cfg.train.micro_batch_thoughts)
+        if all(given):
+            return Chunks(*given, fits=True)
+        model = self.policy.get_base_model() if hasattr(self.policy, "get_base_model") else self.policy
+        model = getattr(model, "module", model)  # DDP's wrapped model
+        try:
+            shape = config_shape(model.config.get_text_config().to_dict())
+        except UserError as exc:
+            warnings.warn(f"train.memory_gb: rlpt cannot read this model's layout ({exc}); the chunks left at 0 "
+                          f"are 256 thoughts (set train.rollout_rows and train.micro_batch_thoughts)", stacklevel=2)
+            return Chunks(given[0] or 256, given[1] or 256, fits=True)
+        shape.counted_params = sum(p.numel() for p in model.parameters())
+        dtype_bytes = 2 if cfg.model.dtype == "bfloat16" else 4
+        settings = StepSettings(
+            group_size=cfg.rlp.group_size, thought_tokens=cfg.rlp.max_thought_tokens, doc_tokens=cfg.data.max_length,
+            documents=cfg.train.batch_documents, positions=positions_per_document(cfg.rlp.positions, cfg.data.max_length),
+            reward_tokens=cfg.rlp.reward_tokens, compute_bytes=dtype_bytes, checkpointing=cfg.train.gradient_checkpointing,
+            next_token_documents=cfg.train.next_token_documents if self.next_token_documents else 0)
+        budget = cfg.train.memory_gb * 2**30 if cfg.train.memory_gb else available_memory(self.device)
+        chunks = chunks_that_fit(shape, settings, budget, *given)
+        sizes = distributed.all_gather([chunks.rollout_rows, chunks.micro_batch_thoughts])
+        chunks = Chunks(min(s[0] for s in sizes), min(s[1] for s in sizes), chunks.fits)
+        if not chunks.fits and self.world.main:
+            warnings.warn(f"train.memory_gb: one group and one thought a micro-batch exceed {budget / 2**30:.1f} GiB by "
+                          f"rlpt plan's count; the run may run out of memory", stacklevel=2)
+        return chunks
 
     # ------------------------------------------------------------------------------------------------ one step
     def step_documents(self, step: int) -> tuple[list[Document], int]:
@@ -133,11 +172,15 @@ class RlpTrainer:
             contexts = [self.stand_in_context(docs)]
         if not self.ema.initialized:
             self.ema.init_from(self.policy)  # lazy: phi <- theta at the first batch
-        # a thought's draws are keyed by (document slot, t, g): the same on any number of ranks
+        # a thought's draws are keyed by (document slot, t, g): the same on any number of ranks, in any chunks
         row_keys = [hash_key(first + c.doc, c.position, g) for c in contexts for g in range(G)]
-        sampler = temperature_sampler(cfg.rlp.temperature, hash_key(cfg.train.seed, step), row_keys)
+
+        def sampler_for(begin: int, end: int):
+            return temperature_sampler(cfg.rlp.temperature, hash_key(cfg.train.seed, step), row_keys[begin * G : end * G])
+
         with self.autocast(), gathered(self.policy):
-            rollouts = self.engine.rollout(self.policy, self.ema.model, contexts, self.spec, sampler)
+            rollouts = chunked_rollout(self.engine, self.policy, self.ema.model, contexts, self.spec, sampler_for,
+                                       max(1, self.chunks.rollout_rows // G))
         rewards = self.rewards(rollouts, docs)  # (B, G)
         advantages = (objective.rank_advantages(rewards, SIGNAL_TOLERANCE) if cfg.rlp.rank_advantages
                       else objective.group_advantages(rewards, normalize_std=cfg.rlp.normalize_advantages))
@@ -182,7 +225,8 @@ class RlpTrainer:
             clip_frac=clipped / max(tokens, 1), kl=kl, grad_norm=grad_norm, contexts=int(every["contexts"].sum()),
             document_tokens=int(every["document_tokens"].sum()), skipped=not applied, updates=applied,
             nonfinite_skipped=self.state["nonfinite_skipped"], groups_with_signal=every["signal"].mean().item(),
-            distinct_thoughts_mean=every["distinct"].mean().item(),
+            distinct_thoughts_mean=every["distinct"].mean().item(), rollout_rows=self.chunks.rollout_rows,
+            micro_batch_thoughts=self.chunks.micro_batch_thoughts,
         )
         if next_token:
             metrics["next_token_loss"] = distributed.all_sum([sum(next_token) / len(next_token)], self.device)[0] / self.world.size
@@ -221,7 +265,7 @@ class RlpTrainer:
         weights are theta_old's), a filled one is read (a later update)."""
         logp_old = [] if logp_old is None else logp_old
         first_update = not logp_old
-        rlp, size = self.cfg.rlp, self.cfg.train.micro_batch_thoughts
+        rlp, size = self.cfg.rlp, self.chunks.micro_batch_thoughts
         rows = [] if idle else list(range(len(rollouts.thoughts)))
         counts = distributed.all_gather(len(rows))
         chunks = [rows[i : i + size] for i in range(0, len(rows), size)]

@@ -42,6 +42,22 @@ class Rollouts:
         return torch.tensor([not t or t[-1] != close_id for t in self.thoughts])
 
 
+def chunked_rollout(engine, policy, teacher, contexts: list[Context], spec: RolloutSpec, sampler_for,
+                    contexts_per_chunk: int) -> Rollouts:
+    """`engine.rollout` over `contexts` in chunks of `contexts_per_chunk` consecutive contexts (G rows each), so that
+    the rows decoded at once stay bounded; `sampler_for(first, end)` gives the sampler of contexts[first:end]. A row's
+    draws depend only on its key and its own logits, so the chunks sample what one pass would."""
+    parts = [engine.rollout(policy, teacher, contexts[first : first + contexts_per_chunk], spec,
+                            sampler_for(first, min(first + contexts_per_chunk, len(contexts))))
+             for first in range(0, len(contexts), contexts_per_chunk)]
+    if len(parts) == 1:
+        return parts[0]
+    right = None if any(p.answer_right is None for p in parts) else torch.cat([p.answer_right for p in parts])
+    return Rollouts([c for p in parts for c in p.contexts], [t for p in parts for t in p.thoughts],
+                    torch.cat([p.s_pred for p in parts]), torch.cat([p.s_ema for p in parts]),
+                    torch.cat([p.predicted for p in parts]), right)
+
+
 @contextmanager
 def layers_checkpointed(model, enabled: bool, attention=None):
     """Inside, each of the model's decoder layers (transformers' `GradientCheckpointingLayer`) keeps no activations

@@ -1,0 +1,223 @@
+"""One RLP step's memory, by part, and the chunks of it that fit a budget: what `rlpt plan` prints and what `rlpt train`
+sizes its chunks by (`train.memory_gb`, `train.rollout_rows`, `train.micro_batch_thoughts`).
+
+Besides the float32 weights, gradients, Adam moments and EMA teacher, a step holds one of two phases at a time:
+- the rollout of a chunk of rows decoded at once (G rows a context): the chunk's documents' keys and values, each
+  row's own keys and values (the thought, its tags and the scored tokens), a decoding step's logits (float32, and the
+  sampler's float64 CDF); with recurrent state, each row's states and each position's, and the documents' pass (its
+  recorded convolution inputs, one layer's scan buffers);
+- the update of a micro-batch of thoughts, forward and backward over their documents: every layer's activations of
+  the rows and of the documents, a log-prob chunk, the next-token term; with recurrent state, the states of the rows
+  and of their positions with their gradients, and every recurrent layer's scan buffers.
+The peak is the fixed part and the larger phase. Sizes are per process (DDP: every GPU holds all of its share).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from rlpt.plan import Shape
+
+# float32 values the update keeps per thought token and layer for the backward, besides attention: the layer's input,
+# normed input, q/k/v, rotated q/k, attention output and its projection, residual, normed residual (about 10 x hidden)
+# and the MLP's gate, up, activation and product (4 x intermediate). Attention keeps its scores and their softmax.
+ACTIVATIONS_PER_HIDDEN, ACTIVATIONS_PER_INTERMEDIATE, ATTENTION_COPIES = 10, 4, 2
+# a Mamba-2 mixer keeps about this many values of its inner width per token: the input projection's parts, the
+# convolution's input and output, the scan's inputs in float32 and its output, the gate
+ACTIVATIONS_PER_MIXER_WIDTH = 8
+# float32 copies of a log-prob chunk's logits at once: the logits (turned into their gradient in place in the backward),
+# the exponentials inside the log-sum-exp, and what the allocator holds between chunks: 3.1 measured on CPU
+# (`bench/memory.py`'s run at 8k, chunks of 2^24 against 2^20 logits), rounded up
+LOGIT_COPIES = 4
+# bytes a decoding step holds per row and vocabulary entry: the float32 logits and their log-softmax, and the
+# sampler's float64 probabilities and cumulative sum
+DECODING_LOGIT_BYTES = 4 + 4 + 8 + 8
+# the scan's chunked form keeps, per chunk, a state per head (the chunk's own, the carried one and a copy) and, per
+# token, three (chunk x heads) intra-chunk matrices (`mamba2_chunk_scan`)
+SCAN_STATE_COPIES, SCAN_INTRA_COPIES = 3, 3
+MAX_SCAN_CHUNKS = 16  # the engine scans a sequence in at most this many chunks (`mamba2_torch.scan_chunk`), up to the
+SHORT_CHUNK = 16  # model's own chunk and down to this
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """What one step's memory depends on besides the model: `rlpt train`'s settings (per process)."""
+
+    group_size: int = 16
+    thought_tokens: int = 2048
+    doc_tokens: int = 512  # data.max_length: a document window's tokens at most
+    documents: int = 8  # train.batch_documents
+    positions: int = 511  # contexts a document (rlp.positions; `all`: every position)
+    reward_tokens: int = 1
+    compute_bytes: int = 4
+    checkpointing: bool = False
+    next_token_documents: int = 0
+
+    @property
+    def contexts(self) -> int:
+        return self.documents * self.positions
+
+    @property
+    def rows(self) -> int:
+        return self.contexts * self.group_size
+
+
+def positions_per_document(rule: str, doc_tokens: int) -> int:
+    """How many contexts `rlp.positions` makes in a document of `doc_tokens` (at most; one for the marker rules)."""
+    kind, _, value = rule.partition(":")
+    if kind in ("all", "after"):  # after:TEXT: every position after the first TEXT
+        return doc_tokens - 1
+    if kind == "every":
+        return max(1, (doc_tokens - 1) // int(value))
+    if kind == "random":
+        return min(int(value), doc_tokens - 1)
+    if kind == "list":
+        return len(value.split(","))
+    return 1  # first:TEXT, answer: one a document (a JSONL record)
+
+
+def scan_chunk(length: int, model_chunk: int) -> int:
+    """The chunk a Mamba-2 scan of `length` tokens runs in, in the engine's forwards: at most MAX_SCAN_CHUNKS chunks
+    (their states grow with the count; the intra-chunk matrices with the chunk), a power of two from SHORT_CHUNK up to
+    the model's own chunk."""
+    wanted = 1 << max(0, math.ceil(length / MAX_SCAN_CHUNKS) - 1).bit_length()
+    return max(SHORT_CHUNK, min(model_chunk, wanted))
+
+
+def kv_bytes(shape: Shape, compute_bytes: int) -> int:
+    """One token's keys and values over the attention layers."""
+    return 2 * shape.kv_layers * shape.kv_heads * shape.head_dim * compute_bytes
+
+
+def state_bytes(shape: Shape, compute_bytes: int) -> int:
+    """One row's recurrent states: the conv states in the compute dtype, the SSM states in float32."""
+    return shape.conv_state * compute_bytes + shape.ssm_state * 4
+
+
+def scan_bytes(shape: Shape, length: int) -> int:
+    """One sequence's buffers in one recurrent layer's chunked scan, float32."""
+    if not shape.ssm_state:
+        return 0
+    chunk = scan_chunk(length, shape.scan_chunk)
+    chunks = math.ceil(length / chunk)
+    per_layer_state = shape.ssm_state // shape.recurrent_layers
+    heads = shape.scan_heads
+    return 4 * (SCAN_STATE_COPIES * (chunks + 1) * per_layer_state + SCAN_INTRA_COPIES * chunks * chunk * chunk * heads)
+
+
+def token_activations(shape: Shape, context: int, compute_bytes: int) -> int:
+    """Bytes one token keeps for the backward over all layers, attending to `context` tokens."""
+    attention = (ACTIVATIONS_PER_HIDDEN * shape.hidden + ATTENTION_COPIES * shape.heads * context) * shape.kv_layers
+    mlp = ACTIVATIONS_PER_INTERMEDIATE * shape.intermediate * shape.layers_with_mlp
+    mixers = ACTIVATIONS_PER_MIXER_WIDTH * shape.mixer_width * shape.recurrent_layers
+    return (attention + mlp + mixers) * compute_bytes
+
+
+def documents_spanned(settings: StepSettings, contexts: int) -> int:
+    """Documents a run of `contexts` consecutive contexts reads at most (a document's contexts are consecutive)."""
+    return min(settings.documents, math.ceil(contexts / settings.positions) + 1)
+
+
+def fixed_parts(shape: Shape) -> dict[str, float]:
+    n = shape.params
+    return {"weights (float32)": 4 * n, "gradients (float32)": 4 * n, "Adam moments (float32)": 8 * n,
+            "EMA teacher (float32)": 4 * n}
+
+
+def rollout_parts(shape: Shape, settings: StepSettings, rows: int) -> dict[str, float]:
+    """What decoding `rows` rows at once holds (rows of whole groups)."""
+    s, cb = settings, settings.compute_bytes
+    contexts = math.ceil(rows / s.group_size)
+    docs = documents_spanned(s, contexts)
+    width = s.thought_tokens + 2 + s.reward_tokens  # <think>, the thought, </think>, the scored tokens
+    conv_inputs = shape.conv_state // max(shape.conv_kernel, 1) * s.doc_tokens * cb  # every layer's, recorded
+    return {
+        "rollout: the documents' keys and values": kv_bytes(shape, cb) * s.doc_tokens * docs,
+        "rollout: the rows' own keys and values": kv_bytes(shape, cb) * rows * width,
+        "rollout: a decoding step's logits": DECODING_LOGIT_BYTES * rows * shape.vocab,
+        "rollout: recurrent states of the rows and their positions": state_bytes(shape, cb) * (rows + contexts),
+        "rollout: the documents' pass (conv inputs, a layer's scan)": docs * (conv_inputs + scan_bytes(shape, s.doc_tokens)),
+    }
+
+
+def update_parts(shape: Shape, settings: StepSettings, thoughts: int) -> dict[str, float]:
+    """What the forward and backward of a micro-batch of `thoughts` thoughts holds."""
+    from rlpt.logprobs import CHUNK_ELEMENTS
+
+    s, cb = settings, settings.compute_bytes
+    contexts = math.ceil(thoughts / s.group_size) + 1
+    docs = documents_spanned(s, contexts)
+    tokens = thoughts * s.thought_tokens
+    per_token = token_activations(shape, s.doc_tokens + s.thought_tokens, cb)
+    if s.checkpointing:  # one layer's at a time, plus every layer's input
+        per_token = per_token // shape.layers + shape.layers * shape.hidden * cb
+    rows = tokens * per_token
+    documents = docs * s.doc_tokens * token_activations(shape, s.doc_tokens, cb)
+    next_token = s.next_token_documents * s.doc_tokens * token_activations(shape, s.doc_tokens, cb)
+    logits = LOGIT_COPIES * 4 * min(CHUNK_ELEMENTS, max(tokens, s.next_token_documents * s.doc_tokens) * shape.vocab)
+    layers = shape.recurrent_layers
+    return {
+        "update: the thought rows' activations": rows,
+        "update: the documents' activations": documents,
+        "update: the next-token term's activations beyond the update's": max(0, next_token - rows - documents),
+        "update: log-prob chunk": logits,
+        # float32: added into the gradient in place; bfloat16: the head's weight cast once, and a chunk's product
+        "update: the output head's gradient of one chunk": 0 if cb == 4 else 2 * cb * shape.vocab * shape.hidden,
+        # the states the rows start from and their positions', and their gradients
+        "update: recurrent states of the rows and their positions": 2 * state_bytes(shape, cb) * (thoughts + contexts),
+        "update: scan buffers (every recurrent layer)": layers * (thoughts * scan_bytes(shape, s.thought_tokens)
+                                                                  + docs * scan_bytes(shape, s.doc_tokens)),
+    }
+
+
+def step_parts(shape: Shape, settings: StepSettings, rollout_rows: int, micro_batch_thoughts: int) -> dict[str, float]:
+    """The parts of the step's peak: the fixed ones and those of its larger phase."""
+    rollout = rollout_parts(shape, settings, rollout_rows)
+    update = update_parts(shape, settings, micro_batch_thoughts)
+    return {**fixed_parts(shape), **(rollout if sum(rollout.values()) >= sum(update.values()) else update)}
+
+
+@dataclass(frozen=True)
+class Chunks:
+    rollout_rows: int  # rows decoded at once (whole groups)
+    micro_batch_thoughts: int  # thoughts a forward and backward of the update
+    fits: bool  # whether even these fit the budget
+
+
+def chunks_that_fit(shape: Shape, settings: StepSettings, budget: float, rollout_rows: int = 0,
+                    micro_batch_thoughts: int = 0) -> Chunks:
+    """The largest rollout chunk (whole groups, up to the step's rows) and update micro-batch (up to its thoughts)
+    whose step fits `budget` bytes; a size given (> 0) is kept. At least one group and one thought."""
+    fixed = sum(fixed_parts(shape).values())
+    G, rows = settings.group_size, settings.rows
+
+    def largest(cost, most: int, unit: int) -> int:
+        low, high = 1, max(1, most // unit)  # in units; cost is increasing in the count
+        while low < high:
+            middle = (low + high + 1) // 2
+            low, high = (middle, high) if fixed + sum(cost(middle * unit).values()) <= budget else (low, middle - 1)
+        return low * unit
+
+    rollout = rollout_rows or largest(lambda r: rollout_parts(shape, settings, r), rows, G)
+    micro = micro_batch_thoughts or largest(lambda m: update_parts(shape, settings, m), rows, 1)
+    fits = fixed + max(sum(rollout_parts(shape, settings, rollout).values()),
+                       sum(update_parts(shape, settings, micro).values())) <= budget
+    return Chunks(rollout, micro, fits)
+
+
+def available_memory(device) -> float:
+    """Bytes this process may use: a GPU's total memory, or on CPU what the system has available now (MemAvailable:
+    free memory and caches it can drop), this process's resident memory included."""
+    import torch
+
+    if device.type == "cuda":
+        return float(torch.cuda.get_device_properties(device).total_memory)
+    fields = {}
+    with open("/proc/meminfo") as handle:
+        for line in handle:
+            name, value = line.split(":", 1)
+            fields[name] = int(value.split()[0]) * 1024
+    with open("/proc/self/status") as handle:
+        resident = next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmRSS:"))
+    return float(fields.get("MemAvailable", fields["MemTotal"]) + resident)
