@@ -105,13 +105,15 @@ def test_recurrent_equals_reference(hybrid_dir, positions, reward_tokens, min_se
     position an end) and in segments (Qwen3Next always; the others with `one_forward` off), where most of the
     update's rows start before their position and carry the tokens between (up to 15 of them; with segments of 2
     tokens, one); with no cost to a forward, the update runs a forward for every row width, its rows out of order;
-    with the engine's Mamba-2 scans in chunks of 2 tokens where the model's are 4 (`short_chunks`)."""
+    with the engine's Mamba-2 scans in chunks of 2 tokens where the model's are 4 (`short_chunks`). The recurrent
+    mixers' outputs are scaled up first, so that a row started from wrong (zero) states shows."""
     if not one_forward:
         monkeypatch.setattr(recurrent, "mamba2_pass", lambda model: None)
     monkeypatch.setattr(recurrent, "MIN_SEGMENT", min_segment)
     monkeypatch.setattr(recurrent, "GROUP_COST", group_cost)
     monkeypatch.setattr(mamba2_torch, "SHORT_CHUNK", short_chunk)
     model, tok, think = load_model_and_tokenizer(hybrid_dir)
+    scale_mixers(model)
     docs = [Document(tok(t)["input_ids"], f"d{i}") for i, t in enumerate(TEXTS)]
     contexts = make_contexts(docs, positions, seed=0, step=0, reward_tokens=reward_tokens)[:12]
     spec = RolloutSpec(group_size=3, max_thought_tokens=5, temperature=0.7, think=think, pad_id=tok.pad_token_id,
@@ -128,6 +130,14 @@ def test_recurrent_equals_reference(hybrid_dir, positions, reward_tokens, min_se
     assert got[5].keys() == ref[5].keys()
     for name in ref[5]:
         torch.testing.assert_close(got[5][name], ref[5][name], atol=2e-4, rtol=1e-3)
+
+
+def scale_mixers(model, factor: float = 100.0) -> None:
+    """At these tiny models' random initialisation a recurrent mixer adds about 1e-5 to the residual stream: too little
+    for a wrong state to show. Scaled up, it shows."""
+    with torch.no_grad():
+        for mixer in [m for m in model.modules() if hasattr(m, "A_log")]:
+            mixer.out_proj.weight *= factor
 
 
 def test_a_state_one_token_early_is_caught(hybrid_dir, monkeypatch):
@@ -229,3 +239,16 @@ def test_plan_counts_the_recurrent_states_of_a_row(hybrid_dir, capsys):
     assert main(["plan", "--model", hybrid_dir, "--memory", "1", "--positions", "random:8"]) == 0
     out = capsys.readouterr().out
     assert "recurrent states of the rows and their positions" in out and "chunks for 1.0 GiB: train.rollout_rows" in out
+
+
+def test_gradient_checkpointing_is_refused_on_the_recurrent_engine(tmp_path, capsys):
+    """train.gradient_checkpointing with the recurrent engine: a clear error at start, not a setting silently ignored."""
+    from conftest import save_hybrid
+
+    from rlpt.cli import main
+
+    folder = save_hybrid(tmp_path / "model", "nemotron_h")
+    assert main(["train", "--output", str(tmp_path / "run"), "--set", f"model.name_or_path={folder}",
+                 "--set", "data.path=builtin:arith", "--set", "train.gradient_checkpointing=true", "--set", "eval.tasks=",
+                 "--set", "rlp.group_size=2", "--set", "rlp.max_thought_tokens=2", "--set", "train.max_steps=1"]) == 2
+    assert "recurrent engine does not recompute layers" in capsys.readouterr().err

@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 
 from rlpt.plan import Shape
+from rlpt.rollout.mamba2_torch import scan_chunk
 
 # float32 values the update keeps per thought token and layer for the backward, besides attention: the layer's input,
 # normed input, q/k/v, rotated q/k, attention output and its projection, residual, normed residual (about 10 x hidden)
@@ -36,8 +37,6 @@ DECODING_LOGIT_BYTES = 4 + 4 + 8 + 8
 # the scan's chunked form keeps, per chunk, a state per head (the chunk's own, the carried one and a copy) and, per
 # token, three (chunk x heads) intra-chunk matrices (`mamba2_chunk_scan`)
 SCAN_STATE_COPIES, SCAN_INTRA_COPIES = 3, 3
-MAX_SCAN_CHUNKS = 16  # the engine scans a sequence in at most this many chunks (`mamba2_torch.scan_chunk`), up to the
-SHORT_CHUNK = 16  # model's own chunk and down to this
 
 
 @dataclass(frozen=True)
@@ -75,14 +74,6 @@ def positions_per_document(rule: str, doc_tokens: int) -> int:
     if kind == "list":
         return len(value.split(","))
     return 1  # first:TEXT, answer: one a document (a JSONL record)
-
-
-def scan_chunk(length: int, model_chunk: int) -> int:
-    """The chunk a Mamba-2 scan of `length` tokens runs in, in the engine's forwards: at most MAX_SCAN_CHUNKS chunks
-    (their states grow with the count; the intra-chunk matrices with the chunk), a power of two from SHORT_CHUNK up to
-    the model's own chunk."""
-    wanted = 1 << max(0, math.ceil(length / MAX_SCAN_CHUNKS) - 1).bit_length()
-    return max(SHORT_CHUNK, min(model_chunk, wanted))
 
 
 def kv_bytes(shape: Shape, compute_bytes: int) -> int:

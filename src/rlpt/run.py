@@ -152,6 +152,10 @@ def train_in_folder(world: distributed.World, cfg, run_dir: Path, device: torch.
     engine = make_engine(cfg.rlp.engine, policy, cfg.rlp.compile_decoding)  # probes the unwrapped model
     if world.main:
         print(f"rlpt: engine: {engine.name}", flush=True)
+    if cfg.train.gradient_checkpointing and engine.name == "recurrent":
+        raise UserError("train.gradient_checkpointing: the recurrent engine does not recompute layers yet (its update's "
+                        "rows write their recurrent states into a cache, which a recomputed layer would write twice); "
+                        "turn it off: the update's micro-batches are sized to train.memory_gb instead")
     if cfg.train.gradient_checkpointing and not checkpointing_keeps_dropout_off(policy):
         raise UserError("train.gradient_checkpointing: this model's layers apply dropout themselves once checkpointing "
                         "marks them as training (OPT and Falcon do), so the update would score thoughts with noise; "

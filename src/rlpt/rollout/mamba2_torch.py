@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 NAME = "mamba2_selective_state_update"  # the function each Mamba-2 modeling module defines and its mixers call
 SHORT_CHUNK = 16  # tokens in a chunk of the Mamba-2 scan in the engine's short forwards (see `short_chunks`)
+MAX_SCAN_CHUNKS = 16  # chunks of a long sequence's scan at most, up to the model's own chunk (see `scan_chunk`)
 
 
 def kernels_run(model) -> bool:
@@ -65,16 +66,27 @@ def mixer_modules(model) -> list:
     return list({type(m).__module__: sys.modules[type(m).__module__] for m in mamba_mixers(model)}.values())
 
 
+def scan_chunk(length: int, model_chunk: int) -> int:
+    """The chunk the engine scans a sequence of `length` tokens in: a power of two, SHORT_CHUNK at least, the model's
+    own at most, and otherwise the smallest that makes at most MAX_SCAN_CHUNKS chunks. The chunked scan keeps a state
+    per chunk (and a term that grows as their square) and matrices of chunk x chunk per chunk: short chunks suit the
+    engine's 8-50-token segments and rows, and would keep 128 states (of 5 MB each at Nemotron-Nano-12B-v2's width)
+    for a document of 2,048 tokens."""
+    wanted = 1 << max(0, -(-length // MAX_SCAN_CHUNKS) - 1).bit_length()
+    return max(SHORT_CHUNK, min(model_chunk, wanted))
+
+
 @contextmanager
-def short_chunks(model):
-    """Inside, the model's Mamba-2 mixers scan in chunks of SHORT_CHUNK tokens. PyTorch's chunked scan pads a sequence
-    to a whole chunk (128 or 256 tokens in the shipped configs) and costs the square of the chunk per chunk; the
-    engine's forwards are segments and thought rows of 8-50 tokens, where it would spend most of its time on padding
-    (8x at 256 rows of 33 tokens, chunk 128: docs/performance.md); a much smaller chunk (a tiny model's 4) costs more
-    chunks. The chunk is the scan's own choice, not the model's: any size gives the same states and outputs, up to
-    rounding. Left as it is where the mamba-ssm kernels run (CUDA with `mamba_ssm` installed), which have their own
-    tuned chunk."""
-    with replaced([] if kernels_run(model) else [(m, "chunk_size", SHORT_CHUNK) for m in mamba_mixers(model)]):
+def short_chunks(model, length: int = 0):
+    """Inside, the model's Mamba-2 mixers scan sequences of `length` tokens in `scan_chunk(length)`: SHORT_CHUNK for
+    short ones. PyTorch's chunked scan pads a sequence to a whole chunk (128 or 256 tokens in the shipped configs) and
+    costs the square of the chunk per chunk; the engine's forwards are mostly segments and thought rows of 8-50 tokens,
+    where the model's chunk would spend most of its time on padding (8x at 256 rows of 33 tokens, chunk 128:
+    docs/performance.md); a much smaller chunk (a tiny model's 4) costs more chunks. The chunk is the scan's own
+    choice, not the model's: any size gives the same states and outputs, up to rounding. Left as it is where the
+    mamba-ssm kernels run (CUDA with `mamba_ssm` installed), which have their own tuned chunk."""
+    mixers = [] if kernels_run(model) else mamba_mixers(model)
+    with replaced([(m, "chunk_size", scan_chunk(length, m.chunk_size)) for m in mixers]):
         yield
 
 
@@ -174,7 +186,7 @@ def segment_end_states(mixer, chunk_scan, x, B, C, dt, ends_of: list[list[int]])
             return picked.reshape(len(picked), width, *per_token)
 
         _, states = chunk_scan(apart(x, (heads, mixer.head_dim)), apart(dt, (heads,)), A, apart(B, (groups, size)),
-                               apart(C, (groups, size)), chunk_size=min(width, SHORT_CHUNK), dt_bias=mixer.dt_bias,
+                               apart(C, (groups, size)), chunk_size=min(width, mixer.chunk_size), dt_bias=mixer.dt_bias,
                                dt_softplus=True, dt_limit=mixer.time_step_limit, return_final_states=True)
         sums = apart(log_decay, (heads,)).sum(1)  # (segments, heads): each segment's total log-decay
         for i, k in enumerate(picked):

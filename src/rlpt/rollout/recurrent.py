@@ -47,7 +47,7 @@ from rlpt.rollout.mamba2_torch import (lean_steps, recorded_segment_ends, record
                                        states_at)
 from rlpt.rollout.packed import PackedEngine, additive_mask, documents_and_baseline
 from rlpt.rollout.recurrent_states import (States, cache_layers, fresh_states, has_attention, inputs, is_recurrent,
-                                           new_cache, rows_cache, taken)
+                                           new_cache, preallocated, rows_cache, taken)
 from rlpt.rollout.shared_prefix import SharedPrefix, shared_prefix_attention
 
 MIN_SEGMENT = 16  # tokens at least in a segment of the update's pass in segments (see `update_starts`)
@@ -74,17 +74,17 @@ def segments_pass(model, ids: torch.Tensor, ends_of: list[list[int]]) -> tuple[d
     device, dtype = ids.device, next(model.parameters()).dtype
     cache = new_cache(model)
     states, start = {}, 0
-    with short_chunks(model):
-        for end in sorted(set().union(*ends_of)):
+    for end in sorted(set().union(*ends_of)):
+        with short_chunks(model, end - start):
             # causal over the cached tokens and its own: without a mask, attention would align a segment's first token
             # with the first cached key
             seen = torch.ones(end - start, end, dtype=torch.bool, device=device).tril(start)
             model(input_ids=ids[:, start:end], use_cache=True, logits_to_keep=1,
                   **inputs(model, cache, torch.arange(start, end, device=device)[None].expand(ids.size(0), -1),
                            additive_mask(seen, dtype, ids.size(0))))
-            docs = [d for d, ends in enumerate(ends_of) if end in ends]
-            states.update(zip(((d, end) for d in docs), taken(cache, docs)))
-            start = end
+        docs = [d for d, ends in enumerate(ends_of) if end in ends]
+        states.update(zip(((d, end) for d in docs), taken(cache, docs)))
+        start = end
     return states, cache
 
 
@@ -112,7 +112,7 @@ def one_pass(model, ids: torch.Tensor, ends_of: list[list[int]]) -> tuple[dict, 
     device, dtype = ids.device, next(model.parameters()).dtype
     (rows, length), cache, records = ids.shape, new_cache(model), {}
     seen = torch.ones(length, length, dtype=torch.bool, device=device).tril()
-    with short_chunks(model), recorded_segment_ends(modules, ends_of, records):
+    with short_chunks(model, length), recorded_segment_ends(modules, ends_of, records):
         model(input_ids=ids, use_cache=True, logits_to_keep=1,
               **inputs(model, cache, torch.arange(length, device=device)[None].expand(rows, -1), additive_mask(seen, dtype, rows)))
     missing = sorted(i for i in layers if records.get(i, {}).keys() != {"conv", "ssm"})
@@ -186,7 +186,10 @@ class RecurrentEngine(PackedEngine):
             return super().decode_thoughts(policy, *args)
 
     def decoder(self, policy, prefix: Prefix, row_t, capacity: int):
-        """`next_logits(feed, step)`: one token a row, at position t + step, from the rows' states."""
+        """`next_logits(feed, step)`: one token a row, at position t + step, from the rows' states, each row's own keys
+        written in place into room for `capacity` tokens."""
+        preallocated(prefix.cache, capacity)
+
         def next_logits(feed, step):  # one query a row: it sees all of its own keys, the documents' up to t
             with prefix.attention(policy):
                 out = policy(input_ids=feed[:, None], use_cache=True, **inputs(policy, prefix.cache, (row_t + step)[:, None]))
@@ -263,7 +266,7 @@ def rows_forward(model, documents: Documents, rows: list[list[int]], row_doc: li
                     additive_mask(own, next(model.parameters()).dtype, len(rows)))
 
     def forward(run):
-        with prefix.attention(model), short_chunks(model):
+        with prefix.attention(model), short_chunks(model, width):
             return run(input_ids=ids, use_cache=True, **kwargs)
 
     return forward

@@ -49,6 +49,31 @@ def assigning(cache: DynamicCache) -> DynamicCache:
     return cache
 
 
+def keys_in_place(layer, key_states, value_states, *args, **kwargs):
+    """`DynamicLayer.update` into buffers of `layer.capacity` tokens, written in place: decoding a row's L tokens by
+    concatenation would copy its keys at every step (O(L^2) copies)."""
+    if layer.key_buffer is None:
+        rows, heads, _, width = key_states.shape
+        layer.key_buffer = key_states.new_empty(rows, heads, layer.capacity, width)
+        layer.value_buffer = value_states.new_empty(rows, heads, layer.capacity, value_states.shape[-1])
+        layer.is_initialized, layer.device = True, key_states.device
+    end = layer.length + key_states.shape[-2]
+    layer.key_buffer[:, :, layer.length : end] = key_states
+    layer.value_buffer[:, :, layer.length : end] = value_states
+    layer.length = end
+    layer.keys, layer.values = layer.key_buffer[:, :, :end], layer.value_buffer[:, :, :end]
+    return layer.keys, layer.values
+
+
+def preallocated(cache: DynamicCache, capacity: int) -> DynamicCache:
+    """`cache` with its attention layers (empty) writing keys and values in place, up to `capacity` tokens a row."""
+    for layer in cache.layers:
+        if attends(layer):
+            layer.capacity, layer.length, layer.key_buffer, layer.value_buffer = capacity, 0, None, None
+            layer.update = MethodType(keys_in_place, layer)
+    return cache
+
+
 def new_cache(model) -> DynamicCache:
     return assigning(DynamicCache(config=model.config))
 
