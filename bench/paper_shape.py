@@ -9,7 +9,8 @@ state (128 heads x 80 x state 128, 8 groups; the recurrent engine). At the paper
 runs to 2,048 tokens: the worst case, and the one the chunks are sized for. Each run is a fresh process; its peak is the largest resident memory of its
 process tree, sampled every 0.2 s. CPU, minutes to an hour a run:
 
-    python bench/paper_shape.py [--models qwen3,nemotron_h] [--documents 2,8] [--memory-gb 16] [--thought-tokens 2048]
+    python bench/paper_shape.py [--models qwen3,nemotron_h] [--documents 2,8] [--positions random:8] [--memory-gb 16]
+                                [--thought-tokens 2048] [--temperature 0.05]
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def tree_resident(pid: int) -> int:
 def settings(model: str, corpus: Path, documents: int, args) -> list[str]:
     pairs = {"model.name_or_path": model, "data.path": str(corpus), "data.split_paragraphs": "true",
              "data.max_length": "2048", "rlp.group_size": "16", "rlp.max_thought_tokens": str(args.thought_tokens),
-             "rlp.positions": "random:8", "train.batch_documents": str(documents), "train.max_steps": "1",
+             "rlp.positions": args.positions, "train.batch_documents": str(documents), "train.max_steps": "1",
              "rlp.temperature": str(args.temperature),
              "train.memory_gb": str(args.memory_gb), "eval.tasks": "", "train.device": "cpu"}
     return [item for key, value in pairs.items() for item in ("--set", f"{key}={value}")]
@@ -101,7 +102,7 @@ def planned(model: str, documents: int, args) -> dict:
     from rlpt.cli import main  # noqa: F401  (rlpt plan in a child: its own process, as a user runs it)
 
     out = subprocess.run([sys.executable, "-m", "rlpt", "plan", "--model", model, "--json", "--doc-tokens", "2048",
-                          "--documents", str(documents), "--positions", "random:8", "--group-size", "16",
+                          "--documents", str(documents), "--positions", args.positions, "--group-size", "16",
                           "--thought-tokens", str(args.thought_tokens), "--memory", str(args.memory_gb)],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
@@ -114,6 +115,7 @@ def main() -> None:
     parser.add_argument("--memory-gb", type=float, default=16)
     parser.add_argument("--thought-tokens", type=int, default=2048)
     parser.add_argument("--temperature", type=float, default=0.05)
+    parser.add_argument("--positions", default="random:8", help="rlp.positions (random:8: 128 rows a document)")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,7 +134,7 @@ def main() -> None:
                              m["micro_batch_thoughts"], plan["chunks"], m["thought_len_mean"]))
                 print(json.dumps(dict(model=arch, documents=n, peak=run["peak"], predicted=predicted,
                                       seconds=run["seconds"], metrics=m, plan=plan)), flush=True)
-    print(f"\none rlpt train step, documents of 2,048 tokens, G = 16, L = {args.thought_tokens}, random:8, "
+    print(f"\none rlpt train step, documents of 2,048 tokens, G = 16, L = {args.thought_tokens}, {args.positions}, "
           f"train.memory_gb={args.memory_gb:g}")
     print("| model | documents | rows | chunks (rollout rows, update thoughts) | peak resident | rlpt plan | plan / peak "
           "| mean thought | seconds |")

@@ -28,7 +28,7 @@ def profile(cfg, steps: int) -> dict[str, list[float]]:
     from rlpt import config as config_lib  # noqa: F401  (the config is loaded by the caller)
     from rlpt.data import after_marker, load_documents
     from rlpt.models import load_model_and_tokenizer
-    from rlpt.rollout import make_engine, packed
+    from rlpt.rollout import make_engine, packed, recurrent
     from rlpt.trainer import RlpTrainer
 
     policy, tokenizer, think = load_model_and_tokenizer(cfg.model.name_or_path, "float32")
@@ -60,19 +60,23 @@ def profile(cfg, steps: int) -> dict[str, list[float]]:
 
         setattr(owner, name, run)
 
-    if isinstance(engine, packed.PackedEngine):  # the teacher's forward is the rollout before the documents' forward
-        document_prefix = packed.document_prefix
+    # the teacher's forward is the rollout before the documents' forward (the packed engine's document_prefix, the
+    # recurrent engine's document_states, timed in the rollout only: the update calls them too)
+    documents_forward = {"packed": (packed, "document_prefix"), "recurrent": (recurrent, "document_states")}
+    if engine.name in documents_forward:
+        module, name = documents_forward[engine.name]
+        original_forward = getattr(module, name)
         wrap(engine, "decode_thoughts", "decoding the thoughts")
         original_rollout = engine.rollout
 
         def rollout(*args, **kwargs):
             before = dict(times)
-            wrap(packed, "document_prefix", "policy forward over the documents")  # the rollout's, not the update's
+            wrap(module, name, "policy forward over the documents")
             try:
                 with timed("rollout"):
                     out = original_rollout(*args, **kwargs)
             finally:
-                packed.document_prefix = document_prefix
+                setattr(module, name, original_forward)
             inner = sum(times[p] - before.get(p, 0.0) for p in ("policy forward over the documents", "decoding the thoughts"))
             times["teacher forward (S_ema)"] += times["rollout"] - before.get("rollout", 0.0) - inner
             return out

@@ -53,25 +53,27 @@ def test_memory_by_hand_and_the_chunks_that_fit():
     assert rollout["rollout: the rows' own keys and values"] == 32 * 6 * 8
     assert rollout["rollout: a decoding step's logits"] == 24 * 6 * 10
     assert rollout["rollout: recurrent states of the rows and their positions"] == 0
-    # the update of 2 thoughts (10 tokens, of contexts in both documents): a thought token keeps, in each of the 2
-    # layers, 10 * 4 + 2 heads * 2 * (7 + 5) = 88 values of attention and 4 * 8 = 32 of the MLP: 240 values, 960 bytes
+    # the update of 2 thoughts (10 tokens, of contexts in both documents, so the grid of each document's rows may
+    # take twice their slots for the document's keys): a thought token scores 2 heads x (7 + 5 + 7) = 38 keys; it
+    # keeps, in each of the 2 layers, 10 x 4 values and 2 copies of its scores, in one layer at a time 1.5 more
+    # (the backward), and 4 x 8 of each MLP: (40 + 76) x 2 + 57 + 64 = 353 values, 1,412 bytes
     update = update_parts(shape, settings, 2)
-    assert update["update: the thought rows' activations"] == 10 * 960
-    # a document token: (10 * 4 + 2 * 2 * 7) * 2 + 32 * 2 = 200 values
-    assert update["update: the documents' activations"] == 2 * 7 * 200 * 4
+    assert update["update: the thought rows' activations"] == 10 * 1412
+    # a document token: 2 heads x 7 keys = 14, (40 + 28) x 2 + 21 + 64 = 221 values, 884 bytes
+    assert update["update: the documents' activations"] == 2 * 7 * 884
     assert update["update: log-prob chunk"] == 4 * 4 * 10 * 10  # fewer logits than a chunk holds: all, 4 copies
     assert update["update: the output head's gradient of one chunk"] == 0  # float32: added in place
     half = StepSettings(group_size=3, thought_tokens=5, doc_tokens=7, documents=2, positions=2, compute_bytes=2)
     assert update_parts(shape, half, 2)["update: the output head's gradient of one chunk"] == 2 * 2 * 10 * 4
     checkpointed = StepSettings(group_size=3, thought_tokens=5, doc_tokens=7, documents=2, positions=2, checkpointing=True)
-    # one layer's 480 bytes at a time, and every layer's input (2 x 4 values)
-    assert update_parts(shape, checkpointed, 2)["update: the thought rows' activations"] == 10 * (480 + 2 * 4 * 4)
-    # the next-token term: 4 documents of 7 tokens of 800 bytes = 22,400, beyond the update's 9,600 + 11,200; its 28
-    # tokens' logits (280) make the chunk
-    term = StepSettings(group_size=3, thought_tokens=5, doc_tokens=7, documents=2, positions=2, next_token_documents=4)
+    # one layer's 706 bytes at a time, and every layer's input (2 x 4 values)
+    assert update_parts(shape, checkpointed, 2)["update: the thought rows' activations"] == 10 * (706 + 2 * 4 * 4)
+    # the next-token term: 8 documents of 7 tokens of 884 bytes = 49,504, beyond the update's 14,120 + 12,376; its
+    # 56 tokens' logits (560) make the chunk
+    term = StepSettings(group_size=3, thought_tokens=5, doc_tokens=7, documents=2, positions=2, next_token_documents=8)
     with_term = update_parts(shape, term, 2)
-    assert with_term["update: the next-token term's activations beyond the update's"] == 22_400 - 9_600 - 11_200
-    assert with_term["update: log-prob chunk"] == 4 * 4 * 28 * 10
+    assert with_term["update: the next-token term's activations beyond the update's"] == 49_504 - 14_120 - 12_376
+    assert with_term["update: log-prob chunk"] == 4 * 4 * 56 * 10
     assert update["update: the next-token term's activations beyond the update's"] == 0
     # the peak: the fixed parts and the larger phase's
     assert step_parts(shape, settings, 6, 2) == {**fixed_parts(shape), **update}

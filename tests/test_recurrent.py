@@ -252,3 +252,33 @@ def test_gradient_checkpointing_is_refused_on_the_recurrent_engine(tmp_path, cap
                  "--set", "data.path=builtin:arith", "--set", "train.gradient_checkpointing=true", "--set", "eval.tasks=",
                  "--set", "rlp.group_size=2", "--set", "rlp.max_thought_tokens=2", "--set", "train.max_steps=1"]) == 2
     assert "recurrent engine does not recompute layers" in capsys.readouterr().err
+
+
+def test_the_recurrent_engine_runs_only_on_the_transformers_it_was_tested_on(hybrid_dir, monkeypatch):
+    """Outside the tested versions, the engine's swaps of transformers internals are not trusted: the reference engine,
+    with a warning that names the version (the start-up probe could miss a changed internal)."""
+    import transformers
+
+    from rlpt import rollout
+
+    assert rollout.untested_transformers("5.25.0") is None and rollout.untested_transformers("5.24.1") is None
+    assert "transformers 5.30.0" in rollout.untested_transformers("5.30.0")
+    assert rollout.untested_transformers("5.23.0") is not None and rollout.untested_transformers("6.0.0") is not None
+    model, _, _ = load_model_and_tokenizer(hybrid_dir)
+    assert rollout.make_engine("packed", model).name == "recurrent"
+    monkeypatch.setattr(transformers, "__version__", "5.99.0")
+    with pytest.warns(UserWarning, match="transformers 5.99.0"):
+        assert rollout.make_engine("packed", model).name == "reference"
+
+
+def test_fresh_states_follow_the_models_dtype(hybrid_dir):
+    """The empty prefix's states are made again for a model moved to another dtype (the conv states are in the
+    model's dtype; some families keep their SSM states in float32 whatever it is)."""
+    model, _, _ = load_model_and_tokenizer(hybrid_dir)
+
+    def conv_dtypes(states):
+        return {pair[0].dtype for layer in states.layers.values() for pair in layer.values() if pair[0] is not None}
+
+    assert conv_dtypes(recurrent_states.fresh_states(model)) == {torch.float32}
+    model.to(torch.bfloat16)
+    assert conv_dtypes(recurrent_states.fresh_states(model)) == {torch.bfloat16}

@@ -17,16 +17,64 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from rlpt.plan import Shape
-from rlpt.rollout.mamba2_torch import scan_chunk
+@dataclass
+class Shape:
+    """What memory depends on in a causal LM: its sizes (from its config.json, or given)."""
 
-# float32 values the update keeps per thought token and layer for the backward, besides attention: the layer's input,
-# normed input, q/k/v, rotated q/k, attention output and its projection, residual, normed residual (about 10 x hidden)
-# and the MLP's gate, up, activation and product (4 x intermediate). Attention keeps its scores and their softmax.
-ACTIVATIONS_PER_HIDDEN, ACTIVATIONS_PER_INTERMEDIATE, ATTENTION_COPIES = 10, 4, 2
-# a Mamba-2 mixer keeps about this many values of its inner width per token: the input projection's parts, the
-# convolution's input and output, the scan's inputs in float32 and its output, the gate
-ACTIVATIONS_PER_MIXER_WIDTH = 8
+    layers: int
+    hidden: int
+    vocab: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    attention_layers: int | None = None  # layers with a KV cache (a hybrid model's attention layers); None: all
+    conv_state: int = 0  # per row: the recurrent layers' convolution states, values (in the compute dtype)
+    ssm_state: int = 0  # per row: their SSM / linear-attention states, float32 values
+    counted_params: int | None = None  # the model's own count, where known
+    recurrent_layers: int = 0  # layers with recurrent state (Mamba-2 mixers, gated DeltaNet)
+    conv_kernel: int = 1  # their convolution's width
+    scan_heads: int = 0  # a recurrent layer's heads
+    mixer_width: int = 0  # a recurrent layer's inner width (heads x head_dim)
+    scan_chunk: int = 256  # the model's own scan chunk
+    mlp_layers: int | None = None  # layers with an MLP (NemotronH's are layers of their own); None: all
+
+    @property
+    def params(self) -> int:
+        """The model's own count when known; else the weights of a Llama-like model with tied embeddings (attention,
+        gated MLP, two norms a layer, a final one)."""
+        if self.counted_params is not None:
+            return self.counted_params
+        attention = self.hidden * self.head_dim * (2 * self.heads + 2 * self.kv_heads)
+        layer = attention + 3 * self.hidden * self.intermediate + 2 * self.hidden
+        return self.vocab * self.hidden + self.layers * layer + self.hidden
+
+    @property
+    def kv_layers(self) -> int:
+        return self.layers if self.attention_layers is None else self.attention_layers
+
+    @property
+    def layers_with_mlp(self) -> int:
+        return self.layers if self.mlp_layers is None else self.mlp_layers
+
+
+# Measured with one update micro-batch of thoughts of 2,048 tokens over a document of 2,048 (the resident memory a
+# thought adds, `bench/paper_shape.py`'s models, CPU float32): 0.34 GiB a thought on the 2-layer Qwen3 of hidden 64,
+# 2.67 GiB on the NemotronH `M*` with Nemotron-Nano-12B-v2's mixer. The counts below give 0.36 and 2.4.
+# Values a token keeps per layer for the backward, besides attention: the layer's input, normed input, q/k/v, rotated
+# q/k, attention output and its projection, residual, normed residual (about 10 x hidden) and the MLP's gate, up,
+# activation and product (4 x intermediate).
+ACTIVATIONS_PER_HIDDEN, ACTIVATIONS_PER_INTERMEDIATE = 10, 4
+# attention keeps its scores' softmax and a copy of it split into the document's and the row's own part, in every
+# layer; the backward of one layer at a time holds about 1.5 more (the gradient of the scores)
+ATTENTION_COPIES, ATTENTION_BACKWARD_COPIES = 2, 1.5
+# a Mamba-2 mixer keeps about this many values of its inner width per token outside its scan: the input projection's
+# parts, the convolution's input and output, its activation, the gate and the norm
+ACTIVATIONS_PER_MIXER_WIDTH = 6
+# the chunked scan (`mamba2_chunk_scan`), float32: per token, B and C repeated over the heads and B's decay (4 x heads x
+# state), three (chunk x heads) intra-chunk matrices, and 8 copies of the inner width (the inputs times dt, the
+# diagonal and off-diagonal outputs and their parts); per chunk, three states of every head
+SCAN_TOKEN_STATE_COPIES, SCAN_INTRA_COPIES, SCAN_TOKEN_WIDTH_COPIES, SCAN_STATE_COPIES = 4, 3, 8, 3
 # float32 copies of a log-prob chunk's logits at once: the logits (turned into their gradient in place in the backward),
 # the exponentials inside the log-sum-exp, and what the allocator holds between chunks: 3.1 measured on CPU
 # (`bench/memory.py`'s run at 8k, chunks of 2^24 against 2^20 logits), rounded up
@@ -34,9 +82,6 @@ LOGIT_COPIES = 4
 # bytes a decoding step holds per row and vocabulary entry: the float32 logits and their log-softmax, and the
 # sampler's float64 probabilities and cumulative sum
 DECODING_LOGIT_BYTES = 4 + 4 + 8 + 8
-# the scan's chunked form keeps, per chunk, a state per head (the chunk's own, the carried one and a copy) and, per
-# token, three (chunk x heads) intra-chunk matrices (`mamba2_chunk_scan`)
-SCAN_STATE_COPIES, SCAN_INTRA_COPIES = 3, 3
 
 
 @dataclass(frozen=True)
@@ -88,21 +133,30 @@ def state_bytes(shape: Shape, compute_bytes: int) -> int:
 
 def scan_bytes(shape: Shape, length: int) -> int:
     """One sequence's buffers in one recurrent layer's chunked scan, float32."""
+    from rlpt.rollout.mamba2_torch import scan_chunk  # the engine's choice of chunk (imports torch: only here)
+
     if not shape.ssm_state:
         return 0
     chunk = scan_chunk(length, shape.scan_chunk)
     chunks = math.ceil(length / chunk)
     per_layer_state = shape.ssm_state // shape.recurrent_layers
-    heads = shape.scan_heads
-    return 4 * (SCAN_STATE_COPIES * (chunks + 1) * per_layer_state + SCAN_INTRA_COPIES * chunks * chunk * chunk * heads)
+    heads, width = shape.scan_heads, shape.mixer_width
+    state_size = per_layer_state // max(width, 1)
+    per_token = (SCAN_TOKEN_STATE_COPIES * heads * state_size + SCAN_INTRA_COPIES * chunk * heads
+                 + SCAN_TOKEN_WIDTH_COPIES * width)
+    return 4 * (chunks * chunk * per_token + SCAN_STATE_COPIES * (chunks + 1) * per_layer_state)
 
 
-def token_activations(shape: Shape, context: int, compute_bytes: int) -> int:
-    """Bytes one token keeps for the backward over all layers, attending to `context` tokens."""
-    attention = (ACTIVATIONS_PER_HIDDEN * shape.hidden + ATTENTION_COPIES * shape.heads * context) * shape.kv_layers
+def token_activations(shape: Shape, context: int, compute_bytes: int, own: int = 0) -> int:
+    """Bytes one token keeps for the backward over all layers, attending to `context` tokens (`own` of them its row's
+    own: the packed engine scores a row's document keys in a grid of each document's rows, whose empty slots are
+    scored too; a micro-batch's rows in two documents, split unevenly, can take twice their slots)."""
+    scores = shape.heads * (context + (context - own if own else 0))
+    attention = ((ACTIVATIONS_PER_HIDDEN * shape.hidden + ATTENTION_COPIES * scores) * shape.kv_layers
+                 + (ATTENTION_BACKWARD_COPIES * scores if shape.kv_layers else 0))
     mlp = ACTIVATIONS_PER_INTERMEDIATE * shape.intermediate * shape.layers_with_mlp
     mixers = ACTIVATIONS_PER_MIXER_WIDTH * shape.mixer_width * shape.recurrent_layers
-    return (attention + mlp + mixers) * compute_bytes
+    return int((attention + mlp + mixers) * compute_bytes)
 
 
 def documents_spanned(settings: StepSettings, contexts: int) -> int:
@@ -140,7 +194,7 @@ def update_parts(shape: Shape, settings: StepSettings, thoughts: int) -> dict[st
     contexts = math.ceil(thoughts / s.group_size) + 1
     docs = documents_spanned(s, contexts)
     tokens = thoughts * s.thought_tokens
-    per_token = token_activations(shape, s.doc_tokens + s.thought_tokens, cb)
+    per_token = token_activations(shape, s.doc_tokens + s.thought_tokens, cb, own=s.thought_tokens if docs > 1 else 0)
     if s.checkpointing:  # one layer's at a time, plus every layer's input
         per_token = per_token // shape.layers + shape.layers * shape.hidden * cb
     rows = tokens * per_token
@@ -157,8 +211,9 @@ def update_parts(shape: Shape, settings: StepSettings, thoughts: int) -> dict[st
         "update: the output head's gradient of one chunk": 0 if cb == 4 else 2 * cb * shape.vocab * shape.hidden,
         # the states the rows start from and their positions', and their gradients
         "update: recurrent states of the rows and their positions": 2 * state_bytes(shape, cb) * (thoughts + contexts),
+        # the documents' pass scans them twice: the model's own scan, and each segment's apart (`segment_end_states`)
         "update: scan buffers (every recurrent layer)": layers * (thoughts * scan_bytes(shape, s.thought_tokens)
-                                                                  + docs * scan_bytes(shape, s.doc_tokens)),
+                                                                  + 2 * docs * scan_bytes(shape, s.doc_tokens)),
     }
 
 

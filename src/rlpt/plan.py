@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 
 from rlpt.baselines.cpt import flop_matched_tokens
 from rlpt.errors import UserError
+from rlpt.memory import Shape
 
 H100_BF16_FLOPS = 989e12  # dense bf16 peak of one H100 SXM
 
@@ -46,47 +47,6 @@ def plan(params: float, tokens: float, group_size: int, thought_tokens: int, bat
         cpt_flop_matched_tokens=flop_matched_tokens(group_size, l_seq, batch, steps, round(tokens)), l_seq=l_seq,
         gpu_hours=gpu_hours, wall_hours=gpu_hours / gpus,
     )
-
-
-@dataclass
-class Shape:
-    """What memory depends on in a causal LM: its sizes (from its config.json, or given)."""
-
-    layers: int
-    hidden: int
-    vocab: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    intermediate: int
-    attention_layers: int | None = None  # layers with a KV cache (a hybrid model's attention layers); None: all
-    conv_state: int = 0  # per row: the recurrent layers' convolution states, values (in the compute dtype)
-    ssm_state: int = 0  # per row: their SSM / linear-attention states, float32 values
-    counted_params: int | None = None  # the model's own count, where known
-    recurrent_layers: int = 0  # layers with recurrent state (Mamba-2 mixers, gated DeltaNet)
-    conv_kernel: int = 1  # their convolution's width
-    scan_heads: int = 0  # a recurrent layer's heads
-    mixer_width: int = 0  # a recurrent layer's inner width (heads x head_dim)
-    scan_chunk: int = 256  # the model's own scan chunk
-    mlp_layers: int | None = None  # layers with an MLP (NemotronH's are layers of their own); None: all
-
-    @property
-    def params(self) -> int:
-        """The model's own count when known; else the weights of a Llama-like model with tied embeddings (attention,
-        gated MLP, two norms a layer, a final one)."""
-        if self.counted_params is not None:
-            return self.counted_params
-        attention = self.hidden * self.head_dim * (2 * self.heads + 2 * self.kv_heads)
-        layer = attention + 3 * self.hidden * self.intermediate + 2 * self.hidden
-        return self.vocab * self.hidden + self.layers * layer + self.hidden
-
-    @property
-    def kv_layers(self) -> int:
-        return self.layers if self.attention_layers is None else self.attention_layers
-
-    @property
-    def layers_with_mlp(self) -> int:
-        return self.layers if self.mlp_layers is None else self.mlp_layers
 
 
 def shape_of(folder: str) -> Shape:

@@ -4,6 +4,8 @@
 - `packed`: one forward per document for the context KV and for the update; the fast one (DESIGN.md section 4).
 - `recurrent`: the same for models with recurrent state (hybrid Mamba-attention, linear attention): one pass over each
   document in segments that end at the chosen positions.
+The two fast engines share `decoding.py` (the documents, the teacher's baseline, the decoding loop); a step's rollout
+runs in chunks of rows (`base.chunked_rollout`).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def make_engine(name: str, model, compile_decoding: bool = False):
     except ImportError as exc:
         why_not = f"this transformers has no recurrent-state cache layers: {exc}"
     else:
-        why_not = supports_recurrent_rows(model)
+        why_not = untested_transformers() or supports_recurrent_rows(model)
         if why_not is None:
             return RecurrentEngine()
     shared = "" if name == "recurrent" else (f"{type(model).__name__} failed the shared-prefix attention probe "
@@ -47,6 +49,25 @@ def make_engine(name: str, model, compile_decoding: bool = False):
     warnings.warn(f"rlp.engine={name}: {shared}the recurrent-state probe ({why_not}); using the reference engine",
                   stacklevel=2)
     return ReferenceEngine()
+
+
+# the transformers versions (major, minor) whose internals the recurrent engine was tested on: it swaps private
+# functions of the Mamba-2 modeling modules (`mamba2_torch.py`) and writes the fields of the cache's recurrent layers
+# (`recurrent_states.py`); another version may have changed them in ways the start-up probe would not see
+RECURRENT_TESTED_TRANSFORMERS = ((5, 24), (5, 25))
+
+
+def untested_transformers(version: str | None = None) -> str | None:
+    """Why the recurrent engine will not run on this transformers (None: a version it was tested on)."""
+    import transformers
+
+    version = version or transformers.__version__
+    major_minor = tuple(int(part) for part in version.split(".")[:2])
+    low, high = RECURRENT_TESTED_TRANSFORMERS
+    if low <= major_minor <= high:
+        return None
+    return (f"transformers {version}: the recurrent engine uses its internals and was tested on "
+            f"{low[0]}.{low[1]}-{high[0]}.{high[1]} (pip install 'transformers>={low[0]}.{low[1]},<{high[0]}.{high[1] + 1}')")
 
 
 def has_cxx_compiler() -> bool:

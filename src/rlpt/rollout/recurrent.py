@@ -45,7 +45,7 @@ from rlpt.logprobs import chosen_logprobs
 from rlpt.rollout.base import Rollouts, RolloutSpec
 from rlpt.rollout.mamba2_torch import (lean_steps, recorded_segment_ends, recording_modules, short_chunks,
                                        states_at)
-from rlpt.rollout.packed import PackedEngine, additive_mask, documents_and_baseline
+from rlpt.rollout.decoding import additive_mask, decode_thoughts, decoding_steps, documents_and_baseline, documents_of
 from rlpt.rollout.recurrent_states import (States, cache_layers, fresh_states, has_attention, inputs, is_recurrent,
                                            new_cache, preallocated, rows_cache, taken)
 from rlpt.rollout.shared_prefix import SharedPrefix, shared_prefix_attention
@@ -160,11 +160,8 @@ class Prefix:
 
 
 # ------------------------------------------------------------------------------------------------ the engine
-class RecurrentEngine(PackedEngine):
+class RecurrentEngine:
     name = "recurrent"
-
-    def __init__(self):
-        super().__init__(compile_decoding=False)
 
     @torch.no_grad()
     def rollout(self, policy, teacher, contexts, spec: RolloutSpec, choose) -> Rollouts:
@@ -181,9 +178,11 @@ class RecurrentEngine(PackedEngine):
         shape = (len(contexts), G)
         return Rollouts(contexts, thoughts, s_pred.view(shape), s_ema, predicted.view(shape), right.view(shape))
 
-    def decode_thoughts(self, policy, *args):
+    def decode_thoughts(self, policy, prefix: Prefix, row_t, row_answer, row_answer_length, spec, choose):
+        """`decoding.decode_thoughts` from the rows' states, the Mamba-2 mixers taking the lean one-token step."""
+        next_logits = self.decoder(policy, prefix, row_t, decoding_steps(spec, row_answer.size(1)))
         with lean_steps(policy):
-            return super().decode_thoughts(policy, *args)
+            return decode_thoughts(next_logits, row_answer, row_answer_length, spec, choose)
 
     def decoder(self, policy, prefix: Prefix, row_t, capacity: int):
         """`next_logits(feed, step)`: one token a row, at position t + step, from the rows' states, each row's own keys
@@ -205,7 +204,7 @@ class RecurrentEngine(PackedEngine):
         G = spec.group_size
         contexts = [rollouts.contexts[r // G] for r in rows]
         thoughts = [rollouts.thoughts[r] for r in rows]
-        pieces, doc_of_row = documents_pieces(contexts)
+        pieces, doc_of_row = documents_of(contexts)
         lengths = [len(t) for t in thoughts]
         longest = max(lengths)
         parts, order = [], []
@@ -295,17 +294,6 @@ def width_groups(widths: list[int], group_cost: int | None = None) -> list[list[
         groups.append(order[below[cut[j]]:below[j]])
         j = cut[j]
     return groups[::-1]
-
-
-def documents_pieces(contexts) -> tuple[list[list[int]], list[int]]:
-    """Each context's document (the longest prefix any of its contexts reads) and its index."""
-    longest: dict[int, tuple[int, ...]] = {}
-    for c in contexts:
-        if len(c.prefix) > len(longest.get(c.doc, ())):
-            longest[c.doc] = c.prefix
-    order = list(longest)
-    index = {doc: i for i, doc in enumerate(order)}
-    return [list(longest[doc]) for doc in order], [index[c.doc] for c in contexts]
 
 
 def update_starts(positions: list[int], min_segment: int = MIN_SEGMENT) -> dict[int, int]:

@@ -154,16 +154,18 @@ def inputs(model, cache, positions: torch.Tensor, own_mask: torch.Tensor | None 
     return kwargs
 
 
-FRESH = weakref.WeakKeyDictionary()  # model -> the zero states of one row (a prefix of no token)
+FRESH = weakref.WeakKeyDictionary()  # model -> ((device, dtype), the zero states of one row: a prefix of no token)
 
 
 @torch.no_grad()
 def fresh_states(model) -> States:
-    """The states of an empty prefix: zeros, shaped by a forward over two tokens."""
-    if model not in FRESH:
-        device = next(model.parameters()).device
+    """The states of an empty prefix: zeros, shaped by a forward over two tokens; made again when the model has moved
+    to another device or dtype."""
+    weight = next(model.parameters())
+    where = (weight.device, weight.dtype)
+    if FRESH.get(model, (None,))[0] != where:
         cache = new_cache(model)
-        model(input_ids=torch.zeros(1, 2, dtype=torch.long, device=device), use_cache=True, logits_to_keep=1,
-              **inputs(model, cache, torch.arange(2, device=device)[None]))
-        FRESH[model] = taken(cache, [0])[0].zeros()
-    return FRESH[model]
+        model(input_ids=torch.zeros(1, 2, dtype=torch.long, device=weight.device), use_cache=True, logits_to_keep=1,
+              **inputs(model, cache, torch.arange(2, device=weight.device)[None]))
+        FRESH[model] = where, taken(cache, [0])[0].zeros()
+    return FRESH[model][1]
