@@ -1,16 +1,15 @@
 """One `rlpt train` step at the paper's lengths on narrow models, its peak memory against `rlpt plan`'s count.
 
 Documents of 2,048 tokens (a character vocabulary), G = 16, thoughts of up to 2,048 tokens, `random:8` positions a
-document, the default settings otherwise, rlpt sizing its rollout and update chunks to `train.memory_gb` (16 GiB here),
-thoughts sampled at temperature 0.05 (see below).
+document, the default settings otherwise, rlpt sizing its rollout and update chunks to `train.memory_gb` (16 GiB here).
 Two models of hidden 64: a 2-layer Qwen3 (the packed engine) and a NemotronH `M*` with Nemotron-Nano-12B-v2's Mamba-2
-state (128 heads x 80 x state 128, 8 groups; the recurrent engine). At the paper's temperature a random model of a
-~100-character vocabulary closes a thought after about 100 tokens; sampled near-greedily it rarely does, so every row
-runs to 2,048 tokens: the worst case, and the one the chunks are sized for. Each run is a fresh process; its peak is the largest resident memory of its
+state (128 heads x 80 x state 128, 8 groups; the recurrent engine). A random model of a ~100-character vocabulary
+closes a thought after about 100 tokens, so the run's sampler never draws `</think>` here (`--may-close` lets it):
+every row runs to 2,048 tokens, the worst case, and the one the chunks are sized for. Each run is a fresh process; its peak is the largest resident memory of its
 process tree, sampled every 0.2 s. CPU, minutes to an hour a run:
 
     python bench/paper_shape.py [--models qwen3,nemotron_h] [--documents 2,8] [--positions random:8] [--memory-gb 16]
-                                [--thought-tokens 2048] [--temperature 0.05]
+                                [--thought-tokens 2048] [--temperature 0.7] [--may-close]
 """
 
 from __future__ import annotations
@@ -84,8 +83,25 @@ def settings(model: str, corpus: Path, documents: int, args) -> list[str]:
     return [item for key, value in pairs.items() for item in ("--set", f"{key}={value}")]
 
 
+def train_never_closing(argv: list[str]) -> int:
+    """`rlpt train` with every thought run to the length limit: the decoding loop's sampler never draws `</think>`."""
+    from rlpt.cli import main as cli
+    from rlpt.rollout import decoding, packed, recurrent
+
+    def never_closing(next_logits, row_answer, row_answer_length, spec, choose):
+        def choose_open(logits, step):
+            logits[:, spec.think.close_id] = float("-inf")
+            return choose(logits, step)
+
+        return decoding.decode_thoughts(next_logits, row_answer, row_answer_length, spec, choose_open)
+
+    packed.decode_thoughts = recurrent.decode_thoughts = never_closing
+    return cli(argv)
+
+
 def measured_run(model: str, corpus: Path, documents: int, out: Path, args) -> dict:
-    command = [sys.executable, "-m", "rlpt", "train", "--output", str(out), *settings(model, corpus, documents, args)]
+    train = ["-m", "rlpt"] if args.may_close else [__file__, "--train"]
+    command = [sys.executable, *train, "train", "--output", str(out), *settings(model, corpus, documents, args)]
     began, peak = time.perf_counter(), 0
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     while process.poll() is None:
@@ -109,12 +125,15 @@ def planned(model: str, documents: int, args) -> dict:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--train"]:  # internal: the measured run, in its own process
+        raise SystemExit(train_never_closing(sys.argv[2:]))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="qwen3,nemotron_h")
     parser.add_argument("--documents", default="2,8")
     parser.add_argument("--memory-gb", type=float, default=16)
     parser.add_argument("--thought-tokens", type=int, default=2048)
-    parser.add_argument("--temperature", type=float, default=0.05)
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--may-close", action="store_true", help="let the sampler draw </think>")
     parser.add_argument("--positions", default="random:8", help="rlp.positions (random:8: 128 rows a document)")
     args = parser.parse_args()
     rows = []
