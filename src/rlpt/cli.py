@@ -118,8 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print the JSON result instead of the summary")
     ev.add_argument("--max-questions", type=int, default=256)
     ev.add_argument("--max-positions", type=int, default=512, help="document positions for the intrinsic metric")
-    ev.add_argument("--positions", help="position rule for documents (default: the run's rlp.positions; first:MARKER, "
-                    "the answer, for the builtin sets; else all)")
+    ev.add_argument("--positions", help="position rule for documents (default: the run's rlp.positions, `answer`: each "
+                    "question's answer; first:MARKER, the answer, for the builtin sets; else all)")
     ev.add_argument("--reward-tokens", type=int, help="tokens scored from x_t on (default: the run's rlp.reward_tokens; "
                     "5, the answer, for the builtin sets; else 1)")
     ev.add_argument("--max-thought-tokens", type=int, default=64)
