@@ -332,3 +332,18 @@ def trainer_shape(trainer):
     shape = config_shape(trainer.policy.config.to_dict())
     shape.counted_params = sum(p.numel() for p in trainer.policy.parameters())
     return shape, StepSettings(group_size=4, thought_tokens=5, doc_tokens=512, documents=3, positions=2)
+
+
+def test_the_probe_baseline_is_each_contexts_own_forward(llama_dir):
+    """The teacher's S_ema on the drift probe, from one forward a document, equals each context's prefix run alone."""
+    from rlpt.data import make_contexts
+    from rlpt.rollout.reference import last_token_logprobs
+    from rlpt.run import probe_baseline
+
+    model, tok, _ = load_model_and_tokenizer(llama_dir)
+    docs = [Document(tok(t)["input_ids"], f"doc{i}") for i, t in enumerate(("123+456=579.", "98+76=174. and so on"))]
+    probe = make_contexts(docs, "random:3", seed=0, step=-1)
+    assert len({c.doc for c in probe}) == 2 and len(probe) == 6
+    alone = last_token_logprobs(model, [list(c.prefix) for c in probe], tok.pad_token_id)
+    expected = [alone[i, c.target].item() for i, c in enumerate(probe)]
+    assert probe_baseline(model, probe, tok.pad_token_id) == pytest.approx(expected, abs=1e-5)

@@ -20,11 +20,12 @@ from rlpt.report import NO_SIGNAL, SIGNAL_WARNING
 from rlpt.rollout import make_engine
 from rlpt.errors import UserError
 from rlpt.rollout.base import checkpointing_keeps_dropout_off
-from rlpt.rollout.reference import last_token_logprobs
+from rlpt.logprobs import output_head
 from rlpt.trainer import RlpTrainer, least_squares_trend
 
 RUN_FILES = ("metrics.jsonl", "rollouts.jsonl", "summary.json", "checkpoints", "tensorboard", "wandb", "report.html")
 PROBE_DOCUMENTS = 32
+PROBE_CONTEXTS = 256  # of those documents' contexts at most (`all` positions would make thousands)
 
 
 def keep_lines_up_to(path: Path, step: int) -> None:
@@ -51,9 +52,32 @@ def warn_on_changed_config(saved_file: Path, cfg) -> None:
 
 @torch.no_grad()
 def probe_baseline(teacher, probe, pad_id: int) -> list[float]:
-    """S_ema of a fixed set of contexts: its change over the run is the teacher's drift."""
-    logprobs = last_token_logprobs(teacher, [list(c.prefix) for c in probe], pad_id).cpu()
-    return logprobs.gather(1, torch.tensor([[c.target] for c in probe])).squeeze(1).tolist()
+    """S_ema of a fixed set of contexts: its change over the run is the teacher's drift. One forward over each
+    document's longest probed prefix gives every probed position of it (causal: the logits at t - 1 are those of x_<t
+    alone), a document at a time: all contexts at once, each its own sequence, held 64 sequences of 2,048 tokens in
+    one forward at the paper's lengths."""
+    s_ema = [0.0] * len(probe)
+    by_document: dict[int, list[int]] = {}
+    for i, c in enumerate(probe):
+        by_document.setdefault(c.doc, []).append(i)
+    for members in by_document.values():
+        longest = max((probe[i].prefix for i in members), key=len)
+        logprobs = torch.log_softmax(forward_logits(teacher, list(longest), [len(probe[i].prefix) - 1 for i in members]),
+                                     dim=-1).cpu()
+        for row, i in enumerate(members):
+            s_ema[i] = logprobs[row, probe[i].target].item()
+    return s_ema
+
+
+def forward_logits(model, ids: list[int], at: list[int]) -> torch.Tensor:
+    """(len(at), V) float32 logits after the tokens at `at` of one sequence, the output head applied there only."""
+    device = next(model.parameters()).device
+    tokens, where = torch.tensor([ids], device=device), torch.tensor(at, device=device)
+    split = output_head(model)
+    if split is not None:
+        body, head = split
+        return head(body(input_ids=tokens).last_hidden_state[0, where]).float()
+    return model(input_ids=tokens).logits[0, where].float()
 
 
 def evaluate_tasks(cfg, model, tokenizer, think) -> dict | None:
@@ -143,7 +167,7 @@ def train_in_folder(world: distributed.World, cfg, run_dir: Path, device: torch.
         documents = load_documents(cfg.data, tokenizer, after_marker(cfg.rlp.positions))
         next_token_documents = (load_documents(dataclasses.replace(cfg.data, path=cfg.train.next_token_data), tokenizer)
                                 if cfg.train.next_token_data else [])
-    probe = make_contexts(documents[:PROBE_DOCUMENTS], cfg.rlp.positions, cfg.train.seed, step=-1)
+    probe = make_contexts(documents[:PROBE_DOCUMENTS], cfg.rlp.positions, cfg.train.seed, step=-1)[:PROBE_CONTEXTS]
     per_step = cfg.train.batch_documents * world.size
     if world.main and len(documents) < per_step:
         print(f"rlpt: note: the corpus holds {len(documents)} document window{'s' if len(documents) != 1 else ''} and a "
