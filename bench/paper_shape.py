@@ -115,8 +115,6 @@ def measured_run(model: str, corpus: Path, documents: int, out: Path, args) -> d
 
 
 def planned(model: str, documents: int, args) -> dict:
-    from rlpt.cli import main  # noqa: F401  (rlpt plan in a child: its own process, as a user runs it)
-
     out = subprocess.run([sys.executable, "-m", "rlpt", "plan", "--model", model, "--json", "--doc-tokens", "2048",
                           "--documents", str(documents), "--positions", args.positions, "--group-size", "16",
                           "--thought-tokens", str(args.thought_tokens), "--memory", str(args.memory_gb)],

@@ -340,10 +340,13 @@ def test_the_probe_baseline_is_each_contexts_own_forward(llama_dir):
     from rlpt.rollout.reference import last_token_logprobs
     from rlpt.run import probe_baseline
 
-    model, tok, _ = load_model_and_tokenizer(llama_dir)
+    from rlpt.rollout import RolloutSpec
+
+    model, tok, think = load_model_and_tokenizer(llama_dir)
     docs = [Document(tok(t)["input_ids"], f"doc{i}") for i, t in enumerate(("123+456=579.", "98+76=174. and so on"))]
     probe = make_contexts(docs, "random:3", seed=0, step=-1)
+    spec = RolloutSpec(group_size=2, max_thought_tokens=1, temperature=1.0, think=think, pad_id=tok.pad_token_id)
     assert len({c.doc for c in probe}) == 2 and len(probe) == 6
     alone = last_token_logprobs(model, [list(c.prefix) for c in probe], tok.pad_token_id)
     expected = [alone[i, c.target].item() for i, c in enumerate(probe)]
-    assert probe_baseline(model, probe, tok.pad_token_id) == pytest.approx(expected, abs=1e-5)
+    assert probe_baseline(model, probe, spec) == pytest.approx(expected, abs=1e-5)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+
 @dataclass
 class Shape:
     """What memory depends on in a causal LM: its sizes (from its config.json, or given)."""

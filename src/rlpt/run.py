@@ -20,7 +20,7 @@ from rlpt.report import NO_SIGNAL, SIGNAL_WARNING
 from rlpt.rollout import make_engine
 from rlpt.errors import UserError
 from rlpt.rollout.base import checkpointing_keeps_dropout_off
-from rlpt.logprobs import output_head
+from rlpt.rollout.decoding import documents_and_baseline
 from rlpt.trainer import RlpTrainer, least_squares_trend
 
 RUN_FILES = ("metrics.jsonl", "rollouts.jsonl", "summary.json", "checkpoints", "tensorboard", "wandb", "report.html")
@@ -50,34 +50,20 @@ def warn_on_changed_config(saved_file: Path, cfg) -> None:
         print("rlpt: warning: resuming with a changed config: " + "; ".join(changed), flush=True)
 
 
-@torch.no_grad()
-def probe_baseline(teacher, probe, pad_id: int) -> list[float]:
-    """S_ema of a fixed set of contexts: its change over the run is the teacher's drift. One forward over each
-    document's longest probed prefix gives every probed position of it (causal: the logits at t - 1 are those of x_<t
-    alone), a document at a time: all contexts at once, each its own sequence, held 64 sequences of 2,048 tokens in
-    one forward at the paper's lengths."""
+def probe_baseline(teacher, probe, spec) -> list[float]:
+    """S_ema of a fixed set of contexts: its change over the run is the teacher's drift. Taken as the engines take it
+    (`documents_and_baseline`: one forward over each document, the head at the probed positions only), a document
+    at a time: all contexts at once, each its own sequence, held 64 sequences of 2,048 tokens in one forward at the
+    paper's lengths."""
     s_ema = [0.0] * len(probe)
     by_document: dict[int, list[int]] = {}
     for i, c in enumerate(probe):
         by_document.setdefault(c.doc, []).append(i)
     for members in by_document.values():
-        longest = max((probe[i].prefix for i in members), key=len)
-        logprobs = torch.log_softmax(forward_logits(teacher, list(longest), [len(probe[i].prefix) - 1 for i in members]),
-                                     dim=-1).cpu()
-        for row, i in enumerate(members):
-            s_ema[i] = logprobs[row, probe[i].target].item()
+        values = documents_and_baseline(teacher, [probe[i] for i in members], spec)[-1]
+        for i, value in zip(members, values.tolist()):
+            s_ema[i] = value
     return s_ema
-
-
-def forward_logits(model, ids: list[int], at: list[int]) -> torch.Tensor:
-    """(len(at), V) float32 logits after the tokens at `at` of one sequence, the output head applied there only."""
-    device = next(model.parameters()).device
-    tokens, where = torch.tensor([ids], device=device), torch.tensor(at, device=device)
-    split = output_head(model)
-    if split is not None:
-        body, head = split
-        return head(body(input_ids=tokens).last_hidden_state[0, where]).float()
-    return model(input_ids=tokens).logits[0, where].float()
 
 
 def evaluate_tasks(cfg, model, tokenizer, think) -> dict | None:
@@ -186,6 +172,7 @@ def train_in_folder(world: distributed.World, cfg, run_dir: Path, device: torch.
                         "turn checkpointing off or set the model's dropout to 0 in its config.json")
     distributed.parallelize(policy, world)
     trainer = RlpTrainer(cfg, policy, tokenizer, think, documents, engine, run_dir, device, world, next_token_documents)
+    probe_spec = dataclasses.replace(trainer.spec, baseline_excludes_think=False)  # the plain log p(x_t | x_<t)
     if resume_from is not None:
         trainer.restore(resume_from)
         saved = run_dir / "summary.json"
@@ -200,7 +187,7 @@ def train_in_folder(world: distributed.World, cfg, run_dir: Path, device: torch.
         with trainer.autocast(), distributed.gathered(policy):
             trainer.state["before"] = {
                 "eval": evaluate_tasks(cfg, policy, tokenizer, think),
-                "probe_s_ema": probe_baseline(policy, probe, tokenizer.pad_token_id),  # phi_0 = theta_0
+                "probe_s_ema": probe_baseline(policy, probe, probe_spec),  # phi_0 = theta_0
             }
     began = time.perf_counter()
     trainer.run()
@@ -208,7 +195,7 @@ def train_in_folder(world: distributed.World, cfg, run_dir: Path, device: torch.
 
     with trainer.autocast(), distributed.gathered(policy):  # every rank evaluates (sharded forwards are collective)
         eval_after = evaluate_tasks(cfg, policy, tokenizer, think)
-        after = probe_baseline(trainer.ema.model, probe, tokenizer.pad_token_id) if trainer.ema.initialized else None
+        after = probe_baseline(trainer.ema.model, probe, probe_spec) if trainer.ema.initialized else None
     if not world.main:
         return {}
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache, DynamicLayer, LinearAttentionCacheLayerMixin
 
 from rlpt.generation import cache_kwarg
+from rlpt.rollout.shared_prefix import append_in_place
 
 
 def assign_conv_state(layer, conv_states, state_idx=0, conv_kernel_size=None, **kwargs):
@@ -57,12 +58,7 @@ def keys_in_place(layer, key_states, value_states, *args, **kwargs):
         layer.key_buffer = key_states.new_empty(rows, heads, layer.capacity, width)
         layer.value_buffer = value_states.new_empty(rows, heads, layer.capacity, value_states.shape[-1])
         layer.is_initialized, layer.device = True, key_states.device
-    end = layer.length + key_states.shape[-2]
-    layer.key_buffer[:, :, layer.length : end] = key_states
-    layer.value_buffer[:, :, layer.length : end] = value_states
-    layer.length = end
-    layer.keys, layer.values = layer.key_buffer[:, :, :end], layer.value_buffer[:, :, :end]
-    return layer.keys, layer.values
+    return append_in_place(layer, key_states, value_states)
 
 
 def preallocated(cache: DynamicCache, capacity: int) -> DynamicCache:

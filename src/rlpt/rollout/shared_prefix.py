@@ -93,12 +93,18 @@ class OwnTokensLayer(DynamicLayer):
         self.keys, self.values = self.key_buffer[:, :, :0], self.value_buffer[:, :, :0]
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        end = self.length + key_states.shape[-2]
-        self.key_buffer[:, :, self.length : end] = key_states
-        self.value_buffer[:, :, self.length : end] = value_states
-        self.length = end
-        self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
-        return self.keys, self.values
+        return append_in_place(self, key_states, value_states)
+
+
+def append_in_place(layer, key_states: torch.Tensor, value_states: torch.Tensor):
+    """Write the new keys and values after the `layer.length` written into its buffers; its keys and values are then
+    the written part (views, no copy)."""
+    end = layer.length + key_states.shape[-2]
+    layer.key_buffer[:, :, layer.length : end] = key_states
+    layer.value_buffer[:, :, layer.length : end] = value_states
+    layer.length = end
+    layer.keys, layer.values = layer.key_buffer[:, :, :end], layer.value_buffer[:, :, :end]
+    return layer.keys, layer.values
 
 
 class FixedWidthLayer(OwnTokensLayer):
