@@ -120,3 +120,21 @@ def llama_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def qwen2_dir(tmp_path_factory):
     return save_tiny(tmp_path_factory.mktemp("qwen2"), "qwen2")
+
+
+def tensors_in_cycles(run) -> list:
+    """The tensors that `run()` leaves in reference cycles: freed only by a garbage collection, which counts objects,
+    not bytes, so at the paper's lengths they pile up by gigabytes first."""
+    import gc
+
+    gc.collect()
+    gc.disable()
+    try:
+        run()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        return [o for o in gc.garbage if isinstance(o, torch.Tensor)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()

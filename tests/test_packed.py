@@ -14,7 +14,7 @@ from rlpt.rollout.packed import PackedEngine, document_prefix, rows_over_documen
 from rlpt.rollout.shared_prefix import SharedPrefix
 from rlpt.rollout.reference import ReferenceEngine
 
-from conftest import early_ending_sampler, run_engine, save_tiny
+from conftest import early_ending_sampler, run_engine, save_tiny, tensors_in_cycles
 
 TEXTS = ["123+456=579.", "98+7=105. and a longer tail", "5+5=10.", "777+1=778."]
 
@@ -50,6 +50,17 @@ def test_packed_equals_reference(arch_dir, excludes_think, reward_tokens, discou
     assert packed[5].keys() == ref[5].keys()
     for name in ref[5]:
         torch.testing.assert_close(packed[5][name], ref[5][name], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("engine", [PackedEngine(), ReferenceEngine()], ids=["packed", "reference"])
+def test_a_rollout_and_an_update_leave_no_tensors_in_reference_cycles(arch_dir, engine):
+    """Tensors in cycles wait for a garbage collection, which counts objects, not bytes (see the recurrent engine's
+    test)."""
+    model, tok, think = load_model_and_tokenizer(arch_dir)
+    docs = [Document(tok(t)["input_ids"], f"d{i}") for i, t in enumerate(TEXTS)]
+    contexts = make_contexts(docs, "random:3", seed=0, step=0)
+    spec = RolloutSpec(group_size=3, max_thought_tokens=5, temperature=0.7, think=think, pad_id=tok.pad_token_id)
+    assert tensors_in_cycles(lambda: run_engine(engine, model, contexts, spec, seed=3)) == []
 
 
 def test_packed_update_in_chunks_equals_whole(llama_dir):

@@ -4,7 +4,7 @@ Qwen3Next (gated DeltaNet beside attention) and Mamba2 (state-space only)."""
 
 import pytest
 import torch
-from conftest import run_engine
+from conftest import run_engine, tensors_in_cycles
 
 from rlpt.data import Document, make_contexts
 from rlpt.generation import right_pad
@@ -130,6 +130,16 @@ def test_recurrent_equals_reference(hybrid_dir, positions, reward_tokens, min_se
     assert got[5].keys() == ref[5].keys()
     for name in ref[5]:
         torch.testing.assert_close(got[5][name], ref[5][name], atol=2e-4, rtol=1e-3)
+
+
+def test_a_rollout_and_an_update_leave_no_states_in_reference_cycles(hybrid_dir):
+    """A cache layer given its own methods as bound methods held itself in a cycle, with its states and their graph:
+    at the paper's lengths a NemotronH's update grew by gigabytes a micro-batch until the garbage collector ran."""
+    model, tok, think = load_model_and_tokenizer(hybrid_dir)
+    docs = [Document(tok(t)["input_ids"], f"d{i}") for i, t in enumerate(TEXTS)]
+    contexts = make_contexts(docs, "random:3", seed=0, step=0)
+    spec = RolloutSpec(group_size=3, max_thought_tokens=5, temperature=0.7, think=think, pad_id=tok.pad_token_id)
+    assert tensors_in_cycles(lambda: run_engine(RecurrentEngine(), model, contexts, spec, seed=3)) == []
 
 
 def scale_mixers(model, factor: float = 100.0) -> None:

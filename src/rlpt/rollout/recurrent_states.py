@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from types import MethodType
 
 import torch
 import torch.nn.functional as F
@@ -41,12 +40,24 @@ def assign_recurrent_state(layer, recurrent_states, state_idx=0, **kwargs):
     return last
 
 
+SUBCLASSES = {}  # (a cache layer's class, the methods replaced) -> its subclass with them
+
+
+def with_methods(layer, **methods) -> None:
+    """Give `layer` `methods` by making it an instance of a subclass of its class that has them. Bound to the instance
+    instead, each would hold a reference cycle (layer -> method -> layer) that only the garbage collector frees, and
+    with it the layer's states and their graph: at the paper's lengths, gigabytes a micro-batch, until a collection."""
+    key = (type(layer), tuple(sorted(methods.items())))
+    if key not in SUBCLASSES:
+        SUBCLASSES[key] = type(type(layer).__name__, (type(layer),), methods)
+    layer.__class__ = SUBCLASSES[key]
+
+
 def assigning(cache: DynamicCache) -> DynamicCache:
     """`cache` with every recurrent layer assigning its new states (see the module's docstring)."""
     for layer in cache.layers:
         if isinstance(layer, LinearAttentionCacheLayerMixin):
-            layer.update_conv_state = MethodType(assign_conv_state, layer)
-            layer.update_recurrent_state = MethodType(assign_recurrent_state, layer)
+            with_methods(layer, update_conv_state=assign_conv_state, update_recurrent_state=assign_recurrent_state)
     return cache
 
 
@@ -66,7 +77,7 @@ def preallocated(cache: DynamicCache, capacity: int) -> DynamicCache:
     for layer in cache.layers:
         if attends(layer):
             layer.capacity, layer.length, layer.key_buffer, layer.value_buffer = capacity, 0, None, None
-            layer.update = MethodType(keys_in_place, layer)
+            with_methods(layer, update=keys_in_place)
     return cache
 
 
