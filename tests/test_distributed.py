@@ -200,3 +200,34 @@ def test_recurrent_rows_without_a_documents_pass_average_gradients_across_ranks(
     assert [r["contexts"] for r in metrics(one)] == [4, 4, 4]  # every document holds t = 5: one thought place each
     start = [p.detach() for p in load_model_and_tokenizer(model)[0].parameters()]
     assert_same_weights(one, two, start)
+
+
+def test_two_processes_skip_the_thoughts_of_advantage_zero_like_one(tmp_path, llama_dir, corpus):
+    """Rank advantages tie rewards within 0.01, so many thoughts have advantage 0 and leave the update: a different
+    number on each rank, some steps none. 2 processes with batch b still train like 1 with batch 2b, skipping the same
+    thoughts (fewer than all in some step, checked)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    ranked = ["--set", "rlp.rank_advantages=true"]
+    train_one(one, *settings(corpus, llama_dir, "ddp", per_rank_batch=4), *ranked)
+    train_two(two, *settings(corpus, llama_dir, "ddp", per_rank_batch=2), *ranked)
+    assert_same_metrics(metrics(one), metrics(two))
+    assert [r["updated_thoughts"] for r in metrics(one)] == [r["updated_thoughts"] for r in metrics(two)]
+    assert any(0 < r["updated_thoughts"] < 3 * r["contexts"] for r in metrics(one))
+    start = [p.detach() for p in load_model_and_tokenizer(llama_dir)[0].parameters()]
+    assert_same_weights(one, two, start)
+
+
+def test_two_processes_sample_dynamically_like_one(tmp_path, llama_dir, corpus):
+    """Dynamic sampling: rounds of draws until the groups with signal fill the batch, chosen over all ranks by
+    (round, slot, position). 2 processes with batch b draw, keep and train like 1 with batch 2b (some step needs a
+    second round, checked), and resume across."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    dynamic = ["--set", "rlp.dynamic_sampling=3", "--set", "rlp.temperature=0.3"]
+    train_one(one, *settings(corpus, llama_dir, "ddp", per_rank_batch=4), *dynamic)
+    train_two(two, *settings(corpus, llama_dir, "ddp", per_rank_batch=2), *dynamic)
+    assert_same_metrics(metrics(one), metrics(two))
+    for key in ("drawn_contexts", "draw_rounds", "contexts"):
+        assert [r[key] for r in metrics(one)] == [r[key] for r in metrics(two)], key
+    assert any(r["draw_rounds"] > 1 for r in metrics(one))
+    start = [p.detach() for p in load_model_and_tokenizer(llama_dir)[0].parameters()]
+    assert_same_weights(one, two, start)

@@ -40,6 +40,100 @@ def test_micro_batches_give_the_same_step_as_one_batch(llama_dir, tmp_path):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("updates", [1, 2])
+@pytest.mark.parametrize("equal_groups", ["every other", "all"])
+def test_thoughts_of_advantage_zero_leave_the_update_and_the_step_is_the_same(llama_dir, tmp_path, monkeypatch,
+                                                                            updates, equal_groups):
+    """Groups of equal rewards (advantages exactly 0) skip the update's forward and backward; the gradient, its norm,
+    the loss, the clipped share and the weights after mu = 1 or 2 steps are those of running every thought. Fails
+    when the loss divides by the thoughts run instead of all of them, or when a thought with signal is skipped. With
+    weight decay, lr 1e-2 and eps 0.01, so that a zero-gradient step and a second update are not no-ops."""
+    from rlpt import trainer as trainer_module
+
+    runs = []
+    for skip in (True, False):
+        trainer = make_trainer(llama_dir, tmp_path, f"rlp.updates_per_batch={updates}", "train.micro_batch_thoughts=5",
+                               "train.lr=1e-2", "train.weight_decay=0.1", "rlp.eps_low=0.01", "rlp.eps_high=0.01")
+        real = trainer.rewards
+
+        def rewards(rollouts, docs, real=real):
+            r = real(rollouts, docs).clone()
+            r[:: 2 if equal_groups == "every other" else 1] = 0.1  # 0.1: its float mean is not 0.1
+            return r
+
+        monkeypatch.setattr(trainer, "rewards", rewards)
+        if not skip:
+            monkeypatch.setattr(trainer_module, "rows_to_update", lambda advantages, kl: list(range(advantages.numel())))
+        ran, thought_logprobs = [], trainer.engine.thought_logprobs
+        monkeypatch.setattr(trainer.engine, "thought_logprobs", lambda model, rollouts, rows, spec:
+                            (ran.extend(rows), thought_logprobs(model, rollouts, rows, spec))[1])
+        outcome = trainer.rlp_step(0)
+        runs.append((outcome, ran, params(trainer.policy)))
+        monkeypatch.undo()
+    (skipped, ran, weights), (every, ran_every, weights_every) = runs
+    thoughts = len(every.rollouts.thoughts)
+    signal = [r for r in range(thoughts) if every.advantages.flatten()[r] != 0]
+    assert len(ran_every) == updates * thoughts and skipped.metrics["updated_thoughts"] == len(signal)
+    # with no signal at all, one thought runs weighted 0: the optimizer steps on zero gradients, as it did
+    assert sorted(set(ran)) == (signal or [0]) and every.metrics["updated_thoughts"] == thoughts
+    assert 0 < len(signal) < thoughts if equal_groups == "every other" else signal == []
+    assert skipped.metrics["updates"] == updates
+    for key in ("loss", "grad_norm", "clip_frac", "thought_tokens", "groups_with_signal", "advantage_abs_mean"):
+        assert abs(skipped.metrics[key] - every.metrics[key]) <= 1e-6 * max(1.0, abs(every.metrics[key])), key
+    assert equal_groups == "all" or skipped.metrics["grad_norm"] > 0
+    assert updates == 1 or skipped.metrics["clip_frac"] > 0 or equal_groups == "all"
+    for p, q in zip(weights, weights_every):  # Adam turns the float noise of another summing order into up to ~5e-5
+        torch.testing.assert_close(p, q, atol=5e-5, rtol=0)  # on a weight of gradient near 0 (the steps move ~1e-2)
+
+
+def test_dynamic_sampling_fills_the_batch_with_groups_with_signal_in_order(llama_dir, tmp_path, monkeypatch):
+    """Rewards made to carry signal only at positions 1, 5, 9, ...: the batch takes the groups with signal of round 0, then of
+    the rounds after (fresh positions), by (round, slot, position), until as many as round 0 drew (6 here), or the
+    rounds run out; every context drawn is counted. Each kept group is the one its round drew (same thoughts)."""
+    from rlpt.data import make_contexts
+
+    def signal_at_one_in_four(trainer):
+        real = trainer.rewards
+
+        def rewards(rollouts, docs):
+            r = real(rollouts, docs).clone()
+            for b, c in enumerate(rollouts.contexts):
+                r[b] = torch.arange(4.0) if c.position % 4 == 1 else 0.5
+            return r
+
+        monkeypatch.setattr(trainer, "rewards", rewards)
+
+    for rounds in (0, 1, 5):
+        trainer = make_trainer(llama_dir, tmp_path, f"rlp.dynamic_sampling={rounds}")
+        signal_at_one_in_four(trainer)
+        drawn = [make_contexts(trainer.step_documents(0)[0], "random:2", 0, 0, draw=d) for d in range(1 + rounds)]
+        expected, used = [], 0
+        for contexts in drawn:
+            used += 1
+            if rounds:
+                expected += sorted((c.doc, c.position) for c in contexts if c.position % 4 == 1)[: 6 - len(expected)]
+            else:
+                expected = [(c.doc, c.position) for c in contexts]
+            if len(expected) >= 6:
+                break
+        outcome = trainer.rlp_step(0)
+        assert [(c.doc, c.position) for c in outcome.rollouts.contexts] == expected
+        assert outcome.metrics["drawn_contexts"] == 6 * used and outcome.metrics["draw_rounds"] == used
+        assert outcome.metrics["contexts"] == len(expected)
+        if rounds:
+            assert outcome.metrics["groups_with_signal"] == 1.0
+    assert used == 3  # the 5-round case: round 1 had no signal, round 2 more than was wanted (one dropped)
+    # a kept group's thoughts are those its round sampled: round 0 kept alone gives round 0's thoughts
+    plain = make_trainer(llama_dir, tmp_path).rlp_step(0).rollouts
+    trainer = make_trainer(llama_dir, tmp_path, "rlp.dynamic_sampling=1")
+    signal_at_one_in_four(trainer)
+    kept = trainer.rlp_step(0).rollouts
+    for b, c in enumerate(plain.contexts):
+        if c.position % 4 == 1:
+            k = kept.contexts.index(c)
+            assert kept.thoughts[4 * k : 4 * k + 4] == plain.thoughts[4 * b : 4 * b + 4]
+
+
 def test_ema_is_set_lazily_then_updated_once_per_step(llama_dir, tmp_path):
     trainer = make_trainer(llama_dir, tmp_path, "rlp.ema_decay=0.5", "train.micro_batch_thoughts=4")
     theta0 = params(trainer.policy)

@@ -92,6 +92,10 @@ class RlpConfig:
     updates_per_batch: int = 1
     """mu: optimizer steps on each batch of rollouts, the ratio against the policy that sampled them (theta_old);
     the EMA teacher moves after each. 1 = the paper (the ratio is 1)."""
+    dynamic_sampling: int = 0
+    """DAPO's dynamic sampling: up to this many more rounds of positions drawn a step (fresh positions, fresh thoughts),
+    the batch filled with the groups that carry signal (rewards more than 0.01 nats apart), first by round, document
+    slot and position, up to as many groups as the first round drew. 0: off, one round, every group kept."""
     loss_coef: float = 1.0
     """Weight of the RLP surrogate in the loss. 0 with `train.next_token_data` trains the next-token term alone: the
     control that a mixed objective must be compared with."""
@@ -305,6 +309,7 @@ def validate(cfg: Config) -> None:
          "rlp.rank_advantages and rlp.normalize_advantages are two ways to scale advantages: choose one"),
         (0 < cfg.rlp.reward_discount <= 1, "rlp.reward_discount must be in (0, 1]"),
         (cfg.rlp.updates_per_batch >= 1, "rlp.updates_per_batch must be >= 1"),
+        (cfg.rlp.dynamic_sampling >= 0, "rlp.dynamic_sampling must be >= 0 (0: off)"),
         (cfg.rlp.loss_coef >= 0, "rlp.loss_coef must be >= 0"),
         (cfg.train.next_token_coef >= 0, "train.next_token_coef must be >= 0"),
         (cfg.train.next_token_documents >= 1, "train.next_token_documents must be >= 1"),

@@ -221,13 +221,13 @@ def after_marker(rule: str) -> str | None:
 
 
 def make_contexts(docs: list[Document], rule: str, seed: int, step: int, first_slot: int = 0,
-                  reward_tokens: int = 1) -> list[Context]:
+                  reward_tokens: int = 1, draw: int = 0) -> list[Context]:
     """Every (document, t) of a batch under `rule`, each with the `reward_tokens` tokens from x_t on that its reward
-    scores. `random:N` draws depend only on (seed, step, slot), the slot of a document being its index in the step's
-    global batch (`first_slot` + its index in `docs`)."""
+    scores. `random:N` draws depend only on (seed, step, slot, draw), the slot of a document being its index in the
+    step's global batch (`first_slot` + its index in `docs`), `draw` the round of dynamic sampling (0: the first)."""
     contexts = []
     for b, doc in enumerate(docs):
-        rng = random.Random(f"{seed}/{step}/{first_slot + b}")
+        rng = random.Random(f"{seed}/{step}/{first_slot + b}" + (f"/{draw}" if draw else ""))
         for t in positions(doc, rule, rng):
             contexts.append(Context(doc=b, position=t, prefix=tuple(doc.ids[:t]), target=doc.ids[t],
                                     continuation=tuple(doc.ids[t + 1 : t + reward_tokens])))

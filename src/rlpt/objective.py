@@ -42,7 +42,11 @@ def group_advantages(rewards: torch.Tensor, normalize_std: bool = False, eps: fl
     """A_i = G/(G-1) * (r_i - mean_j r_j) within each row of (B, G) rewards; detached."""
     group_size = checked_group_size(rewards, "group_advantages")
     rewards = rewards.detach()
-    advantages = group_size / (group_size - 1) * (rewards - rewards.mean(dim=-1, keepdim=True))
+    centred = rewards - rewards.mean(dim=-1, keepdim=True)
+    # a group of equal rewards has advantages of exactly 0, as the formula says; the float mean can be an ulp off
+    # them (for 44% of random values at G = 16), which dividing by the std + eps would scale up a million times
+    centred = torch.where((rewards == rewards[..., :1]).all(dim=-1, keepdim=True), 0.0, centred)
+    advantages = group_size / (group_size - 1) * centred
     if normalize_std:
         advantages = advantages / (rewards.std(dim=-1, keepdim=True) + eps)
     return advantages

@@ -35,7 +35,7 @@ from rlpt.generation import hash_key, right_pad, temperature_sampler
 from rlpt.logprobs import CHUNK_ELEMENTS, output_head
 from rlpt.pretrain import next_token_loss
 from rlpt.rollout import Context, Rollouts, RolloutSpec
-from rlpt.rollout.base import chunked_rollout
+from rlpt.rollout.base import chunked_rollout, concatenated, groups_of
 
 
 @dataclass
@@ -46,6 +46,17 @@ class StepOutcome:
     rewards: torch.Tensor  # (B, G)
     advantages: torch.Tensor  # (B, G)
     idle: bool = False  # this rank had no context; the rollouts are a stand-in
+
+
+@dataclass
+class Batch:
+    """A step's groups and their rewards (B, G). `idle`: this rank has none, the rollouts a stand-in weighted 0.
+    `drawn_contexts`: the contexts this rank rolled out to fill it, over `rounds` rounds of draws."""
+    rollouts: Rollouts
+    rewards: torch.Tensor
+    idle: bool
+    drawn_contexts: int
+    rounds: int
 
 
 @lru_cache(maxsize=2)
@@ -71,6 +82,15 @@ SIGNAL_TOLERANCE = 0.01
 def group_has_signal(rewards: torch.Tensor) -> torch.Tensor:
     """(B,) True where a group's rewards (B, G) are not all equal: only such a group has non-zero advantages."""
     return (rewards.max(dim=-1).values - rewards.min(dim=-1).values) > SIGNAL_TOLERANCE
+
+
+def rows_to_update(advantages: torch.Tensor, kl_coef: float) -> list[int]:
+    """The thoughts the update must run forward and backward: with no KL term, one of advantage exactly 0 (every thought
+    of a group of equal rewards) has a surrogate of 0 * ratio at every token, so no gradient, and is left out; the loss
+    still divides by every thought, so the step is the one that running it would give."""
+    if kl_coef > 0:
+        return list(range(advantages.numel()))
+    return advantages.flatten().ne(0).nonzero().flatten().tolist()
 
 
 def distinct_thoughts(thoughts: list[list[int]], group_size: int) -> list[int]:
@@ -165,23 +185,10 @@ class RlpTrainer:
     def rlp_step(self, step: int) -> StepOutcome:
         cfg, G = self.cfg, self.spec.group_size
         docs, first = self.step_documents(step)
-        contexts = make_contexts(docs, cfg.rlp.positions, cfg.train.seed, step, first_slot=first,
-                                 reward_tokens=cfg.rlp.reward_tokens)
-        idle = not contexts  # no position in this rank's documents: it still runs the step's collectives, on a stand-in
-        if idle:
-            contexts = [self.stand_in_context(docs)]
         if not self.ema.initialized:
             self.ema.init_from(self.policy)  # lazy: phi <- theta at the first batch
-        # a thought's draws are keyed by (document slot, t, g): the same on any number of ranks, in any chunks
-        row_keys = [hash_key(first + c.doc, c.position, g) for c in contexts for g in range(G)]
-
-        def sampler_for(begin: int, end: int):
-            return temperature_sampler(cfg.rlp.temperature, hash_key(cfg.train.seed, step), row_keys[begin * G : end * G])
-
-        with self.autocast(), gathered(self.policy):
-            rollouts = chunked_rollout(self.engine, self.policy, self.ema.model, contexts, self.spec, sampler_for,
-                                       max(1, self.chunks.rollout_rows // G))
-        rewards = self.rewards(rollouts, docs)  # (B, G)
+        batch = self.draw_batch(step, docs, first)
+        rollouts, rewards, idle = batch.rollouts, batch.rewards, batch.idle
         advantages = (objective.rank_advantages(rewards, SIGNAL_TOLERANCE) if cfg.rlp.rank_advantages
                       else objective.group_advantages(rewards, normalize_std=cfg.rlp.normalize_advantages))
         logp_old = []  # theta_old's log-probs per micro-batch, kept from the first update for the later ones
@@ -193,7 +200,7 @@ class RlpTrainer:
                     next_token.append(self.next_token_gradients(step, update))
                 sums = self.accumulate_gradients(rollouts, advantages.flatten(), idle, logp_old)
             grad_norm = self.clip_gradients()
-            loss, kl, clipped, tokens, rows = distributed.all_sum(sums, self.device)
+            loss, kl, clipped, tokens, rows, updated = distributed.all_sum(sums, self.device)
             attempts.append([loss / max(rows, 1), kl / max(rows, 1), clipped, tokens, grad_norm])
             finite = math.isfinite(loss) and math.isfinite(grad_norm)  # the same on every rank: both are global
             if finite and rows:  # (no thought anywhere in the batch: nothing to learn from, no step)
@@ -211,11 +218,12 @@ class RlpTrainer:
         mine = dict(  # per-thought values of every rank: metrics over the global batch
             rewards=rewards.flatten().tolist(), s_pred=rollouts.s_pred.flatten().tolist(), s_ema=rollouts.s_ema.tolist(),
             advantages=advantages.flatten().tolist(), lengths=[len(t) for t in rollouts.thoughts],
-            truncated=rollouts.truncated(self.spec.think.close_id).tolist(), contexts=[len(contexts)],
+            truncated=rollouts.truncated(self.spec.think.close_id).tolist(), contexts=[len(rollouts.contexts)],
             signal=group_has_signal(rewards).tolist(), distinct=distinct_thoughts(rollouts.thoughts, G))
         if idle:
             mine = {key: [] for key in mine}
-        ranks = distributed.all_gather({**mine, "document_tokens": [sum(len(d.ids) for d in docs)]})
+        ranks = distributed.all_gather({**mine, "document_tokens": [sum(len(d.ids) for d in docs)],
+                                        "drawn_contexts": [batch.drawn_contexts]})
         every = {key: torch.tensor([v for r in ranks for v in r[key]], dtype=torch.float64) for key in ranks[0]}
         metrics = dict(
             step=step + 1, loss=loss, reward_mean=every["rewards"].mean().item(), reward_std=every["rewards"].std().item(),
@@ -226,11 +234,61 @@ class RlpTrainer:
             document_tokens=int(every["document_tokens"].sum()), skipped=not applied, updates=applied,
             nonfinite_skipped=self.state["nonfinite_skipped"], groups_with_signal=every["signal"].mean().item(),
             distinct_thoughts_mean=every["distinct"].mean().item(), rollout_rows=self.chunks.rollout_rows,
-            micro_batch_thoughts=self.chunks.micro_batch_thoughts,
+            micro_batch_thoughts=self.chunks.micro_batch_thoughts, updated_thoughts=int(updated),
+            drawn_contexts=int(every["drawn_contexts"].sum()), draw_rounds=batch.rounds,
         )
         if next_token:
             metrics["next_token_loss"] = distributed.all_sum([sum(next_token) / len(next_token)], self.device)[0] / self.world.size
         return StepOutcome(metrics, docs, rollouts, rewards, advantages, idle)
+
+    def draw(self, step: int, docs: list[Document], first: int, draw: int) -> tuple[Rollouts, torch.Tensor, bool]:
+        """Round `draw` of positions of this rank's documents, G thoughts each rolled out in chunks of
+        `train.rollout_rows` groups, and their rewards (B, G); and whether this rank is idle (no position in its
+        documents: the rollouts are a stand-in's, which runs the step's forwards and collectives weighted 0)."""
+        cfg, G = self.cfg, self.spec.group_size
+        contexts = make_contexts(docs, cfg.rlp.positions, cfg.train.seed, step, first_slot=first,
+                                 reward_tokens=cfg.rlp.reward_tokens, draw=draw)
+        idle = not contexts
+        if idle:
+            contexts = [self.stand_in_context(docs)]
+        # a thought's draws are keyed by (document slot, t, g, and the round after the first): the same on any number
+        # of ranks, in any chunks
+        row_keys = [hash_key(first + c.doc, c.position, g, *([draw] if draw else [])) for c in contexts for g in range(G)]
+
+        def sampler_for(begin: int, end: int):
+            return temperature_sampler(cfg.rlp.temperature, hash_key(cfg.train.seed, step), row_keys[begin * G : end * G])
+
+        with self.autocast(), gathered(self.policy):
+            rollouts = chunked_rollout(self.engine, self.policy, self.ema.model, contexts, self.spec, sampler_for,
+                                       max(1, self.chunks.rollout_rows // G))
+        return rollouts, self.rewards(rollouts, docs), idle
+
+    def draw_batch(self, step: int, docs: list[Document], first: int) -> Batch:
+        """The step's groups: one round of draws; with `rlp.dynamic_sampling` R (DAPO's dynamic sampling), up to
+        1 + R rounds, keeping the groups with signal, first by (round, document slot, position) over all ranks, until
+        as many as the first round drew over all ranks. The same groups on any number of ranks."""
+        rollouts, rewards, idle = self.draw(step, docs, first, 0)
+        drawn = 0 if idle else len(rollouts.contexts)
+        if not self.cfg.rlp.dynamic_sampling:
+            return Batch(rollouts, rewards, idle, drawn, rounds=1)
+        wanted = sum(distributed.all_gather(drawn))
+        parts, kept = [], 0
+        for draw in range(1 + self.cfg.rlp.dynamic_sampling):
+            if draw:
+                rollouts, rewards, idle = self.draw(step, docs, first, draw)
+                drawn += 0 if idle else len(rollouts.contexts)
+            keys = [] if idle else [(first + c.doc, c.position) for c in rollouts.contexts]
+            signal = [key for key, s in zip(keys, group_has_signal(rewards).tolist()) if s]
+            taken = set(sorted(key for rank in distributed.all_gather(signal) for key in rank)[: wanted - kept])
+            groups = [b for b, key in enumerate(keys) if key in taken]
+            if groups:
+                parts.append((groups_of(rollouts, groups), rewards[groups]))
+            kept += len(taken)
+            if kept >= wanted:
+                break
+        if not parts:  # none of this rank's groups was kept: the last round's stand in, weighted 0
+            return Batch(rollouts, rewards, True, drawn, rounds=draw + 1)
+        return Batch(concatenated([p for p, _ in parts]), torch.cat([r for _, r in parts]), False, drawn, rounds=draw + 1)
 
     def stand_in_context(self, docs: list[Document]) -> Context:
         """`</think>` after the first token of a document, sampled and backpropagated with zero weight, so that a
@@ -259,23 +317,28 @@ class RlpTrainer:
     def accumulate_gradients(self, rollouts: Rollouts, advantages: torch.Tensor, idle: bool = False,
                              logp_old: list | None = None) -> list[float]:
         """Backward this rank's share of the global loss mean_i L_i (the mean over the thoughts of all ranks), in
-        micro-batches of thoughts. Returns this rank's sums [loss, kl, clipped tokens, tokens, thoughts] for
+        micro-batches of thoughts. Returns this rank's sums [loss, kl, clipped tokens, tokens, thoughts, thoughts run] for
         `distributed.all_sum` (loss and kl summed over thoughts). `idle`: the rollouts are a stand-in, weighted 0.
         `logp_old`: theta_old's log-probs per micro-batch; an empty list is filled (this is the first update, whose
         weights are theta_old's), a filled one is read (a later update)."""
         logp_old = [] if logp_old is None else logp_old
         first_update = not logp_old
         rlp, size = self.cfg.rlp, self.chunks.micro_batch_thoughts
-        rows = [] if idle else list(range(len(rollouts.thoughts)))
-        counts = distributed.all_gather(len(rows))
+        thoughts = 0 if idle else len(rollouts.thoughts)
+        rows = [] if idle else rows_to_update(advantages, rlp.kl_coef)
+        counts = distributed.all_gather([thoughts, len(rows)])
         chunks = [rows[i : i + size] for i in range(0, len(rows), size)]
         # every rank runs as many micro-batches, the missing ones as zero-weighted repeats, so that all ranks
-        # reduce gradients in the same backward with the same collectives
+        # reduce gradients in the same backward with the same collectives; at least one, so that a batch of no signal
+        # leaves zero gradients for the optimizer's step, as running its thoughts would
         padding = chunks[-1] if chunks else [0]
-        micro_batches = chunks + [padding] * (max(-(-n // size) for n in counts) - len(chunks))
-        scale = self.world.size / max(sum(counts), 1)  # ranks average gradients: make the average the global mean
+        micro_batches = chunks + [padding] * (max(1, *(-(-n // size) for _, n in counts)) - len(chunks))
+        # ranks average gradients: make the average the mean over every thought of every rank, skipped ones included
+        scale = self.world.size / max(sum(n for n, _ in counts), 1)
         advantages = advantages.to(self.device)
-        loss_sum = kl_sum = clipped = tokens = 0.0
+        # a skipped thought's surrogate is 0 and its clipped tokens none: only its tokens count
+        loss_sum = kl_sum = clipped = 0.0
+        tokens = float(sum(len(rollouts.thoughts[r]) for r in set(range(thoughts)) - set(rows)))
         for k, chunk in enumerate(micro_batches):
             real = k < len(chunks)
             self.sync_gradients(k == len(micro_batches) - 1)  # reduce once, in the last micro-batch's backward
@@ -296,7 +359,7 @@ class RlpTrainer:
                 n_tokens = mask.sum().item()
                 clipped += objective.clip_fraction(logp, old, advantages[chunk], mask, rlp.eps_low, rlp.eps_high).item() * n_tokens
                 tokens += n_tokens
-        return [loss_sum, kl_sum, clipped, tokens, len(rows)]
+        return [loss_sum, kl_sum, clipped, tokens, thoughts, len(rows)]
 
     def next_token_gradients(self, step: int, update: int) -> float:
         """Backward `train.next_token_coef` x the mean next-token loss of `train.next_token_documents` documents of

@@ -4,7 +4,8 @@ budgets (arXiv 2510.01265, Appendix 11):
 - FLOP-matched: T_flop = n * l_seq * bs * iters + T_inp tokens, where n is the number of rollouts per context (G),
   l_seq the rollout length (`rlp.max_thought_tokens`; the thought, not the prompt), bs the contexts per step, iters
   the steps and T_inp the document tokens RLP read. rlpt takes n * bs * iters as the RLP run's own count of contexts
-  times G (its `contexts` metric summed), and T_inp as its `document_tokens` metric summed.
+  rolled out times G (its `drawn_contexts` metric summed: with dynamic sampling, the dropped groups too), and T_inp as
+  its `document_tokens` metric summed.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def flop_matched_tokens(n: int, l_seq: int, batch: float, iters: int, input_toke
 def budgets_from_run(history: list[dict], group_size: int, max_thought_tokens: int) -> dict:
     """The token-matched and FLOP-matched CPT budgets of an RLP run, from its metrics.jsonl rows."""
     steps = len(history)
-    contexts = sum(row["contexts"] for row in history)
+    contexts = sum(row.get("drawn_contexts", row["contexts"]) for row in history)  # dynamic sampling: every draw
     input_tokens = sum(row["document_tokens"] for row in history)
     return dict(
         rlp_steps=steps, contexts_per_step=contexts / max(1, steps), input_tokens=input_tokens,

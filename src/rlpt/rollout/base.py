@@ -50,12 +50,27 @@ def chunked_rollout(engine, policy, teacher, contexts: list[Context], spec: Roll
     parts = [engine.rollout(policy, teacher, contexts[first : first + contexts_per_chunk], spec,
                             sampler_for(first, min(first + contexts_per_chunk, len(contexts))))
              for first in range(0, len(contexts), contexts_per_chunk)]
+    return concatenated(parts)
+
+
+def concatenated(parts: list[Rollouts]) -> Rollouts:
+    """The groups of `parts`, in order, as one Rollouts."""
     if len(parts) == 1:
         return parts[0]
     right = None if any(p.answer_right is None for p in parts) else torch.cat([p.answer_right for p in parts])
     return Rollouts([c for p in parts for c in p.contexts], [t for p in parts for t in p.thoughts],
                     torch.cat([p.s_pred for p in parts]), torch.cat([p.s_ema for p in parts]),
                     torch.cat([p.predicted for p in parts]), right)
+
+
+def groups_of(rollouts: Rollouts, groups: list[int]) -> Rollouts:
+    """The groups (context indices) `groups` of `rollouts`, in that order."""
+    G = rollouts.s_pred.size(1)
+    index = torch.tensor(groups, dtype=torch.long)
+    pick = (lambda x: None if x is None else x[index.to(x.device)])
+    return Rollouts([rollouts.contexts[b] for b in groups],
+                    [rollouts.thoughts[b * G + g] for b in groups for g in range(G)],
+                    pick(rollouts.s_pred), pick(rollouts.s_ema), pick(rollouts.predicted), pick(rollouts.answer_right))
 
 
 @contextmanager
