@@ -203,9 +203,9 @@ def test_recurrent_rows_without_a_documents_pass_average_gradients_across_ranks(
 
 
 def test_two_processes_skip_the_thoughts_of_advantage_zero_like_one(tmp_path, llama_dir, corpus):
-    """Rank advantages tie rewards within 0.01, so many thoughts have advantage 0 and leave the update: a different
-    number on each rank, some steps none. 2 processes with batch b still train like 1 with batch 2b, skipping the same
-    thoughts (fewer than all in some step, checked)."""
+    """Rank advantages tie rewards within 0.01, so many thoughts have advantage 0 and leave the update. 2 processes
+    with batch b still train like 1 with batch 2b, skipping the same thoughts (some but not all in some step,
+    checked)."""
     one, two = tmp_path / "one", tmp_path / "two"
     ranked = ["--set", "rlp.rank_advantages=true"]
     train_one(one, *settings(corpus, llama_dir, "ddp", per_rank_batch=4), *ranked)
@@ -218,9 +218,9 @@ def test_two_processes_skip_the_thoughts_of_advantage_zero_like_one(tmp_path, ll
 
 
 def test_two_processes_sample_dynamically_like_one(tmp_path, llama_dir, corpus):
-    """Dynamic sampling: rounds of draws until the groups with signal fill the batch, chosen over all ranks by
-    (round, slot, position). 2 processes with batch b draw, keep and train like 1 with batch 2b (some step needs a
-    second round, checked), and resume across."""
+    """Dynamic sampling: rounds of draws until the groups with signal fill the batch, chosen over all ranks in an
+    order hashed from (round, slot, position). 2 processes with batch b draw, keep and train like 1 with batch 2b
+    (some step needs a second round, checked)."""
     one, two = tmp_path / "one", tmp_path / "two"
     dynamic = ["--set", "rlp.dynamic_sampling=3", "--set", "rlp.temperature=0.3"]
     train_one(one, *settings(corpus, llama_dir, "ddp", per_rank_batch=4), *dynamic)

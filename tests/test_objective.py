@@ -58,13 +58,14 @@ def test_group_advantages_optional_std_normalisation():
 def test_a_group_of_equal_rewards_has_advantages_of_exactly_zero():
     # 0.1 sixteen times: the float32 mean is 7e-9 off 0.1 (checked below), which dividing by the std (0) + 1e-6 used
     # to scale up a million times
-    rewards = torch.full((2, 16), 0.1)
+    rewards = torch.full((4, 16), 0.1)
     rewards[1, 3] = float("nan")
+    rewards[2], rewards[3] = float("inf"), float("-inf")  # equal, but not finite
     assert rewards[0].mean().item() != rewards[0, 0].item()
     for normalize_std in (False, True):
         advantages = group_advantages(rewards, normalize_std=normalize_std)
         assert advantages[0].tolist() == [0.0] * 16  # exactly: the update skips such thoughts
-        assert advantages[1].isnan().all()  # a non-finite reward still reaches the loss
+        assert advantages[1:].isnan().all()  # a non-finite reward still reaches the loss, which skips the step
 
 # A hand-worked batch of N=2 thoughts, L=3 slots, eps 0.2/0.2:
 #   thought 0: A = +1, ratios [1.5, 0.5, 1.1], all 3 tokens real

@@ -86,52 +86,103 @@ def test_thoughts_of_advantage_zero_leave_the_update_and_the_step_is_the_same(ll
         torch.testing.assert_close(p, q, atol=5e-5, rtol=0)  # on a weight of gradient near 0 (the steps move ~1e-2)
 
 
-def test_dynamic_sampling_fills_the_batch_with_groups_with_signal_in_order(llama_dir, tmp_path, monkeypatch):
-    """Rewards made to carry signal only at positions 1, 5, 9, ...: the batch takes the groups with signal of round 0, then of
-    the rounds after (fresh positions), by (round, slot, position), until as many as round 0 drew (6 here), or the
-    rounds run out; every context drawn is counted. Each kept group is the one its round drew (same thoughts)."""
+def rewards_with_signal_at(trainer, monkeypatch, has_signal):
+    """The trainer's rewards, made equal (0.5) in every group whose context fails `has_signal`, 0..3 in the others."""
+    real = trainer.rewards
+
+    def rewards(rollouts, docs):
+        r = real(rollouts, docs).clone()
+        for b, c in enumerate(rollouts.contexts):
+            r[b] = torch.arange(4.0) if has_signal(c) else 0.5
+        return r
+
+    monkeypatch.setattr(trainer, "rewards", rewards)
+
+
+def test_dynamic_sampling_fills_the_batch_with_groups_with_signal(llama_dir, tmp_path, monkeypatch):
+    """Rewards made to carry signal only at positions from 6 on: the batch takes the groups with signal of round 0,
+    then of the rounds after (fresh positions, none already kept), each round's in an order hashed from (seed, step,
+    round, slot, position), until as many as round 0 drew (6 here), or the rounds run out; every context drawn is
+    counted, and the signal metric is over all of them. Each kept group is the one its round drew (same thoughts)."""
     from rlpt.data import make_contexts
-
-    def signal_at_one_in_four(trainer):
-        real = trainer.rewards
-
-        def rewards(rollouts, docs):
-            r = real(rollouts, docs).clone()
-            for b, c in enumerate(rollouts.contexts):
-                r[b] = torch.arange(4.0) if c.position % 4 == 1 else 0.5
-            return r
-
-        monkeypatch.setattr(trainer, "rewards", rewards)
+    from rlpt.generation import hash_key
 
     for rounds in (0, 1, 5):
         trainer = make_trainer(llama_dir, tmp_path, f"rlp.dynamic_sampling={rounds}")
-        signal_at_one_in_four(trainer)
-        drawn = [make_contexts(trainer.step_documents(0)[0], "random:2", 0, 0, draw=d) for d in range(1 + rounds)]
-        expected, used = [], 0
-        for contexts in drawn:
-            used += 1
+        rewards_with_signal_at(trainer, monkeypatch, lambda c: c.position >= 6)
+        expected, used, drawn, signal = [], 0, 0, 0
+        for d in range(1 + rounds):
+            contexts = [c for c in make_contexts(trainer.step_documents(0)[0], "random:2", 0, 0, draw=d)
+                        if (c.doc, c.position) not in expected]
+            used, drawn = used + 1, drawn + len(contexts)
+            with_signal = [(c.doc, c.position) for c in contexts if c.position >= 6]
+            signal += len(with_signal)
             if rounds:
-                expected += sorted((c.doc, c.position) for c in contexts if c.position % 4 == 1)[: 6 - len(expected)]
+                expected += sorted(with_signal, key=lambda key: hash_key(0, 0, d, *key))[: 6 - len(expected)]
             else:
                 expected = [(c.doc, c.position) for c in contexts]
             if len(expected) >= 6:
                 break
         outcome = trainer.rlp_step(0)
-        assert [(c.doc, c.position) for c in outcome.rollouts.contexts] == expected
-        assert outcome.metrics["drawn_contexts"] == 6 * used and outcome.metrics["draw_rounds"] == used
+        assert sorted((c.doc, c.position) for c in outcome.rollouts.contexts) == sorted(expected)
+        assert outcome.metrics["drawn_contexts"] == drawn and outcome.metrics["draw_rounds"] == used
         assert outcome.metrics["contexts"] == len(expected)
-        if rounds:
-            assert outcome.metrics["groups_with_signal"] == 1.0
-    assert used == 3  # the 5-round case: round 1 had no signal, round 2 more than was wanted (one dropped)
+        assert outcome.metrics["groups_with_signal"] == pytest.approx(signal / drawn)
+        if rounds:  # round 1 had more than was wanted: some dropped
+            assert used == 2 and signal > len(expected) == 6
     # a kept group's thoughts are those its round sampled: round 0 kept alone gives round 0's thoughts
     plain = make_trainer(llama_dir, tmp_path).rlp_step(0).rollouts
     trainer = make_trainer(llama_dir, tmp_path, "rlp.dynamic_sampling=1")
-    signal_at_one_in_four(trainer)
+    rewards_with_signal_at(trainer, monkeypatch, lambda c: c.position >= 6)
     kept = trainer.rlp_step(0).rollouts
     for b, c in enumerate(plain.contexts):
-        if c.position % 4 == 1:
+        if c.position >= 6:
             k = kept.contexts.index(c)
             assert kept.thoughts[4 * k : 4 * k + 4] == plain.thoughts[4 * b : 4 * b + 4]
+
+
+def test_dynamic_sampling_at_fixed_positions_draws_fresh_thoughts_where_none_was_kept(llama_dir, tmp_path, monkeypatch):
+    """With a rule that draws the same positions every round (`list:`), a later round rolls out only the positions not
+    kept (fresh thoughts there), so no group is in the batch twice."""
+    trainer = make_trainer(llama_dir, tmp_path, "rlp.positions=list:1,2,3", "rlp.dynamic_sampling=2")
+    rolled = []
+    rewards_with_signal_at(trainer, monkeypatch, lambda c: (rolled.append((c.doc, c.position)), c.position != 2)[1])
+    outcome = trainer.rlp_step(0)
+    keys = [(c.doc, c.position) for c in outcome.rollouts.contexts]
+    assert sorted(keys) == [(d, t) for d in range(3) for t in (1, 3)]  # each once
+    assert rolled[9:] == [(d, 2) for d in range(3)] * 2  # rounds 1 and 2: only the positions without signal
+    assert outcome.metrics["drawn_contexts"] == 15 and outcome.metrics["draw_rounds"] == 3
+
+
+def test_dynamic_sampling_with_no_signal_anywhere_trains_on_the_first_round(llama_dir, tmp_path, monkeypatch):
+    """No group with signal in any round: the step is the one without dynamic sampling (its first round's batch,
+    the optimizer's step on zero gradients), with finite metrics."""
+    outcomes, weights = [], []
+    for rounds in (0, 2):
+        trainer = make_trainer(llama_dir, tmp_path, f"rlp.dynamic_sampling={rounds}", "train.weight_decay=0.1")
+        rewards_with_signal_at(trainer, monkeypatch, lambda c: False)
+        outcomes.append(trainer.rlp_step(0))
+        weights.append(params(trainer.policy))
+    plain, dynamic = outcomes
+    assert dynamic.metrics["draw_rounds"] == 3 and dynamic.metrics["drawn_contexts"] == 18
+    assert dynamic.rollouts.contexts == plain.rollouts.contexts and dynamic.metrics["updates"] == 1
+    assert dynamic.metrics["groups_with_signal"] == 0 and dynamic.metrics["reward_mean"] == 0.5
+    for p, q in zip(*weights):
+        assert torch.equal(p, q)
+
+
+def test_dynamic_sampling_keeps_a_group_of_non_finite_reward_so_the_step_is_skipped(llama_dir, tmp_path, monkeypatch):
+    trainer = make_trainer(llama_dir, tmp_path, "rlp.dynamic_sampling=2")
+    real = trainer.rewards
+
+    def rewards(rollouts, docs):
+        r = torch.arange(4.0).expand_as(real(rollouts, docs)).clone()  # signal everywhere, and one NaN group that
+        r[0] = float("nan")  # a later round's groups with signal would replace if it were dropped
+        return r
+
+    monkeypatch.setattr(trainer, "rewards", rewards)
+    outcome = trainer.rlp_step(0)
+    assert outcome.metrics["skipped"] and outcome.metrics["nonfinite_skipped"] == 1
 
 
 def test_ema_is_set_lazily_then_updated_once_per_step(llama_dir, tmp_path):

@@ -94,8 +94,8 @@ class RlpConfig:
     the EMA teacher moves after each. 1 = the paper (the ratio is 1)."""
     dynamic_sampling: int = 0
     """DAPO's dynamic sampling: up to this many more rounds of positions drawn a step (fresh positions, fresh thoughts),
-    the batch filled with the groups that carry signal (rewards more than 0.01 nats apart), first by round, document
-    slot and position, up to as many groups as the first round drew. 0: off, one round, every group kept."""
+    the batch filled with the groups that carry signal (rewards more than 0.01 nats apart), up to as many groups as
+    the first round drew; a later round draws no position already kept. 0: off, one round, every group kept."""
     loss_coef: float = 1.0
     """Weight of the RLP surrogate in the loss. 0 with `train.next_token_data` trains the next-token term alone: the
     control that a mixed objective must be compared with."""

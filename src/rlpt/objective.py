@@ -45,7 +45,8 @@ def group_advantages(rewards: torch.Tensor, normalize_std: bool = False, eps: fl
     centred = rewards - rewards.mean(dim=-1, keepdim=True)
     # a group of equal rewards has advantages of exactly 0, as the formula says; the float mean can be an ulp off
     # them (for 44% of random values at G = 16), which dividing by the std + eps would scale up a million times
-    centred = torch.where((rewards == rewards[..., :1]).all(dim=-1, keepdim=True), 0.0, centred)
+    equal = (rewards == rewards[..., :1]).all(dim=-1, keepdim=True) & torch.isfinite(rewards[..., :1])
+    centred = torch.where(equal, 0.0, centred)  # (a group of infinite rewards stays NaN: the step is skipped)
     advantages = group_size / (group_size - 1) * centred
     if normalize_std:
         advantages = advantages / (rewards.std(dim=-1, keepdim=True) + eps)

@@ -51,12 +51,14 @@ class StepOutcome:
 @dataclass
 class Batch:
     """A step's groups and their rewards (B, G). `idle`: this rank has none, the rollouts a stand-in weighted 0.
-    `drawn_contexts`: the contexts this rank rolled out to fill it, over `rounds` rounds of draws."""
+    `drawn_contexts`: the contexts this rank rolled out to fill it, over `rounds` rounds of draws, `drawn_rewards`
+    their rewards (every group drawn, kept or not)."""
     rollouts: Rollouts
     rewards: torch.Tensor
     idle: bool
     drawn_contexts: int
     rounds: int
+    drawn_rewards: torch.Tensor
 
 
 @lru_cache(maxsize=2)
@@ -216,13 +218,18 @@ class RlpTrainer:
         loss, kl, grad_norm = loss / len(attempts), kl / len(attempts), grad_norm / len(attempts)
 
         mine = dict(  # per-thought values of every rank: metrics over the global batch
-            rewards=rewards.flatten().tolist(), s_pred=rollouts.s_pred.flatten().tolist(), s_ema=rollouts.s_ema.tolist(),
+            s_pred=rollouts.s_pred.flatten().tolist(), s_ema=rollouts.s_ema.tolist(),
             advantages=advantages.flatten().tolist(), lengths=[len(t) for t in rollouts.thoughts],
             truncated=rollouts.truncated(self.spec.think.close_id).tolist(), contexts=[len(rollouts.contexts)],
-            signal=group_has_signal(rewards).tolist(), distinct=distinct_thoughts(rollouts.thoughts, G))
+            distinct=distinct_thoughts(rollouts.thoughts, G))
         if idle:
             mine = {key: [] for key in mine}
-        ranks = distributed.all_gather({**mine, "document_tokens": [sum(len(d.ids) for d in docs)],
+        # the rewards and the signal of every group drawn (with dynamic sampling, the dropped ones too): what the
+        # model's thoughts earn, not what the selection kept
+        drawn = batch.drawn_rewards
+        ranks = distributed.all_gather({**mine, "rewards": drawn.flatten().tolist(),
+                                        "signal": group_has_signal(drawn).tolist(),
+                                        "document_tokens": [sum(len(d.ids) for d in docs)],
                                         "drawn_contexts": [batch.drawn_contexts]})
         every = {key: torch.tensor([v for r in ranks for v in r[key]], dtype=torch.float64) for key in ranks[0]}
         metrics = dict(
@@ -241,13 +248,16 @@ class RlpTrainer:
             metrics["next_token_loss"] = distributed.all_sum([sum(next_token) / len(next_token)], self.device)[0] / self.world.size
         return StepOutcome(metrics, docs, rollouts, rewards, advantages, idle)
 
-    def draw(self, step: int, docs: list[Document], first: int, draw: int) -> tuple[Rollouts, torch.Tensor, bool]:
-        """Round `draw` of positions of this rank's documents, G thoughts each rolled out in chunks of
-        `train.rollout_rows` groups, and their rewards (B, G); and whether this rank is idle (no position in its
-        documents: the rollouts are a stand-in's, which runs the step's forwards and collectives weighted 0)."""
+    def draw(self, step: int, docs: list[Document], first: int, draw: int,
+             exclude: frozenset = frozenset()) -> tuple[Rollouts, torch.Tensor, bool]:
+        """Round `draw` of positions of this rank's documents, less the (slot, position) keys in `exclude`, G thoughts
+        each rolled out in chunks of `train.rollout_rows` groups, and their rewards (B, G); and whether this rank is
+        idle (no position left: the rollouts are a stand-in's, which runs the step's forwards and collectives weighted
+        0)."""
         cfg, G = self.cfg, self.spec.group_size
-        contexts = make_contexts(docs, cfg.rlp.positions, cfg.train.seed, step, first_slot=first,
-                                 reward_tokens=cfg.rlp.reward_tokens, draw=draw)
+        contexts = [c for c in make_contexts(docs, cfg.rlp.positions, cfg.train.seed, step, first_slot=first,
+                                             reward_tokens=cfg.rlp.reward_tokens, draw=draw)
+                    if (first + c.doc, c.position) not in exclude]
         idle = not contexts
         if idle:
             contexts = [self.stand_in_context(docs)]
@@ -265,30 +275,43 @@ class RlpTrainer:
 
     def draw_batch(self, step: int, docs: list[Document], first: int) -> Batch:
         """The step's groups: one round of draws; with `rlp.dynamic_sampling` R (DAPO's dynamic sampling), up to
-        1 + R rounds, keeping the groups with signal, first by (round, document slot, position) over all ranks, until
-        as many as the first round drew over all ranks. The same groups on any number of ranks."""
+        1 + R rounds, keeping the groups with signal (or a non-finite reward, which the step's safeguard must see)
+        until as many as the first round drew over all ranks. A round's groups are taken in an order hashed from
+        (seed, step, round, slot, position), the same on any number of ranks and favouring no document or rank; a
+        later round draws no position already kept (fresh thoughts elsewhere: with a fixed rule such as `answer`, the
+        positions that had none). If no round kept any group, the first round's batch stands, as without it."""
         rollouts, rewards, idle = self.draw(step, docs, first, 0)
         drawn = 0 if idle else len(rollouts.contexts)
         if not self.cfg.rlp.dynamic_sampling:
-            return Batch(rollouts, rewards, idle, drawn, rounds=1)
+            return Batch(rollouts, rewards, idle, drawn, 1, rewards[:0] if idle else rewards)
+        first_round = (rollouts, rewards, idle)
         wanted = sum(distributed.all_gather(drawn))
-        parts, kept = [], 0
+        parts, kept, every_drawn = [], set(), []  # kept: the (slot, position) keys kept so far, over all ranks
         for draw in range(1 + self.cfg.rlp.dynamic_sampling):
             if draw:
-                rollouts, rewards, idle = self.draw(step, docs, first, draw)
+                rollouts, rewards, idle = self.draw(step, docs, first, draw, exclude=frozenset(kept))
                 drawn += 0 if idle else len(rollouts.contexts)
             keys = [] if idle else [(first + c.doc, c.position) for c in rollouts.contexts]
-            signal = [key for key, s in zip(keys, group_has_signal(rewards).tolist()) if s]
-            taken = set(sorted(key for rank in distributed.all_gather(signal) for key in rank)[: wanted - kept])
+            if not idle:
+                every_drawn.append(rewards)
+            useful = (group_has_signal(rewards) | ~torch.isfinite(rewards).all(dim=-1)).tolist()
+            candidates = [key for key, u in zip(keys, useful) if u]
+            order = sorted((hash_key(self.cfg.train.seed, step, draw, *key), key)
+                           for rank in distributed.all_gather(candidates) for key in rank)
+            taken = {key for _, key in order[: wanted - len(kept)]}
             groups = [b for b, key in enumerate(keys) if key in taken]
             if groups:
                 parts.append((groups_of(rollouts, groups), rewards[groups]))
-            kept += len(taken)
-            if kept >= wanted:
+            kept |= taken
+            if len(kept) >= wanted:
                 break
+        every_drawn = torch.cat(every_drawn) if every_drawn else first_round[1][:0]
+        if not kept:  # no group with signal anywhere: the first round's batch, as without dynamic sampling
+            return Batch(*first_round, drawn, draw + 1, every_drawn)
         if not parts:  # none of this rank's groups was kept: the last round's stand in, weighted 0
-            return Batch(rollouts, rewards, True, drawn, rounds=draw + 1)
-        return Batch(concatenated([p for p, _ in parts]), torch.cat([r for _, r in parts]), False, drawn, rounds=draw + 1)
+            return Batch(rollouts, rewards, True, drawn, draw + 1, every_drawn)
+        return Batch(concatenated([p for p, _ in parts]), torch.cat([r for _, r in parts]), False, drawn, draw + 1,
+                     every_drawn)
 
     def stand_in_context(self, docs: list[Document]) -> Context:
         """`</think>` after the first token of a document, sampled and backpropagated with zero weight, so that a
