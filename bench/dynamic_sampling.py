@@ -14,7 +14,8 @@ drawn over contexts trained. CPU, about 1.5 minutes a run of the built-in defaul
 
 The SmolLM2 recipe (docs/smollm2.md), from its Base:
 `--config examples/smollm2_wordsum.yaml --set model.name_or_path=BASE --set train.dump_rollouts=false
---training-side wordsum`.
+--training-side wordsum --no-warm-up` (BASE: `rlpt pretrain --model builtin:smollm2-135m --data builtin:wordsum-warm
+--steps 240 --batch-size 16 --lr 1e-4 --max-length 64 --output BASE`).
 """
 
 from __future__ import annotations
@@ -96,12 +97,14 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="the recipe's settings")
     parser.add_argument("--training-side", default="arith", choices=["arith", "wordsum"],
                         help="the training-side questions scored after each run")
+    parser.add_argument("--no-warm-up", action="store_true", help="skip the untimed first run (the model is cached)")
     args = parser.parse_args()
     settings = args.settings.split(",")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         args.tasks = write_training_side(args.training_side, Path(tmp) / "training-side.jsonl")
-        run(settings[0], 0, Path(tmp) / "warm-up", args)  # builds the model cache: no run below pays for it
+        if not args.no_warm_up:
+            run(settings[0], 0, Path(tmp) / "warm-up", args)  # builds the model cache: no run below pays for it
         for seed in (int(s) for s in args.seeds.split(",")):
             for setting in settings:
                 rows.append(run(setting, seed, Path(tmp) / f"{setting}-{seed}", args))
