@@ -35,7 +35,8 @@ from rlpt.generation import hash_key, right_pad, temperature_sampler
 from rlpt.logprobs import CHUNK_ELEMENTS, output_head
 from rlpt.pretrain import next_token_loss
 from rlpt.rollout import Context, Rollouts, RolloutSpec
-from rlpt.rollout.base import chunked_rollout, concatenated, groups_of
+from rlpt.batch import SIGNAL_TOLERANCE, Batch, group_has_signal, sample_batch
+from rlpt.rollout.base import chunked_rollout
 
 
 @dataclass
@@ -46,19 +47,6 @@ class StepOutcome:
     rewards: torch.Tensor  # (B, G)
     advantages: torch.Tensor  # (B, G)
     idle: bool = False  # this rank had no context; the rollouts are a stand-in
-
-
-@dataclass
-class Batch:
-    """A step's groups and their rewards (B, G). `idle`: this rank has none, the rollouts a stand-in weighted 0.
-    `drawn_contexts`: the contexts this rank rolled out to fill it, over `rounds` rounds of draws, `drawn_rewards`
-    their rewards (every group drawn, kept or not)."""
-    rollouts: Rollouts
-    rewards: torch.Tensor
-    idle: bool
-    drawn_contexts: int
-    rounds: int
-    drawn_rewards: torch.Tensor
 
 
 @lru_cache(maxsize=2)
@@ -74,17 +62,6 @@ def batch_indices(num_docs: int, batch: int, seed: int, step: int) -> list[int]:
 
 
 DUMP_CONTEXT_TOKENS = 48  # of x_<t in each row of rollouts.jsonl (the end of the prefix the thought follows)
-
-# rewards of one group closer than this (in nats) count as equal. Not float noise alone: thoughts that differ where the
-# scored tokens do not depend on them (a middle column, when the reward scores the first answer digit) differ by
-# 1e-5 to 1e-3 nats, which teaches nothing; 0.01 nats is a 1% change in the scored tokens' probability.
-SIGNAL_TOLERANCE = 0.01
-
-
-def group_has_signal(rewards: torch.Tensor) -> torch.Tensor:
-    """(B,) True where a group's rewards (B, G) are not all equal: only such a group has non-zero advantages."""
-    return (rewards.max(dim=-1).values - rewards.min(dim=-1).values) > SIGNAL_TOLERANCE
-
 
 def rows_to_update(advantages: torch.Tensor, kl_coef: float) -> list[int]:
     """The thoughts the update must run forward and backward: with no KL term, one of advantage exactly 0 (every thought
@@ -274,44 +251,9 @@ class RlpTrainer:
         return rollouts, self.rewards(rollouts, docs), idle
 
     def draw_batch(self, step: int, docs: list[Document], first: int) -> Batch:
-        """The step's groups: one round of draws; with `rlp.dynamic_sampling` R (DAPO's dynamic sampling), up to
-        1 + R rounds, keeping the groups with signal (or a non-finite reward, which the step's safeguard must see)
-        until as many as the first round drew over all ranks. A round's groups are taken in an order hashed from
-        (seed, step, round, slot, position), the same on any number of ranks and favouring no document or rank; a
-        later round draws no position already kept (fresh thoughts elsewhere: with a fixed rule such as `answer`, the
-        positions that had none). If no round kept any group, the first round's batch stands, as without it."""
-        rollouts, rewards, idle = self.draw(step, docs, first, 0)
-        drawn = 0 if idle else len(rollouts.contexts)
-        if not self.cfg.rlp.dynamic_sampling:
-            return Batch(rollouts, rewards, idle, drawn, 1, rewards[:0] if idle else rewards)
-        first_round = (rollouts, rewards, idle)
-        wanted = sum(distributed.all_gather(drawn))
-        parts, kept, every_drawn = [], set(), []  # kept: the (slot, position) keys kept so far, over all ranks
-        for draw in range(1 + self.cfg.rlp.dynamic_sampling):
-            if draw:
-                rollouts, rewards, idle = self.draw(step, docs, first, draw, exclude=frozenset(kept))
-                drawn += 0 if idle else len(rollouts.contexts)
-            keys = [] if idle else [(first + c.doc, c.position) for c in rollouts.contexts]
-            if not idle:
-                every_drawn.append(rewards)
-            useful = (group_has_signal(rewards) | ~torch.isfinite(rewards).all(dim=-1)).tolist()
-            candidates = [key for key, u in zip(keys, useful) if u]
-            order = sorted((hash_key(self.cfg.train.seed, step, draw, *key), key)
-                           for rank in distributed.all_gather(candidates) for key in rank)
-            taken = {key for _, key in order[: wanted - len(kept)]}
-            groups = [b for b, key in enumerate(keys) if key in taken]
-            if groups:
-                parts.append((groups_of(rollouts, groups), rewards[groups]))
-            kept |= taken
-            if len(kept) >= wanted:
-                break
-        every_drawn = torch.cat(every_drawn) if every_drawn else first_round[1][:0]
-        if not kept:  # no group with signal anywhere: the first round's batch, as without dynamic sampling
-            return Batch(*first_round, drawn, draw + 1, every_drawn)
-        if not parts:  # none of this rank's groups was kept: the last round's stand in, weighted 0
-            return Batch(rollouts, rewards, True, drawn, draw + 1, every_drawn)
-        return Batch(concatenated([p for p, _ in parts]), torch.cat([r for _, r in parts]), False, drawn, draw + 1,
-                     every_drawn)
+        """The step's groups: one round of draws, or with `rlp.dynamic_sampling` the rounds that fill it with signal."""
+        draw = lambda round_, exclude=frozenset(): self.draw(step, docs, first, round_, exclude)  # noqa: E731
+        return sample_batch(draw, self.cfg.rlp.dynamic_sampling, self.cfg.train.seed, step, first)
 
     def stand_in_context(self, docs: list[Document]) -> Context:
         """`</think>` after the first token of a document, sampled and backpropagated with zero weight, so that a
