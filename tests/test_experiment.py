@@ -4,6 +4,8 @@ loads, a rerun that redoes nothing, and the same comparison on a user's own mode
 import json
 
 from rlpt import experiment
+from rlpt.experiment.report import METHODS
+from rlpt.suites import ANSWER_TOKENS
 from rlpt.cli import main
 
 
@@ -17,7 +19,7 @@ def test_experiment_writes_table_results_plots_and_models(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert [s["seed"] for s in results["seeds"]] == [0, 1]
     scores = results["seeds"][0]["scores"]
-    assert set(scores) == set(experiment.METHODS)
+    assert set(scores) == set(METHODS)
     for key in ("pass_at_1", "accuracy_think", "accuracy_nothink", "thought_correct"):
         for name in ("Math", "Science"):
             assert 0 <= scores["rlp"][name][key] <= 1
@@ -36,7 +38,7 @@ def test_experiment_writes_table_results_plots_and_models(tmp_path, capsys):
 
     rewards = {m: yaml.safe_load((out / "runs" / "seed-0" / m / "config.yaml").read_text())["rlp"]["reward_tokens"]
                for m in ("rlp", "rlp-answer")}
-    assert rewards == {"rlp": 1, "rlp-answer": experiment.ANSWER_TOKENS} and "RLP (K = answer)" in table
+    assert rewards == {"rlp": 1, "rlp-answer": ANSWER_TOKENS} and "RLP (K = answer)" in table
     runs = [budgets_from_run([json.loads(line) for line in (out / "runs" / "seed-0" / m / "metrics.jsonl").open()],
                              2, 24)["flop_matched"] for m in ("rlp", "rlp-answer")]
     assert budget["flop_matched"] == max(runs)
@@ -48,8 +50,8 @@ def test_experiment_writes_table_results_plots_and_models(tmp_path, capsys):
     assert paired["low"] <= paired["mean"] <= paired["high"]
     shares = paired["variance_shares"]  # how much of the width is seeds, how much questions
     assert round(shares["seeds"] + shares["questions"], 9) in (0, 1) and "the spread between seeds makes" in table
-    assert set(results["paired"]["cpt-flop"]["accuracy_think"]) == set(experiment.METHODS) - {"cpt-flop"}
-    assert set(results["paired"]["base"]["pass_at_1"]) == set(experiment.METHODS) - {"base"}
+    assert set(results["paired"]["cpt-flop"]["accuracy_think"]) == set(METHODS) - {"cpt-flop"}
+    assert set(results["paired"]["base"]["pass_at_1"]) == set(METHODS) - {"base"}
     assert "Paired difference to CPT (FLOP-matched)" in table and "Paired difference to Base" in table
     # Base's warm-start curve: loss and held-out accuracy at every curve point
     warm = results["seeds"][1]["warm_start"]
@@ -59,7 +61,7 @@ def test_experiment_writes_table_results_plots_and_models(tmp_path, capsys):
     for name in ("reward.png", "accuracy.png", "ablation.png", "warm_start.png"):
         assert (out / "plots" / name).read_bytes()[:4] == b"\x89PNG"
     for seed in (0, 1):
-        for method in experiment.METHODS:
+        for method in METHODS:
             assert (out / "models" / f"seed-{seed}" / method / "config.json").is_file()
     capsys.readouterr()
     assert main(["eval", "--model", str(out / "models" / "seed-1" / "rlp"), "--tasks", "builtin:science",

@@ -60,3 +60,28 @@ def variance_shares(method: list[list[list[float]]], reference: list[list[list[f
     by_questions = bootstrap_means(diffs, resamples, seed, seeds=False).var().item()
     total = by_seeds + by_questions
     return dict(seeds=by_seeds / total if total else 0.0, questions=by_questions / total if total else 0.0)
+
+
+# each method's gain is measured against Base given as much compute of next-token training, and against Base itself
+REFERENCES = ("cpt-flop", "base")
+
+
+def paired_to_reference(per_seed: list[dict], names: list[str], reference: str, methods: list[str]) -> dict:
+    """Each method's paired difference to `reference` per held-out set and overall, for pass@1 and greedy accuracy
+    with thinking and the information gain of thinking, and how much of its interval's variance the seeds and the
+    questions make:
+    {metric: {method: {row: {mean, low, high, variance_shares: {seeds, questions}}}}}."""
+    rows = {**{f"{name} Avg": [name] for name in names}, "Overall": names}
+
+    def scores(method, metric, sets):  # [set][seed][question]
+        return [[s["scores"][method][name]["per_question"][metric] for s in per_seed] for name in sets]
+
+    out = {}
+    for metric in ("pass_at_1", "accuracy_think", "information_gain"):
+        out[metric] = {}
+        for method in (m for m in methods if m != reference):
+            out[metric][method] = {row: {**paired_difference(scores(method, metric, sets), scores(reference, metric, sets)),
+                                         "variance_shares": variance_shares(scores(method, metric, sets),
+                                                                            scores(reference, metric, sets))}
+                                   for row, sets in rows.items()}
+    return out

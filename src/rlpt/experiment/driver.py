@@ -1,0 +1,207 @@
+"""The experiment's way through, per seed: Base (`warm_start`), the methods from it (`methods`), every model scored
+(`scoring`), optionally post-trained and scored again (`post`); then the paired differences over the seeds
+(`paired`) and the tables and plots (`report`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlpt import config as config_lib
+from rlpt.baselines import cpt
+from rlpt.cache import build_folder
+from rlpt.errors import UserError
+from rlpt.experiment.budgets import BUDGETS, Budget
+from rlpt.experiment.methods import chosen_methods, continued_pretraining, export_checkpoint, rl_config, rl_run
+from rlpt.experiment.paired import REFERENCES, paired_to_reference
+from rlpt.experiment.post import post_training_data, rlvr_settings, supervised_fine_tuning
+from rlpt.experiment.report import ABLATION_G, ABLATION_L, LABELS, headline, mean_std, plots, report
+from rlpt.experiment.scoring import EvalSet, curve, evaluate_model, file_eval_set, suite_eval_set, suite_training_set
+from rlpt.experiment.warm_start import warm_start
+from rlpt.suites import ANSWER_TOKENS, get_suite
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What every seed shares: the held-out sets, the training corpus, Base (given, or warm-started per seed)."""
+
+    output: Path
+    seeds: int
+    budget: Budget
+    suites: list
+    eval_sets: list[EvalSet]
+    corpus: str  # data.path of the RL and CPT runs
+    model: str | None  # a given Base, or None: warm-start one per seed
+    overrides: list[str]
+    methods: list[str]  # of METHODS, in its order; Base always
+    post: bool = False  # post-train every method's model (`post.py`)
+
+    def models(self, seed: int) -> Path:
+        return self.output / "models" / f"seed-{seed}" if self.seeds > 1 else self.output / "models"
+
+    def base(self, seed: int) -> Path:
+        if self.model is not None:
+            from rlpt.models import resolve_model_path
+
+            return Path(resolve_model_path(self.model))
+        curve_sets = [suite_training_set(s, self.budget.selection_questions) for s in self.suites] + self.eval_sets
+        return build_folder(self.models(seed) / "base", lambda tmp: warm_start(tmp, self.suites, curve_sets, self.budget, seed))
+
+    def rl_config(self, base: Path, seed: int, reward: str, **rlp):
+        # a thought before each suite document's answer (after its marker); a user corpus: every position
+        positions = {"positions": f"first:{self.suites[0].marker}" if self.suites else "all"}
+        return rl_config(base, self.corpus, self.budget, seed, reward, self.overrides, **{**positions, **rlp})
+
+    def post_train(self, seed: int, folders: dict[str, Path]) -> dict[str, Path]:
+        """SFT then RLVR (`post.py`) of each method's model in `folders`: {METHOD-post: its post-trained model}."""
+        runs = self.output / "runs" / f"seed-{seed}"
+        sft_documents, questions = post_training_data(self.suites, self.budget, seed, runs / "post-data")
+        out = {}
+        for method, folder in folders.items():
+            name = f"{method}-post"
+            print(f"rlpt experiment: seed {seed}: {LABELS[name]}", flush=True)
+            sft = supervised_fine_tuning(folder, runs / name / "sft", sft_documents, self.budget, seed, name)
+            # the budget's recipe, the same for every method: `--set` changes the pretraining RL runs, not this one
+            rl_run(runs / name, rl_config(sft, str(questions), self.budget, seed, "verifier", [],
+                                          **rlvr_settings(self.budget)))
+            out[name] = export_checkpoint(runs / name, self.models(seed) / name)
+        return out
+
+
+def run_seed(plan: Plan, seed: int) -> dict:
+    models, runs, timings = plan.models(seed), plan.output / "runs" / f"seed-{seed}", {}
+
+    def timed(name, fn):
+        began = time.perf_counter()
+        value = fn()
+        timings[name] = time.perf_counter() - began
+        return value
+
+    print(f"rlpt experiment: seed {seed}: Base", flush=True)
+    base = timed("base", lambda: plan.base(seed))
+    configs = {"rlp": plan.rl_config(base, seed, "information_gain"),
+               "rlp-answer": plan.rl_config(base, seed, "information_gain", reward_tokens=ANSWER_TOKENS),
+               "rpt": plan.rl_config(base, seed, "rpt")}
+    configs = {m: cfg for m, cfg in configs.items() if m in plan.methods}
+    histories = {}
+    for method, cfg in configs.items():
+        print(f"rlpt experiment: seed {seed}: {LABELS[method]}", flush=True)
+        histories[method] = timed(method, lambda: rl_run(runs / method, cfg))
+        export_checkpoint(runs / method, models / method)
+    rlp_runs = [m for m in ("rlp", "rlp-answer") if m in configs]
+    reference = configs[rlp_runs[0]]
+    counters = max((cpt.budgets_from_run(histories[m], reference.rlp.group_size, reference.rlp.max_thought_tokens)
+                    for m in rlp_runs), key=lambda c: c["flop_matched"])  # CPT matches the larger
+    cpt_runs = {}
+    for method, tokens in (("cpt-token", counters["token_matched"]), ("cpt-flop", counters["flop_matched"])):
+        if method in plan.methods:
+            print(f"rlpt experiment: seed {seed}: {LABELS[method]} ({tokens} tokens)", flush=True)
+            cpt_runs[method] = timed(method, lambda: continued_pretraining(base, models / method, reference, tokens,
+                                                                           plan.budget, seed, method))
+    print(f"rlpt experiment: seed {seed}: evaluating", flush=True)
+    folders = {m: (base if m == "base" else models / m) for m in plan.methods}
+    scores = timed("evaluation", lambda: {m: evaluate_model(folders[m], plan.eval_sets, plan.budget, seed)
+                                          for m in plan.methods})
+    if plan.post:
+        posted = timed("post-training", lambda: plan.post_train(seed, folders))
+        print(f"rlpt experiment: seed {seed}: evaluating after post-training", flush=True)
+        scores.update(timed("post evaluation", lambda: {m: evaluate_model(f, plan.eval_sets, plan.budget, seed)
+                                                        for m, f in posted.items()}))
+    curves = timed("curves", lambda: {m: curve(runs / m, scores["base"], scores[m], plan.eval_sets, plan.budget)
+                                      for m in configs})
+    warm_curve = base / "warm_start.json"
+    return dict(seed=seed, scores=scores, curves=curves, cpt_budget=counters, cpt=cpt_runs, seconds=timings,
+                warm_start=json.loads(warm_curve.read_text()) if warm_curve.is_file() else None,
+                rewards={m: [row["reward_mean"] for row in h] for m, h in histories.items()},
+                thought_len={m: [row["thought_len_mean"] for row in h] for m, h in histories.items()})
+
+
+def run_ablation(plan: Plan, base_scores: dict) -> tuple[list[dict], float]:
+    """RLP from seed 0's Base (scored as `base_scores`) with G in ABLATION_G (L fixed) and L in ABLATION_L (G fixed):
+    Fig. 2's analogue."""
+    base, budget, names = plan.base(0), plan.budget, [e.name for e in plan.eval_sets]
+    settings = [("G", g, budget.thought_tokens) for g in ABLATION_G] + [("L", budget.group_size, l) for l in ABLATION_L]
+    rows = []
+    for vary, G, L in settings:
+        run_dir = plan.output / "runs" / "ablation" / f"G{G}-L{L}"
+        print(f"rlpt experiment: ablation G={G} L={L}", flush=True)
+        rl_run(run_dir, plan.rl_config(base, 0, "information_gain", group_size=G, max_thought_tokens=L))
+        scores = evaluate_model(export_checkpoint(run_dir, run_dir / "model"), plan.eval_sets, budget, 0)
+        rows.append(dict(vary=vary, G=G, L=L, overall_pass_at_1=headline(scores, names)["Overall"], scores=scores))
+    return rows, headline(base_scores, names)["Overall"]
+
+
+def run(suite_names: list[str], seeds: int, budget_name: str, output: Path, ablate: bool = False,
+        overrides: list[str] = (), model: str | None = None, data: str | None = None, tasks: str | None = None,
+        methods: list[str] | None = None, post_train: bool = False) -> dict:
+    """The whole comparison; writes table.md, results.json and plots/ under `output` and returns the results.
+    `methods`: a subset of METHODS (default all); `post_train`: every method's model post-trained too (+Post)."""
+    try:
+        import matplotlib  # noqa: F401  (checked first: the plots come last, after minutes of training)
+    except ImportError as exc:
+        raise UserError("rlpt experiment draws plots with matplotlib: pip install 'rlpt[experiment]'") from exc
+    if budget_name not in BUDGETS:
+        raise UserError(f"--budget: unknown budget {budget_name!r} (known: {', '.join(BUDGETS)})")
+    if seeds < 1:
+        raise UserError("--seeds must be >= 1")
+    methods = chosen_methods(methods, ablate)
+    suites = [get_suite(name) for name in suite_names]
+    if len({s.marker for s in suites}) > 1:  # one position rule serves the whole corpus
+        raise UserError("--suite: " + ", ".join(f"{s.name} puts its answers after {s.marker!r}" for s in suites)
+                        + "; run suites with different markers apart")
+    budget = BUDGETS[budget_name]
+    if post_train and not suites:
+        raise UserError("--post draws its SFT examples and RLVR questions from the suites: name a --suite")
+    if post_train and not budget.post_rl_steps:
+        raise UserError(f"--post: budget {budget_name!r} has no post-training settings (budgets with them: "
+                        + ", ".join(n for n, b in BUDGETS.items() if b.post_rl_steps) + ")")
+    eval_sets = [suite_eval_set(s, budget.eval_questions) for s in suites]
+    eval_sets += [file_eval_set(tasks, budget.eval_questions)] if tasks else []
+    if not eval_sets:
+        raise UserError("nothing to evaluate: name a --suite or give --tasks FILE.jsonl")
+    if model is None and not suites:
+        raise UserError("--model is needed when no --suite gives a warm-start corpus")
+    if data is None and not suites:
+        raise UserError("--data is needed when no --suite gives a training corpus")
+    if model is not None:  # checked before any warm start or training
+        from rlpt.models import check_model_source
+
+        check_model_source(model, "--model")
+    if data is not None:
+        from rlpt.data import check_corpus
+
+        check_corpus(config_lib.paper_defaults([f"data.path={data}", *overrides]).data, "--data")  # with --set data.*
+    began = time.perf_counter()
+    output.mkdir(parents=True, exist_ok=True)
+    corpus = data
+    if corpus is None:
+        path = output / "data" / "train.jsonl"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("".join(json.dumps({"text": d}) + "\n" for s in suites for d in s.training_documents(budget.corpus_documents)))
+        corpus = str(path)
+    plan = Plan(output, seeds, budget, suites, eval_sets, corpus, model, list(overrides), methods, post_train)
+
+    per_seed = [run_seed(plan, seed) for seed in range(seeds)]
+    names = [e.name for e in eval_sets]
+    post_methods = [f"{m}-post" for m in methods] if post_train else []
+    results = dict(suites=suite_names, eval_sets=names, seeds=per_seed, budget=budget_name,
+                   settings=dataclasses.asdict(budget), overrides=list(overrides), model=model, data=data, tasks=tasks,
+                   methods=methods, post_methods=post_methods)
+    if ablate:
+        results["ablation"], results["ablation_base_overall"] = run_ablation(plan, per_seed[0]["scores"]["base"])
+    results["summary"] = {
+        m: {row: mean_std([headline(s["scores"][m], names)[row] for s in per_seed]) for row in headline(per_seed[0]["scores"][m], names)}
+        for m in methods + post_methods
+    }
+    results["paired"] = {reference: paired_to_reference(per_seed, names, reference, methods)
+                         for reference in REFERENCES if reference in methods}
+    results["paired_post"] = {f"{reference}-post": paired_to_reference(per_seed, names, f"{reference}-post", post_methods)
+                              for reference in REFERENCES if reference in methods and post_methods}
+    results["wall_seconds"] = time.perf_counter() - began
+    (output / "results.json").write_text(json.dumps(results, indent=1))
+    written = plots(results, output / "plots")
+    (output / "table.md").write_text(report(results, written, output))
+    return results
