@@ -20,6 +20,10 @@ SLIDING = {
 }
 
 
+# grouped-query attention (several query heads read one key head), as SmolLM2, Llama 3 and Qwen3 have
+VARIANTS = {"llama-gqa": ("llama", dict(num_attention_heads=4, num_key_value_heads=2))}
+
+
 def save_tiny(folder, arch: str = "llama", seed: int = 0, tie: bool = True):
     """A 2-layer model of `arch` with the built-in character tokenizer, saved with save_pretrained."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -32,10 +36,10 @@ def save_tiny(folder, arch: str = "llama", seed: int = 0, tie: bool = True):
     if arch == "gpt2":
         config = AutoConfig.for_model("gpt2", n_embd=32, n_layer=2, n_head=2, n_positions=256, **common)
     else:
-        model_type, extra = SLIDING.get(arch, (arch, {}))
+        model_type, extra = {**SLIDING, **VARIANTS}.get(arch, (arch, {}))
+        extra = {"num_attention_heads": 2, "num_key_value_heads": 2, **extra}
         config = AutoConfig.for_model(model_type, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-                                      **extra, **common)
+                                      max_position_embeddings=256, **extra, **common)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(folder)

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from rlpt.bench import spread_positions
+from rlpt.bench import spread_positions, token_pass_bound
 from rlpt.cli import main
+from rlpt.data import Document
 
 
 def test_bench_json_keys(llama_dir, capsys):
@@ -35,10 +36,18 @@ def test_the_benchmarks_workload_is_the_papers_not_the_demos(monkeypatch):
     monkeypatch.setattr(bench, "RlpTrainer", trainer)
     monkeypatch.setitem(config.BUILTIN_DEFAULT, "rlp", {**config.BUILTIN_DEFAULT["rlp"], "reward_tokens": 7})
     with pytest.raises(Seen) as seen:
-        bench.time_rlp(None, None, None, None, [None], "list:1", 2, 3, 1, None)
+        bench.time_rlp(None, None, None, None, [Document([5, 6, 7], "d0")], "list:1", 2, 3, 1, None)
     cfg = seen.value.args[0]
     assert (cfg.rlp.reward_tokens, cfg.rlp.temperature, cfg.train.next_token_data) == (1, 0.7, "")
+    assert cfg.data.max_length == 3  # the documents' length, that the chunks are sized for
     assert "rlp.reward_tokens=1" in bench.WORKLOAD
+
+
+def test_token_pass_bound_hand_worked():
+    # 2 documents of 256 tokens, 64 rows of 32 thought tokens: decoding 2,048 + 2 x 64, the documents' two forwards
+    # 2 x 512, the update 3 x (2,048 + 512); next-token training 3 passes a token
+    assert token_pass_bound(2048, 64, 512) == pytest.approx(3 * 2048 / (2048 + 128 + 1024 + 3 * 2560))
+    assert token_pass_bound(1000, 1, 0) == pytest.approx(3000 / 4002)  # no documents: toward 0.75
 
 
 def test_spread_positions():
@@ -74,3 +83,12 @@ def test_trl_baseline_runs_rlp_steps_and_scores_like_rlpt(llama_dir):
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT_JSON ")).split(" ", 1)[1])
     assert result["steps"] == 2 and 4 <= result["thought_tokens_per_step"] <= 12 and result["s_per_step"] > 0
+
+
+def test_bench_phases_split_the_fast_engines_step(llama_dir, capsys):
+    assert main(["bench", "--model", llama_dir, "--docs", "2", "--positions", "2", "--group-size", "2",
+                 "--thought-tokens", "3", "--doc-tokens", "12", "--steps", "1", "--engines", "packed", "--phases"]) == 0
+    out = capsys.readouterr().out
+    for phase in ("teacher forward (S_ema)", "decoding the thoughts", "update forward + backward", "whole step"):
+        assert f"| {phase} |" in out, phase
+    assert "efficiency (bound)" in out

@@ -37,6 +37,14 @@ def test_chunk_logprobs_hand_worked():
                                                    2 - torch.log(torch.tensor(1 + 2 * e**2))]]))
 
 
+def test_logsumexp_in_place_hand_worked():
+    inf = float("inf")
+    logits = torch.tensor([[0.0, 0.0], [1.0, -inf], [-inf, -inf], [1000.0, 1000.0]])
+    expected = torch.tensor([torch.log(torch.tensor(2.0)), 1.0, -inf, 1000 + torch.log(torch.tensor(2.0))])
+    torch.testing.assert_close(logprobs.logsumexp_(logits.clone()), expected)  # no overflow at 1000, no NaN at -inf
+    torch.testing.assert_close(logprobs.logsumexp_(logits.clone()), torch.logsumexp(logits, -1))
+
+
 def full_logprobs(hidden, head, targets, temperature, banned_first):
     logits = head(hidden).float() / temperature
     logits[:, 0, banned_first] = float("-inf")

@@ -19,7 +19,7 @@ from conftest import early_ending_sampler, run_engine, save_tiny, tensors_in_cyc
 TEXTS = ["123+456=579.", "98+7=105. and a longer tail", "5+5=10.", "777+1=778."]
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2", "qwen3", "gpt2", "gpt_neox", "mistral", "qwen2-sliding", "gemma3"])
+@pytest.fixture(scope="module", params=["llama", "llama-gqa", "qwen2", "qwen3", "gpt2", "gpt_neox", "mistral", "qwen2-sliding", "gemma3"])
 def arch_dir(request, tmp_path_factory):
     return save_tiny(tmp_path_factory.mktemp(request.param), request.param, seed=1)
 

@@ -85,6 +85,9 @@ def test_memory_by_hand_and_the_chunks_that_fit():
     assert not chunks_that_fit(shape, settings, 1.0).fits
     given = chunks_that_fit(shape, settings, 1.0, rollout_rows=9, micro_batch_thoughts=5)
     assert (given.rollout_rows, given.micro_batch_thoughts) == (9, 5)
+    # a size given above the step's 12 rows is priced as the 12 that run: 256 fits where 12 does
+    budget = fixed + max(sum(rollout_parts(shape, settings, 12).values()), sum(update_parts(shape, settings, 12).values()))
+    assert chunks_that_fit(shape, settings, budget, rollout_rows=256, micro_batch_thoughts=256).fits
 
 
 def test_the_shape_of_a_model_folder_gives_its_parameter_count(llama_dir, capsys):

@@ -4,7 +4,8 @@ engine with `rlp.compile_decoding`; with `recurrent`, the engine of models with 
 training (forward, backward, AdamW) over as many tokens as the RLP step holds (documents + thoughts).
 
 efficiency = the first fast engine's thought tokens/s / next-token tokens/s. A thought token costs one forward to sample and one
-forward+backward to learn from, so ~0.75 is the ceiling; the context should cost almost nothing on top.
+forward+backward to learn from, so ~0.75 is the ceiling where the documents cost nothing; `bound` is the ceiling of the
+shape measured, its documents' passes counted (`token_pass_bound`).
 Times are medians over `--steps` steps after one warm-up step. Compare ratios, not absolute times.
 """
 
@@ -131,12 +132,17 @@ def synchronize(device):
 WORKLOAD = ["rlp.reward_tokens=1", "rlp.temperature=0.7", "rlp.updates_per_batch=1", "rlp.kl_coef=0"]
 
 
-def time_rlp(engine, model, tokenizer, think, docs, rule, G, L, steps, device) -> dict:
+def bench_trainer(engine, model, tokenizer, think, docs, rule, G, L, device) -> RlpTrainer:
     cfg = config_lib.paper_defaults([
         *WORKLOAD, f"rlp.group_size={G}", f"rlp.max_thought_tokens={L}", f"rlp.positions={rule}",
         f"train.batch_documents={len(docs)}", "train.lr=1e-6", f"train.micro_batch_thoughts={MICRO_BATCH}", "eval.tasks=",
+        f"data.max_length={max(len(d.ids) for d in docs)}",  # what the rollout's chunk is sized for
     ])
-    trainer = RlpTrainer(cfg, copy.deepcopy(model), tokenizer, think, docs, engine, Path("."), device)
+    return RlpTrainer(cfg, copy.deepcopy(model), tokenizer, think, docs, engine, Path("."), device)
+
+
+def time_rlp(engine, model, tokenizer, think, docs, rule, G, L, steps, device) -> dict:
+    trainer = bench_trainer(engine, model, tokenizer, think, docs, rule, G, L, device)
     times, tokens = [], []
     trainer.rlp_step(0)  # warm-up
     for step in range(steps):
@@ -173,8 +179,17 @@ def time_next_token(model, tokenizer, total_tokens: int, row_tokens: int, steps:
     return dict(step_s=seconds, tokens=ids.numel(), tokens_per_s=ids.numel() / seconds)
 
 
+def token_pass_bound(thought_tokens: int, rows: int, document_tokens: int) -> float:
+    """The efficiency an RLP step would have if every token-pass cost what one of next-token training does (3 a
+    token: forward, backward): decoding is a forward per thought token and two a row (`<think>`, and `</think>` whose
+    logits score x_t), the teacher and the policy each read the documents once, and the update is a forward and backward
+    over the thought rows and the documents under them."""
+    passes = thought_tokens + 2 * rows + 2 * document_tokens + 3 * (thought_tokens + document_tokens)
+    return 3 * thought_tokens / passes
+
+
 def compare(model_name: str, docs_n: int, positions: int, G: int, L: int, doc_tokens: int, steps: int, device,
-            loaded=None, engines=("packed", "reference"), min_context: int = 1) -> dict:
+            loaded=None, engines=("packed", "reference"), min_context: int = 1, phases: bool = False) -> dict:
     model, tokenizer, think = loaded or load_bench_model(model_name, device)
     length = max(doc_tokens, positions + min_context)
     docs = synthetic_documents(tokenizer, docs_n, length, seed=0)
@@ -193,6 +208,12 @@ def compare(model_name: str, docs_n: int, positions: int, G: int, L: int, doc_to
     ntp = time_next_token(model, tokenizer, rlp_tokens, length, steps, device)
     result.update(ntp_step_s=ntp["step_s"], ntp_tokens=ntp["tokens"], ntp_tokens_per_s=ntp["tokens_per_s"])
     result["efficiency"] = result[f"{fast}_thought_tokens_per_s"] / result["ntp_tokens_per_s"]
+    result["bound"] = token_pass_bound(result[f"{fast}_thought_tokens"], thoughts, docs_n * length)
+    if phases:  # on a trainer of its own, after the timing: its wrappers cost a little
+        from rlpt.phases import phase_times
+
+        trainer = bench_trainer(engine_named(fast, model), model, tokenizer, think, docs, rule, G, L, device)
+        result["phases"] = {k: statistics.median(v) for k, v in phase_times(trainer, steps).items()}
     if "reference_step_s" in result and fast != "reference":
         result["speedup"] = result["reference_step_s"] / result[f"{fast}_step_s"]
     return result
@@ -200,7 +221,7 @@ def compare(model_name: str, docs_n: int, positions: int, G: int, L: int, doc_to
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| model | docs x positions x G x L | engine | s/step | thought tok/s | x reference | efficiency | peak MB |",
+        "| model | docs x positions x G x L | engine | s/step | thought tok/s | x reference | efficiency (bound) | peak MB |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -212,7 +233,7 @@ def table(rows: list[dict]) -> str:
             efficiency = r[f"{engine}_thought_tokens_per_s"] / r["ntp_tokens_per_s"]
             lines.append(
                 f"| {r['model']} | {shape} | {engine} | {r[f'{engine}_step_s']:.3f} | {r[f'{engine}_thought_tokens_per_s']:.0f} "
-                f"| {ratio} | {efficiency:.2f} | {r[f'{engine}_peak_mem_mb']:.0f} |"
+                f"| {ratio} | {efficiency:.2f} ({r['bound']:.2f}) | {r[f'{engine}_peak_mem_mb']:.0f} |"
             )
         lines.append(f"| {r['model']} | {shape} | next-token ({r['ntp_tokens']} tokens) | {r['ntp_step_s']:.3f} "
                      f"| {r['ntp_tokens_per_s']:.0f} (all tokens) | | 1 | |")
@@ -245,6 +266,8 @@ def build_parser(parser=None) -> argparse.ArgumentParser:
                         help="engines to time, of " + ", ".join(ENGINES) + " (the reference one can take minutes; "
                         "compiled = packed with rlp.compile_decoding)")
     parser.add_argument("--json", action="store_true", help="one JSON object for one configuration")
+    parser.add_argument("--phases", action="store_true",
+                        help="also time the phases of the first fast engine's step (one configuration)")
     parser.add_argument("--device", default="auto")
     return parser
 
@@ -262,11 +285,16 @@ def run(args) -> int:
         check_model_source(args.model, "--model")
     torch.manual_seed(0)
     chosen = [args.docs, args.positions, args.group_size, args.thought_tokens]
-    if args.json or any(v is not None for v in chosen):
+    if args.json or args.phases or any(v is not None for v in chosen):
         shape = [v if v is not None else d for v, d in zip(chosen, SHAPES[0])]
         result = compare(args.model or MODELS[0], *shape, args.doc_tokens, args.steps, device, engines=engines,
-                         min_context=args.min_context)
+                         min_context=args.min_context, phases=args.phases)
         print(json.dumps(result, indent=1) if args.json else table([result]))
+        if args.phases and not args.json:
+            from rlpt.phases import phase_table
+
+            print(f"\nphases of the {result['fast_engine']} engine's step:")
+            print(phase_table({k: [v] for k, v in result["phases"].items()}))
         return 0
     rows = []
     for name in [args.model] if args.model else MODELS:

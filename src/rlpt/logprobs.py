@@ -90,19 +90,31 @@ def chunk_logits(hidden, weight, bias, first, temperature: float, banned_first: 
     return logits
 
 
+def logsumexp_(logits: torch.Tensor) -> torch.Tensor:
+    """torch.logsumexp over the last dimension, computed in `logits` itself, which it overwrites: a chunk of a large
+    vocabulary's logits is tens of megabytes, and a second one per chunk costs its allocation and page faults."""
+    top = logits.amax(-1, keepdim=True)
+    top = top.masked_fill_(top.isinf(), 0.0)  # a row of -inf gives -inf, not NaN (as torch.logsumexp)
+    return logits.sub_(top).exp_().sum(-1).log_().add_(top.squeeze(-1))
+
+
 class ChunkedLogprobs(torch.autograd.Function):
-    """Forward: each chunk's logits, the chosen token's log-prob, the logits dropped. Backward: each chunk's logits
-    again, d logp / d logits = (onehot(target) - softmax) / temperature, then the chunk's share of the gradients of
+    """Forward: each chunk's logits, the chosen token's log-prob and the log-sum-exp, the logits dropped. Backward: each
+    chunk's logits again, d logp / d logits = (onehot(target) - softmax) / temperature (the softmax from the kept
+    log-sum-exp), then the chunk's share of the gradients of
     the hidden states, the head's weight and its bias. The backward recomputes in the dtype the forward's linear ran
     in (autocast's, when on), whatever autocast says when the backward runs."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, first, temperature, banned_first):
         out = torch.empty(len(targets), device=hidden.device, dtype=torch.float32)
+        normalizers = torch.empty_like(out)  # each token's log-sum-exp, kept for the backward's softmax
         for piece in chunks(len(targets), weight.shape[0]):
             logits = chunk_logits(hidden[piece], weight, bias, first[piece], temperature, banned_first)
-            out[piece] = logits.gather(1, targets[piece, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
-        ctx.save_for_backward(hidden, weight, bias, targets, first)
+            chosen = logits.gather(1, targets[piece, None]).squeeze(1)
+            normalizers[piece] = logsumexp_(logits)
+            out[piece] = chosen - normalizers[piece]
+        ctx.save_for_backward(hidden, weight, bias, targets, first, normalizers)
         ctx.temperature, ctx.banned_first = temperature, banned_first
         on = torch.is_autocast_enabled(hidden.device.type)
         ctx.compute = torch.get_autocast_dtype(hidden.device.type) if on else hidden.dtype
@@ -110,7 +122,7 @@ class ChunkedLogprobs(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        hidden, weight, bias, targets, first = ctx.saved_tensors
+        hidden, weight, bias, targets, first, normalizers = ctx.saved_tensors
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         # the head's gradient sums hundreds of chunks: in float32 even when the weights are bfloat16 (FSDP's unsharded
@@ -124,7 +136,8 @@ class ChunkedLogprobs(torch.autograd.Function):
             for piece in chunks(len(targets), weight.shape[0]):
                 states = hidden[piece].to(compute)
                 logits = chunk_logits(states, weight_c, bias_c, first[piece], ctx.temperature, ctx.banned_first)
-                grad = logits.sub_(torch.logsumexp(logits, dim=-1, keepdim=True)).exp_().mul_(-grad_out[piece, None])
+                # the same logits as the forward's (same inputs, same dtype), so its log-sum-exp serves
+                grad = logits.sub_(normalizers[piece, None]).exp_().mul_(-grad_out[piece, None])
                 grad[torch.arange(len(grad), device=grad.device), targets[piece]] += grad_out[piece]
                 grad = grad.div_(ctx.temperature).to(compute)
                 if need_hidden:

@@ -248,8 +248,9 @@ def chunks_that_fit(shape: Shape, settings: StepSettings, budget: float, rollout
 
     rollout = rollout_rows or largest(lambda r: rollout_parts(shape, settings, r), rows, G)
     micro = micro_batch_thoughts or largest(lambda m: update_parts(shape, settings, m), rows, 1)
-    fits = fixed + max(sum(rollout_parts(shape, settings, rollout).values()),
-                       sum(update_parts(shape, settings, micro).values())) <= budget
+    # a size given above the step's rows runs as the step's rows
+    fits = fixed + max(sum(rollout_parts(shape, settings, min(rollout, rows)).values()),
+                       sum(update_parts(shape, settings, min(micro, rows)).values())) <= budget
     return Chunks(rollout, micro, fits)
 
 

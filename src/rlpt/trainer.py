@@ -149,8 +149,9 @@ class RlpTrainer:
         sizes = distributed.all_gather([chunks.rollout_rows, chunks.micro_batch_thoughts])
         chunks = Chunks(min(s[0] for s in sizes), min(s[1] for s in sizes), chunks.fits)
         if not chunks.fits and self.world.main:
-            warnings.warn(f"train.memory_gb: one group and one thought a micro-batch exceed {budget / 2**30:.1f} GiB by "
-                          f"rlpt plan's count; the run may run out of memory", stacklevel=2)
+            warnings.warn(f"train.memory_gb: {chunks.rollout_rows} rows decoded at once and {chunks.micro_batch_thoughts} "
+                          f"thoughts a micro-batch exceed {budget / 2**30:.1f} GiB by rlpt plan's count; the run may run "
+                          "out of memory", stacklevel=2)
         return chunks
 
     # ------------------------------------------------------------------------------------------------ one step

@@ -134,10 +134,6 @@ def own_tokens_cache(prefix: SharedPrefix, rows: int, capacity: int, write_at: t
     return cache
 
 
-def repeat_heads(states: torch.Tensor, groups: int) -> torch.Tensor:
-    return states if groups == 1 else states.repeat_interleave(groups, dim=1)
-
-
 ACTIVE: list = []  # the prefix of the innermost `shared_prefix_attention(model, prefix)` block, for models that cannot
 # take it as a forward keyword (a hybrid model's Mamba mixers pass every keyword on to kernels that refuse it)
 
@@ -150,20 +146,21 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
     unsupported = [name for name in ("softcap", "s_aux") if kwargs.get(name) is not None]
     if unsupported:  # attention logit soft-capping, attention sinks: not reproduced here; the probe falls back
         raise NotImplementedError(f"shared-prefix attention does not support {unsupported}")
-    groups = query.shape[1] // key.shape[1]
+    kv_heads = key.shape[1]
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     layer = module.layer_idx
-    doc_keys = repeat_heads(shared_prefix.keys[layer], groups)  # (B, H, T, D)
-    doc_values = repeat_heads(shared_prefix.values[layer], groups)
-    own_keys, own_values = repeat_heads(key, groups), repeat_heads(value, groups)  # (N, H, W, D)
-    (docs, heads, length, _), q, width = doc_keys.shape, query.shape[2], own_keys.shape[2]
+    doc_keys, doc_values = shared_prefix.keys[layer], shared_prefix.values[layer]  # (B, H_kv, T, D)
+    (docs, _, length, _), (rows, heads, q, _), width = doc_keys.shape, query.shape, key.shape[2]
     rows_per_doc = shared_prefix.rows_per_doc
     query = query * scaling  # scaled once here, not in both score tensors (T + W wide, not head_dim)
+    # Grouped-query attention without copying keys: query head h reads key head h // groups, so the queries of the
+    # heads that share a key head are stacked as one taller matrix (a view) against that key head.
     # The softmax runs in the grid layout (B, H, R, q, T + W): the document scores come out of their matmul in it;
     # only the own-token scores (W: the thought so far, usually narrower than T) move into it, and only the outputs
     # (head_dim wide) out of it.
-    doc_scores = (shared_prefix.to_grid(query) @ doc_keys.transpose(-1, -2)).view(docs, heads, rows_per_doc, q, length)
-    own_scores = query @ own_keys.transpose(-1, -2)  # (N, H, q, W)
+    grid_query = shared_prefix.to_grid(query).reshape(docs, kv_heads, -1, query.shape[-1])  # (B, H_kv, groups * R * q, D)
+    doc_scores = (grid_query @ doc_keys.transpose(-1, -2)).view(docs, heads, rows_per_doc, q, length)
+    own_scores = (query.reshape(rows, kv_heads, -1, query.shape[-1]) @ key.transpose(-1, -2)).view(rows, heads, q, width)
     if attention_mask is not None:
         own_scores = own_scores + attention_mask
     doc_mask = shared_prefix.doc_mask
@@ -175,9 +172,10 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
     scores = torch.cat([doc_scores + doc_mask, own_scores], dim=-1)
     weights = torch.softmax(scores.float(), dim=-1).to(query.dtype)
     doc_weights, own_weights = weights.split([length, width], dim=-1)
-    doc_part = doc_weights.reshape(docs, heads, rows_per_doc * q, length) @ doc_values  # (B, H, R * q, D)
+    doc_part = (doc_weights.reshape(docs, kv_heads, -1, length) @ doc_values).view(docs, heads, rows_per_doc * q, -1)
     own_weights = shared_prefix.from_grid(own_weights.reshape(docs, heads, rows_per_doc * q, width), q)
-    output = shared_prefix.from_grid(doc_part, q) + own_weights @ own_values
+    own_part = (own_weights.reshape(rows, kv_heads, -1, width) @ value).view(rows, heads, q, -1)
+    output = shared_prefix.from_grid(doc_part, q) + own_part
     return output.transpose(1, 2).contiguous(), None
 
 
