@@ -2,7 +2,7 @@
 folder, the same shape (8 contexts of 128 tokens, G=4, L=32), measured one after the other in one run.
 
     pip install -e '.[bench]'
-    python bench/vs_trl.py [--model-dir DIR] [--steps 5]
+    python bench/vs_trl.py [--model-dir DIR] [--steps 5] [--alternations 3]
 
 The model (made in DIR when it is missing) is a random Llama of 3.2M parameters (4 layers, hidden 256) with rlpt's
 character tokenizer. Two rlpt settings: the same 8 contexts taken from 8 documents (one position each, as TRL gets
@@ -30,6 +30,8 @@ here = Path(__file__).resolve().parent
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--model-dir", default="/tmp/rlpt-vs-trl-model")
 parser.add_argument("--steps", type=int, default=5)
+parser.add_argument("--alternations", type=int, default=3,
+                    help="TRL then rlpt, this many times in a row: the machine's drift shows as the spread of the ratios")
 args = parser.parse_args()
 
 
@@ -52,12 +54,15 @@ def make_model_folder(folder: str) -> None:
 if not (Path(args.model_dir) / "config.json").is_file():
     make_model_folder(args.model_dir)
 env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
-out = subprocess.run(
-    [sys.executable, str(here / "trl_rlp.py"), "--contexts", "8", "--group-size", "4", "--thought-tokens", "32",
-     "--context-tokens", "128", "--steps", str(args.steps), "--model-dir", args.model_dir],
-    env=env, check=True, capture_output=True, text=True,
-).stdout
-trl = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT_JSON ")).split(" ", 1)[1])
+
+
+def run_trl() -> dict:
+    out = subprocess.run(
+        [sys.executable, str(here / "trl_rlp.py"), "--contexts", "8", "--group-size", "4", "--thought-tokens", "32",
+         "--context-tokens", "128", "--steps", str(args.steps), "--model-dir", args.model_dir],
+        env=env, check=True, capture_output=True, text=True,
+    ).stdout
+    return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT_JSON ")).split(" ", 1)[1])
 
 
 def trl_token_passes(contexts: int, context_tokens: int, G: int, thought: float) -> float:
@@ -75,15 +80,29 @@ def rlpt_token_passes(document_tokens: int, rows: int, thought: float) -> float:
 
 device = torch.device("cpu")
 engines = ("packed", "compiled")  # compiled: rlp.compile_decoding
-separate = compare(args.model_dir, 8, 1, 4, 32, 129, args.steps, device, engines=engines, min_context=128)
-dense = compare(args.model_dir, 1, 8, 4, 32, 136, args.steps, device, engines=engines, min_context=128)
-print("| implementation | contexts | s/step | thought tok/s | x TRL | x TRL in token-passes |")
-print("|---|---|---|---|---|---|")
-base = trl["thought_tokens_per_s"]
-print(f"| RLP on TRL GRPOTrainer | 8 documents x 1 position | {trl['s_per_step']:.3f} | {base:.0f} | 1.00 | |")
-for name, r in (("8 documents x 1 position", separate), ("1 document x 8 positions", dense)):
-    for engine, label in (("packed", "rlpt packed"), ("compiled", "rlpt packed, compiled decoding")):
-        rate, rows = r[f"{engine}_thought_tokens_per_s"], r["documents"] * r["positions"] * 4
-        thought = r[f"{engine}_thought_tokens"] / rows
-        bound = trl_token_passes(8, 128, 4, thought) / rlpt_token_passes(r["documents"] * (r["doc_tokens"] - 1), rows, thought)
-        print(f"| {label} | {name} | {r[f'{engine}_step_s']:.3f} | {rate:.0f} | {rate / base:.2f} | {bound:.2f} |")
+SETTINGS = {"8 documents x 1 position": (8, 1, 129), "1 document x 8 positions": (1, 8, 136)}  # documents, positions, length
+rows = {}  # (label, contexts) -> [(thought tok/s, x TRL)] per alternation
+bounds = {}
+trl_rates = []
+for alternation in range(args.alternations):
+    trl = run_trl()
+    base = trl["thought_tokens_per_s"]
+    trl_rates.append(base)
+    print(f"alternation {alternation + 1}: TRL {base:.0f} thought tok/s", flush=True)
+    for name, (documents, positions, length) in SETTINGS.items():
+        r = compare(args.model_dir, documents, positions, 4, 32, length, args.steps, device, engines=engines, min_context=128)
+        for engine, label in (("packed", "rlpt packed"), ("compiled", "rlpt packed, compiled decoding")):
+            rate, count = r[f"{engine}_thought_tokens_per_s"], documents * positions * 4
+            thought = r[f"{engine}_thought_tokens"] / count
+            bounds[label, name] = (trl_token_passes(8, 128, 4, thought)
+                                   / rlpt_token_passes(documents * (r["doc_tokens"] - 1), count, thought))
+            rows.setdefault((label, name), []).append((rate, rate / base))
+            print(f"  {label}, {name}: {rate:.0f} thought tok/s, x TRL {rate / base:.2f}", flush=True)
+
+print()
+print(f"| implementation | contexts | thought tok/s ({args.alternations} alternations) | x TRL | x TRL in token-passes |")
+print("|---|---|---|---|---|")
+print(f"| RLP on TRL GRPOTrainer | 8 documents x 1 position | {', '.join(f'{v:.0f}' for v in trl_rates)} | 1.00 | |")
+for (label, name), runs in rows.items():
+    print(f"| {label} | {name} | {', '.join(f'{rate:.0f}' for rate, _ in runs)} | "
+          f"{', '.join(f'{ratio:.2f}' for _, ratio in runs)} | {bounds[label, name]:.2f} |")
