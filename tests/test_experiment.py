@@ -137,9 +137,11 @@ def test_post_training_after_every_method(tmp_path, capsys):
     assert set(results["summary"]) >= {"rlp-post", "base-post"}
     assert set(results["paired_post"]) == {"cpt-flop-post", "base-post"}
     assert set(results["paired_post"]["base-post"]["pass_at_1"]) == {"cpt-flop-post", "rlp-post"}
+    assert set(results["lead_change"]["cpt-flop"]) == {"base", "rlp"}
     table = (out / "table.md").read_text()
     for text in ("## After post-training (+Post)", "RLP (K = 1, the paper) +Post", "Paired difference to Base +Post",
-                 "Paired difference to CPT (FLOP-matched) +Post", "| before | +Post | change |"):
+                 "Paired difference to CPT (FLOP-matched) +Post", "| before | +Post | change |",
+                 "| method | change of the lead | |"):
         assert text in table
     assert (out / "plots" / "post.png").read_bytes()[:4] == b"\x89PNG"
     for method in ("base", "cpt-flop", "rlp"):
@@ -198,3 +200,31 @@ def test_post_training_problems_are_apart_from_the_pretraining_corpora(tmp_path)
     assert len(pretraining) == 20_810
     assert len(set(questions)) == 100 and not set(questions) & pretraining
     assert all(d.endswith(".") and "</think>" in d for d in sft)  # worked, with the right thought
+
+
+def test_post_training_leaves_out_commuted_twins_and_the_users_held_out_questions(tmp_path):
+    """`47+38=` and `38+47=` are one problem: no post-training question is a twin of a pretraining one (a draw that
+    compared the text alone let twins in), and a held-out question given with --tasks, or its twin, is never drawn."""
+    import dataclasses
+
+    from rlpt.experiment import post
+    from rlpt.experiment.budgets import BUDGETS
+    from rlpt.suites import get_suite, math_key
+
+    assert math_key("47+38=") == math_key("38+47=") == "38+47=" and math_key("47-38=") == "47-38="
+    assert math_key("zone of ab=") == "zone of ab="
+    budget = dataclasses.replace(BUDGETS["small"], post_sft_examples=100, post_rl_questions=100)
+    math = get_suite("math")
+    sft, path = post.post_training_data([math], budget, 0, tmp_path / "a")
+    questions = [question_of(d) for d in sft] + [json.loads(line)["question"] for line in path.open()]
+    pretraining = post.pretraining_keys(math, budget, 0)
+    assert not {math_key(q) for q in questions} & pretraining
+    by_text = math.problems(200, post.POST_SEED, heldout=False, exclude={
+        p.question for p in math.warm_start_problems(budget.warm_documents, 0) + math.training_problems(budget.corpus_documents)})
+    assert {math_key(p.question) for p in by_text} & pretraining  # what the keys prevent
+    drawn = json.loads(path.open().readline())["question"]
+    a, b = drawn.rstrip("=").split("+") if "+" in drawn else (None, None)
+    user = f"{b}+{a}=" if a else drawn  # its twin, as a user's held-out question
+    sft, path = post.post_training_data([math], budget, 0, tmp_path / "b", held_out=[user])
+    again = [question_of(d) for d in sft] + [json.loads(line)["question"] for line in path.open()]
+    assert drawn not in again and user not in again

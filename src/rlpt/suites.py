@@ -100,6 +100,16 @@ def math_heldout(question: str) -> bool:
     return arith.is_heldout(a, b)
 
 
+def math_key(question: str) -> str:
+    """One problem whatever the order of an addition's operands: `47+38=` and `38+47=` are commuted twins (the split
+    already puts them on one side); a question of another form is its own key."""
+    found = re.fullmatch(r"(\d+)([+-])(\d+)=", question)
+    if not found:
+        return question
+    a, op, b = int(found[1]), found[2], int(found[3])
+    return f"{min(a, b)}+{max(a, b)}=" if op == "+" else question
+
+
 def math_problem(rng: random.Random, forgets=never) -> Problem:
     a, b = rng.randint(arith.LOW, arith.HIGH), rng.randint(arith.LOW, arith.HIGH)
     if rng.random() < 0.5:
@@ -167,15 +177,16 @@ class Suite:
     make: callable  # (rng, forgets) -> Problem, as written by a writer who slips whenever forgets() says so
     heldout: callable  # question -> bool: the side of the split
     marker: str = "="  # every answer follows the first occurrence of this text: `rlp.positions: first:MARKER`
+    key: callable = lambda question: question  # question -> the problem it poses (twins written apart share one)
 
     def problems(self, n: int, seed: int, heldout: bool, forgets=never, exclude: set[str] = frozenset()) -> list[Problem]:
-        """n distinct problems from one side of the split, none of whose questions is in `exclude`, in a seeded order
-        (the same order whatever `forgets`); a UserError when the side has fewer."""
+        """n distinct problems from one side of the split, none of whose keys (`key`) is in `exclude`, in a seeded
+        order (the same order whatever `forgets`); a UserError when the side has fewer."""
         rng = random.Random(f"{self.name}:{seed}:{heldout}")
         seen, out, misses = set(), [], 0
         while len(out) < n:
             p = self.make(rng, forgets)
-            if p.question not in seen and p.question not in exclude and self.heldout(p.question) == heldout:
+            if p.question not in seen and self.key(p.question) not in exclude and self.heldout(p.question) == heldout:
                 seen.add(p.question)
                 out.append(p)
                 misses = 0
@@ -213,7 +224,7 @@ class Suite:
 
 
 SUITES = {
-    "math": Suite("math", math_problem, math_heldout),
+    "math": Suite("math", math_problem, math_heldout, key=math_key),
     "science": Suite("science", science_problem, hashed_heldout),
     "wordsum": Suite("wordsum", wordsum_problem, wordsum_heldout, marker=WORDSUM_MARKER),
 }

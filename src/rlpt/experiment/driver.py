@@ -16,7 +16,7 @@ from rlpt.cache import build_folder
 from rlpt.errors import UserError
 from rlpt.experiment.budgets import BUDGETS, Budget
 from rlpt.experiment.methods import chosen_methods, continued_pretraining, export_checkpoint, rl_config, rl_run
-from rlpt.experiment.paired import REFERENCES, paired_to_reference
+from rlpt.experiment.paired import REFERENCES, lead_change, paired_to_reference
 from rlpt.experiment.post import post_training_data, rlvr_settings, supervised_fine_tuning
 from rlpt.experiment.report import ABLATION_G, ABLATION_L, LABELS, headline, mean_std, plots, report
 from rlpt.experiment.scoring import EvalSet, curve, evaluate_model, file_eval_set, suite_eval_set, suite_training_set
@@ -58,7 +58,8 @@ class Plan:
     def post_train(self, seed: int, folders: dict[str, Path]) -> dict[str, Path]:
         """SFT then RLVR (`post.py`) of each method's model in `folders`: {METHOD-post: its post-trained model}."""
         runs = self.output / "runs" / f"seed-{seed}"
-        sft_documents, questions = post_training_data(self.suites, self.budget, seed, runs / "post-data")
+        held_out = [p.question for e in self.eval_sets for p in e.problems]
+        sft_documents, questions = post_training_data(self.suites, self.budget, seed, runs / "post-data", held_out)
         out = {}
         for method, folder in folders.items():
             name = f"{method}-post"
@@ -199,6 +200,8 @@ def run(suite_names: list[str], seeds: int, budget_name: str, output: Path, abla
     results["paired"] = {reference: paired_to_reference(per_seed, names, reference, methods)
                          for reference in REFERENCES if reference in methods}
     results["paired_post"] = {f"{reference}-post": paired_to_reference(per_seed, names, f"{reference}-post", post_methods)
+                              for reference in REFERENCES if reference in methods and post_methods}
+    results["lead_change"] = {reference: lead_change(per_seed, names, reference, methods)
                               for reference in REFERENCES if reference in methods and post_methods}
     results["wall_seconds"] = time.perf_counter() - began
     (output / "results.json").write_text(json.dumps(results, indent=1))

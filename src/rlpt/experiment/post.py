@@ -1,8 +1,9 @@
 """Post-training after every method (the paper's "+Post" rows): the same recipe, data and steps for each model.
 
 1. SFT: next-token training on worked examples with correct thoughts (`question <think>thought</think>answer.`),
-   drawn from each suite's training side and apart from every pretraining corpus (no question of the warm start or
-   of the RLP/CPT corpus the suites write; a `--data` corpus of your own is not searched).
+   drawn from each suite's training side and apart from every pretraining corpus (no problem of the warm start or
+   of the RLP/CPT corpus the suites write, `47+38=` and `38+47=` being one; a `--data` corpus of your own is not
+   searched) and from every held-out question (the suites' and a `--tasks` file's).
 2. RLVR: `rlpt train` on question/answer records of the same side (other questions than SFT's) with the verifier
    reward (`rlp.reward=verifier`, `rlp.positions=answer`): G sampled thoughts per question, each followed by the
    model's greedy answer, reward 1 when it is right and 0 otherwise or when the thought was cut; the group advantages
@@ -25,19 +26,22 @@ from rlpt.suites import ANSWER_TOKENS
 POST_SEED = 555  # the post-training problems' draw: another than the corpora's (0, 10,000 + seed) and the selection's
 
 
-def pretraining_questions(suite, budget: Budget, seed: int) -> set[str]:
-    """The questions of a suite's pretraining corpora for `seed`: its warm start and the RLP/CPT training corpus."""
-    return ({p.question for p in suite.warm_start_problems(budget.warm_documents, seed)}
-            | {p.question for p in suite.training_problems(budget.corpus_documents)})
+def pretraining_keys(suite, budget: Budget, seed: int) -> set[str]:
+    """The problems (`suite.key`: commuted twins are one) of a suite's pretraining corpora for `seed`: its warm start
+    and the RLP/CPT training corpus."""
+    return ({suite.key(p.question) for p in suite.warm_start_problems(budget.warm_documents, seed)}
+            | {suite.key(p.question) for p in suite.training_problems(budget.corpus_documents)})
 
 
-def post_training_data(suites, budget: Budget, seed: int, folder: Path) -> tuple[list[str], Path]:
+def post_training_data(suites, budget: Budget, seed: int, folder: Path, held_out: list[str] = ()) -> tuple[list[str], Path]:
     """The SFT documents (worked, right) and the RLVR question/answer JSONL (written under `folder`): per suite,
-    `post_sft_examples` and then `post_rl_questions` distinct training-side problems, none in a pretraining corpus."""
+    `post_sft_examples` and then `post_rl_questions` distinct training-side problems, none in a pretraining corpus
+    and none a held-out question (`held_out`: the suites' and a user's `--tasks`), twins included."""
     sft, records = [], []
     for suite in suites:
+        exclude = pretraining_keys(suite, budget, seed) | {suite.key(q) for q in held_out}
         problems = suite.problems(budget.post_sft_examples + budget.post_rl_questions, POST_SEED + seed, heldout=False,
-                                  exclude=pretraining_questions(suite, budget, seed))
+                                  exclude=exclude)
         sft += [p.worked() for p in problems[: budget.post_sft_examples]]
         records += [{"question": p.question, "answer": f"{p.answer}."} for p in problems[budget.post_sft_examples :]]
     folder.mkdir(parents=True, exist_ok=True)

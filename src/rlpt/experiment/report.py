@@ -184,11 +184,12 @@ def report(results: dict, plot_files: list[Path], output: Path) -> str:
         parts += [f"| {p['step']} | {p['loss']:.4f} | " + " | ".join(f"{100 * p[n]:.1f}" for n in columns) + " |"
                   for p in points]
         parts.append("")
-    resampled = "questions and seeds" if len(per_seed) > 1 else "questions; one seed"
+    resampled = ("seeds and questions, each at its own t, `rlpt.experiment.paired`" if len(per_seed) > 1
+                 else "questions; one seed")
     for reference, paired in results["paired"].items():
         for metric, what, unit in PAIRED_METRICS:
             parts += [f"Paired difference to {LABELS[reference]} (method - {LABELS[reference]}) in {what}, {unit}, "
-                      f"with its 95% interval (bootstrap over {resampled}):", "",
+                      f"with its 95% interval (over {resampled}):", "",
                       paired_table(paired[metric], scale=100 if unit == "points" else 1), ""]
             if len(per_seed) > 1:
                 parts += [seed_share_line(paired[metric]), ""]
@@ -249,5 +250,21 @@ def post_section(results: dict, resampled: str) -> list[str]:
     for reference, paired in results["paired_post"].items():
         for metric, what, unit in PAIRED_METRICS[:2]:
             parts += [f"Paired difference to {LABELS[reference]} (method - {LABELS[reference]}) in {what}, {unit}, "
-                      f"with its 95% interval (bootstrap over {resampled}):", "", paired_table(paired[metric]), ""]
+                      f"with its 95% interval (over {resampled}):", "", paired_table(paired[metric]), ""]
+    for reference, changes in results.get("lead_change", {}).items():
+        parts += [f"Each method's lead over {LABELS[reference]} in pass@1 with thinking, points: how post-training moved "
+                  f"it, (method +Post - {LABELS[reference]} +Post) - (method - {LABELS[reference]}) question by "
+                  "question, with its 95% interval:", "", "| method | change of the lead | |", "|---|---|---|"]
+        parts += [f"| {LABELS[m]} | {100 * c['mean']:+.1f} [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}] | "
+                  f"{lead_verdict(c)} |" for m, c in changes.items()]
+        parts.append("")
     return parts
+
+
+def lead_verdict(change: dict) -> str:
+    """"shrinks" or "grows" only where the interval of the change is clear of 0."""
+    if change["high"] < 0:
+        return "shrinks"
+    if change["low"] > 0:
+        return "grows"
+    return "no change beyond the interval"
