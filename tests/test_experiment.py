@@ -51,6 +51,17 @@ def test_experiment_writes_table_results_plots_and_models(tmp_path, capsys):
     shares = paired["variance_shares"]  # how much of the width is seeds, how much questions
     assert round(shares["seeds"] + shares["questions"], 9) in (0, 1) and "the spread between seeds makes" in table
     assert set(results["paired"]["cpt-flop"]["accuracy_think"]) == set(METHODS) - {"cpt-flop"}
+    # the best answer: each model's mode chosen on training-side questions, its held-out accuracy in that mode
+    for seed in results["seeds"]:
+        for method in METHODS:
+            mode = seed["answer_modes"][method]
+            assert mode["mode"] == ("think" if mode["think"] >= mode["direct"] else "direct")
+            for name in ("Math", "Science"):
+                chosen = seed["scores"][method][name]["accuracy_think" if mode["mode"] == "think" else "accuracy_nothink"]
+                assert seed["scores"][method][name]["accuracy_best"] == chosen
+    assert set(results["paired"]["cpt-flop"]["accuracy_best"]) == set(METHODS) - {"cpt-flop"}
+    assert "**The best answer**" in table and "Mode chosen on training-side questions" in table
+    assert "Paired difference to CPT (FLOP-matched) (method - CPT (FLOP-matched)) in the best answer" in table
     assert set(results["paired"]["base"]["pass_at_1"]) == set(METHODS) - {"base"}
     assert "Paired difference to CPT (FLOP-matched)" in table and "Paired difference to Base" in table
     # Base's warm-start curve: loss and held-out accuracy at every curve point
@@ -228,3 +239,15 @@ def test_post_training_leaves_out_commuted_twins_and_the_users_held_out_question
     sft, path = post.post_training_data([math], budget, 0, tmp_path / "b", held_out=[user])
     again = [question_of(d) for d in sft] + [json.loads(line)["question"] for line in path.open()]
     assert drawn not in again and user not in again
+
+
+def test_the_best_answer_takes_the_mode_chosen():
+    from rlpt.experiment.scoring import with_best_answer
+
+    scores = {"Math": {"accuracy_think": 0.9, "accuracy_nothink": 0.4,
+                       "per_question": {"accuracy_think": [1.0, 0.0], "accuracy_nothink": [0.0, 1.0]}}}
+    direct = with_best_answer(scores, "direct")["Math"]
+    assert direct["accuracy_best"] == 0.4 and direct["per_question"]["accuracy_best"] == [0.0, 1.0]
+    think = with_best_answer(scores, "think")["Math"]
+    assert think["accuracy_best"] == 0.9 and think["per_question"]["accuracy_best"] == [1.0, 0.0]
+

@@ -19,7 +19,8 @@ from rlpt.experiment.methods import chosen_methods, continued_pretraining, expor
 from rlpt.experiment.paired import REFERENCES, lead_change, paired_to_reference
 from rlpt.experiment.post import post_training_data, rlvr_settings, supervised_fine_tuning
 from rlpt.experiment.report import ABLATION_G, ABLATION_L, LABELS, headline, mean_std, plots, report
-from rlpt.experiment.scoring import EvalSet, curve, evaluate_model, file_eval_set, suite_eval_set, suite_training_set
+from rlpt.experiment.scoring import (EvalSet, answer_mode, curve, evaluate_model, file_eval_set, suite_eval_set,
+                                    suite_training_set, with_best_answer)
 from rlpt.experiment.warm_start import warm_start
 from rlpt.suites import ANSWER_TOKENS, get_suite
 
@@ -104,17 +105,25 @@ def run_seed(plan: Plan, seed: int) -> dict:
                                                                            plan.budget, seed, method))
     print(f"rlpt experiment: seed {seed}: evaluating", flush=True)
     folders = {m: (base if m == "base" else models / m) for m in plan.methods}
-    scores = timed("evaluation", lambda: {m: evaluate_model(folders[m], plan.eval_sets, plan.budget, seed)
-                                          for m in plan.methods})
+    modes = {}
+
+    def scored(folder_of: dict) -> dict:  # every metric on the held-out sets, the best answer in the mode chosen
+        out = {}
+        for m, folder in folder_of.items():
+            modes[m] = answer_mode(folder, plan.suites, plan.budget)
+            out[m] = with_best_answer(evaluate_model(folder, plan.eval_sets, plan.budget, seed), modes[m]["mode"])
+        return out
+
+    scores = timed("evaluation", lambda: scored(folders))
     if plan.post:
         posted = timed("post-training", lambda: plan.post_train(seed, folders))
         print(f"rlpt experiment: seed {seed}: evaluating after post-training", flush=True)
-        scores.update(timed("post evaluation", lambda: {m: evaluate_model(f, plan.eval_sets, plan.budget, seed)
-                                                        for m, f in posted.items()}))
+        scores.update(timed("post evaluation", lambda: scored(posted)))
     curves = timed("curves", lambda: {m: curve(runs / m, scores["base"], scores[m], plan.eval_sets, plan.budget)
                                       for m in configs})
     warm_curve = base / "warm_start.json"
-    return dict(seed=seed, scores=scores, curves=curves, cpt_budget=counters, cpt=cpt_runs, seconds=timings,
+    return dict(seed=seed, scores=scores, answer_modes=modes, curves=curves, cpt_budget=counters, cpt=cpt_runs,
+                seconds=timings,
                 warm_start=json.loads(warm_curve.read_text()) if warm_curve.is_file() else None,
                 rewards={m: [row["reward_mean"] for row in h] for m, h in histories.items()},
                 thought_len={m: [row["thought_len_mean"] for row in h] for m, h in histories.items()})

@@ -92,9 +92,9 @@ REFERENCES = ("cpt-flop", "base")
 
 
 def paired_to_reference(per_seed: list[dict], names: list[str], reference: str, methods: list[str]) -> dict:
-    """Each method's paired difference to `reference` per held-out set and overall, for pass@1 and greedy accuracy
-    with thinking and the information gain of thinking, and how much of its interval's variance the seeds and the
-    questions make:
+    """Each method's paired difference to `reference` per held-out set and overall, for the best answer, pass@1 and
+    greedy accuracy with thinking, accuracy without it and the information gain of thinking, and how much of its
+    interval's variance the seeds and the questions make:
     {metric: {method: {row: {mean, low, high, variance_shares: {seeds, questions}}}}}."""
     rows = {**{f"{name} Avg": [name] for name in names}, "Overall": names}
 
@@ -102,7 +102,7 @@ def paired_to_reference(per_seed: list[dict], names: list[str], reference: str, 
         return [[s["scores"][method][name]["per_question"][metric] for s in per_seed] for name in sets]
 
     out = {}
-    for metric in ("pass_at_1", "accuracy_think", "information_gain"):
+    for metric in ("accuracy_best", "pass_at_1", "accuracy_think", "accuracy_nothink", "information_gain"):
         out[metric] = {}
         for method in (m for m in methods if m != reference):
             out[metric][method] = {row: {**paired_difference(scores(method, metric, sets), scores(reference, metric, sets)),

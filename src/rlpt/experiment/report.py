@@ -41,8 +41,11 @@ def markdown_table(per_seed: list[dict], names: list[str], methods: list[str], m
 
 
 # the paired differences of the table: (per-question score, what it is, its unit)
-PAIRED_METRICS = [("pass_at_1", "pass@1 with thinking", "points"),
+PAIRED_METRICS = [("accuracy_best", "the best answer (greedy, with or without a thought as each model's "
+                   "training-side questions chose)", "points"),
+                  ("pass_at_1", "pass@1 with thinking", "points"),
                   ("accuracy_think", "greedy accuracy with thinking", "points"),
+                  ("accuracy_nothink", "greedy accuracy without thinking", "points"),
                   ("information_gain", "the information gain of thinking (nats of the answer)", "nats")]
 
 
@@ -62,6 +65,18 @@ def paired_table(paired: dict, scale: float = 100) -> str:
 def curve_names(points: list[dict]) -> list[str]:
     """The sets a warm-start curve scored (every key of a point but its step and loss)."""
     return [k for k in points[0] if k not in ("step", "loss")]
+
+
+def modes_line(per_seed: list[dict], methods: list[str]) -> str:
+    """Each model's chosen mode, per seed, with its training-side accuracies."""
+    def mode(m: dict) -> str:
+        if m["think"] is None:
+            return "think (no training side)"
+        return f"{m['mode']} ({100 * m['think']:.0f}% with a thought, {100 * m['direct']:.0f}% without)"
+
+    cells = [f"{LABELS[method]}: " + "; ".join(mode(s["answer_modes"][method]) for s in per_seed)
+             for method in methods if all(method in s.get("answer_modes", {}) for s in per_seed)]
+    return "Mode chosen on training-side questions, per seed: " + ". ".join(cells) + "." if cells else ""
 
 
 def seed_share_line(paired: dict) -> str:
@@ -163,6 +178,8 @@ def report(results: dict, plot_files: list[Path], output: Path) -> str:
     per_seed, names = results["seeds"], results["eval_sets"]
     spread = f"mean ± std over {len(per_seed)} seeds" if len(per_seed) > 1 else "one seed"
     sections = [
+        ("**The best answer**: greedy, with a thought or without one, as each model's training-side questions chose "
+         f"(never the held-out ones), %; {spread}:", "accuracy_best"),
         (f"pass@1 with thinking, %, averaged over {results['settings']['samples']} sampled thoughts (temperature 0.7); "
          f"{spread}:", "pass_at_1"),
         ("Greedy accuracy with thinking, %:", "accuracy_think"),
@@ -174,6 +191,8 @@ def report(results: dict, plot_files: list[Path], output: Path) -> str:
     methods = results["methods"]
     for title, metric in sections:
         parts += [title, "", markdown_table(per_seed, names, methods, metric), ""]
+        if metric == "accuracy_best":
+            parts += [modes_line(per_seed, methods), ""]
     if per_seed[0].get("warm_start"):
         points = per_seed[0]["warm_start"]
         columns = curve_names(points)

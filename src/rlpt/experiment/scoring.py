@@ -76,18 +76,40 @@ def evaluate_model(folder: Path, eval_sets: list[EvalSet], budget: Budget, seed:
         per_question = [sum(hits) / len(hits) for hits in zip(*samples)]  # pass@1 of each question
         gains = intrinsic(model, tokenizer, think, answer_contexts(tokenizer, problems),
                           max_thought_tokens=budget.thought_tokens)
-        first = greedy["outputs"][0]
+        first, direct = greedy["outputs"][0], accuracy(False)
         out[eval_set.name] = dict(
             accuracy_think=greedy["accuracy"], pass_at_1=sum(per_question) / len(per_question),
             per_question=dict(pass_at_1=per_question, accuracy_think=[float(c) for c in greedy["correct"]],
+                              accuracy_nothink=[float(c) for c in direct["correct"]],
                               information_gain=gains.pop("gains")),
-            accuracy_nothink=accuracy(False)["accuracy"],
+            accuracy_nothink=direct["accuracy"],
             thought_correct=greedy.get("thought_correct"),  # None without worked thoughts (a user's question set)
             **gains,
             example=dict(question=tasks[0]["question"], thought=first["thought"], answer=first["answer"],
                          expected=tasks[0]["answer"]),
         )
     return out
+
+
+def answer_mode(folder: Path, suites, budget: Budget) -> dict:
+    """How a model answers best, chosen on training-side questions (never held-out ones): greedy accuracy with a
+    thought and without one on each suite's `selection_questions` training-side problems, and the better mode
+    ("think" on a tie: RLP's). Without a suite (a user's --tasks alone) there is no training side: "think"."""
+    if not suites:
+        return dict(mode="think", think=None, direct=None)
+    model, tokenizer, think = load_model_and_tokenizer(str(folder))
+    tasks = [t for s in suites for t in suite_training_set(s, budget.selection_questions).tasks()]
+    scored = {mode: exact_match_accuracy(model, tokenizer, think, tasks, use_thought=mode == "think",
+                                         max_thought_tokens=budget.thought_tokens)["accuracy"]
+              for mode in ("think", "direct")}
+    return dict(mode="think" if scored["think"] >= scored["direct"] else "direct", **scored)
+
+
+def with_best_answer(scores: dict, mode: str) -> dict:
+    """`scores` (per held-out set) with `accuracy_best`, overall and per question: the greedy answer in `mode`."""
+    key = "accuracy_think" if mode == "think" else "accuracy_nothink"
+    return {name: {**s, "accuracy_best": s[key], "per_question": {**s["per_question"], "accuracy_best": s["per_question"][key]}}
+            for name, s in scores.items()}
 
 
 def greedy_accuracy_of(model, tokenizer, eval_sets: list[EvalSet], budget: Budget) -> dict:
