@@ -3,10 +3,12 @@ loads, a rerun that redoes nothing, and the same comparison on a user's own mode
 
 import json
 
+import pytest
+
 from rlpt import experiment
+from rlpt.cli import main
 from rlpt.experiment.report import METHODS
 from rlpt.suites import ANSWER_TOKENS
-from rlpt.cli import main
 
 
 def test_experiment_writes_table_results_plots_and_models(tmp_path, capsys):
@@ -61,6 +63,15 @@ def test_experiment_writes_table_results_plots_and_models(tmp_path, capsys):
                 assert seed["scores"][method][name]["accuracy_best"] == chosen
     assert set(results["paired"]["cpt-flop"]["accuracy_best"]) == set(METHODS) - {"cpt-flop"}
     assert "**The best answer**" in table and "Mode chosen on training-side questions" in table
+    # what training cost the language model: next-token loss on held-out prose, per seed, with paired intervals
+    prose = results["prose"]
+    assert (prose["windows"], prose["tokens"]) == (4, 32) and set(prose["loss"]) == set(METHODS)
+    assert all(len(v) == 2 and all(x > 0 for x in v) for v in prose["loss"].values())
+    assert set(prose["paired"]["base"]) == set(METHODS) - {"base"}
+    cell = prose["paired"]["cpt-flop"]["rlp"]
+    per_window = [r - c for s in results["seeds"] for r, c in zip(s["prose"]["rlp"], s["prose"]["cpt-flop"])]
+    assert abs(cell["mean"] - sum(per_window) / len(per_window)) < 1e-9 and cell["low"] <= cell["mean"] <= cell["high"]
+    assert "next-token loss on held-out prose" in table
     assert "Paired difference to CPT (FLOP-matched) (method - CPT (FLOP-matched)) in the best answer" in table
     assert set(results["paired"]["base"]["pass_at_1"]) == set(METHODS) - {"base"}
     assert "Paired difference to CPT (FLOP-matched)" in table and "Paired difference to Base" in table
@@ -250,4 +261,20 @@ def test_the_best_answer_takes_the_mode_chosen():
     assert direct["accuracy_best"] == 0.4 and direct["per_question"]["accuracy_best"] == [0.0, 1.0]
     think = with_best_answer(scores, "think")["Math"]
     assert think["accuracy_best"] == 0.9 and think["per_question"]["accuracy_best"] == [1.0, 0.0]
+
+
+def test_prose_windows_are_spread_over_the_held_out_plays():
+    from rlpt.errors import UserError
+    from rlpt.experiment.prose import HELDOUT_PLAYS, heldout_texts, prose_windows
+    from rlpt.tiny import char_tokenizer
+
+    tokenizer = char_tokenizer()
+    texts = [("abcdefghij" * 3, "one"), ("klmnopqrst" * 3, "two")]  # 60 characters: 6 whole windows of 10
+    windows = prose_windows(tokenizer, texts, 3, 11)  # BOS and 10 characters each, every other window
+    assert [tokenizer.decode(w[1:]) for w in windows] == ["abcdefghij", "abcdefghij", "klmnopqrst"]
+    assert all(w[0] == tokenizer.bos_token_id for w in windows)
+    with pytest.raises(UserError, match="6 windows of 11 tokens, 7 asked"):
+        prose_windows(tokenizer, texts, 7, 11)
+    plays = heldout_texts()
+    assert len(plays) == HELDOUT_PLAYS and all(source.startswith("builtin:shakespeare/") for _, source in plays)
 

