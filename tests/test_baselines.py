@@ -49,6 +49,9 @@ def test_budgets_from_an_rlp_runs_counters():
     assert budget["token_matched"] == 100  # the document tokens RLP read
     assert budget["flop_matched"] == 4 * 8 * 8 * 2 + 100  # G * L * (16 contexts / 2 steps) * 2 steps + T_inp
     assert budget["thought_tokens"] == 120
+    # RLP with the next-token term: the term's tokens are input too, in both budgets
+    with_term = budgets_from_run([{**row, "next_token_tokens": 30} for row in history], group_size=4, max_thought_tokens=8)
+    assert with_term["token_matched"] == 160 and with_term["flop_matched"] == 4 * 8 * 8 * 2 + 160
 
 
 def test_continued_pretraining_trains_for_the_budget(llama_dir):

@@ -7,7 +7,7 @@ import pytest
 
 from rlpt import experiment
 from rlpt.cli import main
-from rlpt.experiment.report import METHODS
+from rlpt.experiment.report import DEFAULT_METHODS as METHODS
 from rlpt.suites import ANSWER_TOKENS
 
 
@@ -127,6 +127,28 @@ def test_experiment_runs_the_methods_asked_for(llama_dir, tmp_path):
 
     assert yaml.safe_load((out / "runs" / "seed-0" / "rlp-answer" / "config.yaml").read_text())["rlp"]["positions"] == \
         "first:The answer is "  # the suite's marker
+
+
+def test_rlp_with_the_next_token_term_counts_its_tokens_in_cpts_budget(llama_dir, tmp_path):
+    """--methods rlp-ntp: RLP (K = answer) with next-token training on the same plain corpus beside it; the tokens the
+    term trained on count in CPT's budgets, so CPT (FLOP) is matched to all of the run's compute."""
+    import yaml
+
+    from rlpt.baselines.cpt import budgets_from_run
+
+    out = tmp_path / "ntp"
+    results = experiment.run(["wordsum"], 1, "test", out, model=llama_dir, methods=["rlp-ntp", "cpt-flop"])
+    assert results["methods"] == ["base", "cpt-flop", "rlp-ntp"]
+    run = out / "runs" / "seed-0" / "rlp-ntp"
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["train"]["next_token_data"] == cfg["data"]["path"] and cfg["rlp"]["reward_tokens"] == ANSWER_TOKENS
+    history = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+    term = sum(row["next_token_tokens"] for row in history)
+    assert term > 0
+    budget = results["seeds"][0]["cpt_budget"]
+    assert budget == budgets_from_run(history, 2, 24)
+    assert budget["token_matched"] == sum(row["document_tokens"] for row in history) + term
+    assert "RLP (K = answer) + next-token term" in (out / "table.md").read_text()
 
 
 def test_methods_are_checked():

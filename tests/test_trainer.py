@@ -408,7 +408,9 @@ def test_next_token_term_of_a_model_without_a_split_runs_in_micro_batches(llama_
         calls = []
         original = trainer_module.next_token_loss
         monkeypatch.setattr(trainer_module, "next_token_loss", lambda *a, **k: calls.append(1) or original(*a, **k))
-        loss = trainer.next_token_gradients(0, 0)
+        loss, tokens = trainer.next_token_gradients(0, 0)
+        lengths = [len(d.ids) for d in trainer.next_token_documents]
+        assert 3 * min(lengths) <= tokens <= 3 * max(lengths) and min(lengths) < max(lengths)  # 3 drawn documents
         monkeypatch.undo()
         return loss, [p.grad.clone() for p in trainer.policy.parameters()], len(calls)
 

@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--data", help="your training corpus (any data.path); default: the suites' corpora")
     exp.add_argument("--tasks", help="your held-out question/answer JSONL, evaluated beside the suites")
     exp.add_argument("--methods", help="run only these, comma-separated, of base, cpt-token, cpt-flop, rpt, rlp, "
-                     "rlp-answer (default all; Base always; CPT needs an RLP run)")
+                     "rlp-answer, rlp-ntp (RLP with next-token training on the same corpus) (default all but rlp-ntp; "
+                     "Base always; CPT needs an RLP run)")
     exp.add_argument("--post", action="store_true", help="then the same post-training (SFT on worked examples, then "
                      "RLVR) after every method: the +Post tables, models/METHOD-post/")
     exp.set_defaults(func=cmd_experiment)

@@ -173,7 +173,7 @@ class RlpTrainer:
                       else objective.group_advantages(rewards, normalize_std=cfg.rlp.normalize_advantages))
         logp_old = []  # theta_old's log-probs per micro-batch, kept from the first update for the later ones
         attempts, applied = [], 0  # [loss, kl, clipped tokens, tokens, grad norm] of each update tried
-        next_token = []  # the next-token term's loss of each update, when there is one
+        next_token = []  # the next-token term's (loss, tokens) of each update, when there is one
         for update in range(cfg.rlp.updates_per_batch):
             with self.autocast(), gathered(self.policy):
                 if self.next_token_documents:
@@ -223,7 +223,10 @@ class RlpTrainer:
             drawn_contexts=int(every["drawn_contexts"].sum()), draw_rounds=batch.rounds,
         )
         if next_token:
-            metrics["next_token_loss"] = distributed.all_sum([sum(next_token) / len(next_token)], self.device)[0] / self.world.size
+            losses, tokens = zip(*next_token)
+            metrics["next_token_loss"] = distributed.all_sum([sum(losses) / len(losses)], self.device)[0] / self.world.size
+            # the tokens the term trained on, every rank and update: what a FLOP-matched baseline must also get
+            metrics["next_token_tokens"] = int(distributed.all_sum([float(sum(tokens))], self.device)[0])
         return StepOutcome(metrics, docs, rollouts, rewards, advantages, idle)
 
     def draw(self, step: int, docs: list[Document], first: int, draw: int,
@@ -332,7 +335,8 @@ class RlpTrainer:
         `train.next_token_data`, drawn by (seed, step, update, rank); the gradients are reduced over ranks with the
         RLP micro-batches' last backward. Returns the loss. The log-probs come a chunk of tokens at a time
         (`next_token_loss`); a wrapped (DDP, FSDP) model, which takes its full logits, runs the documents in
-        micro-batches of at most CHUNK_ELEMENTS logits (one document at least)."""
+        micro-batches of at most CHUNK_ELEMENTS logits (one document at least). Returns the loss and the documents'
+        tokens."""
         cfg = self.cfg.train
         rng = random.Random(f"{cfg.seed}/next-token/{step}/{update}/{self.world.rank}")
         batch = [self.next_token_documents[rng.randrange(len(self.next_token_documents))].ids
@@ -349,7 +353,7 @@ class RlpTrainer:
             part = next_token_loss(self.policy, ids.to(self.device), mask.to(self.device), tokens=predicted)
             (cfg.next_token_coef * part).backward()
             loss += part.item()
-        return loss
+        return loss, sum(len(ids) for ids in batch)
 
     def sync_gradients(self, sync: bool) -> None:
         if distributed.is_wrapped(self.policy):

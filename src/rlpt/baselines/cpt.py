@@ -5,7 +5,7 @@ budgets (arXiv 2510.01265, Appendix 11):
   l_seq the rollout length (`rlp.max_thought_tokens`; the thought, not the prompt), bs the contexts per step, iters
   the steps and T_inp the document tokens RLP read. rlpt takes n * bs * iters as the RLP run's own count of contexts
   rolled out times G (its `drawn_contexts` metric summed: with dynamic sampling, the dropped groups too), and T_inp as
-  its `document_tokens` metric summed.
+  its `document_tokens` metric summed, with the tokens of its next-token term (`next_token_tokens`) where it has one.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ def budgets_from_run(history: list[dict], group_size: int, max_thought_tokens: i
     """The token-matched and FLOP-matched CPT budgets of an RLP run, from its metrics.jsonl rows."""
     steps = len(history)
     contexts = sum(row.get("drawn_contexts", row["contexts"]) for row in history)  # dynamic sampling: every draw
-    input_tokens = sum(row["document_tokens"] for row in history)
+    # the documents RLP read, and those its next-token term (`train.next_token_data`) trained on
+    input_tokens = sum(row["document_tokens"] + row.get("next_token_tokens", 0) for row in history)
     return dict(
         rlp_steps=steps, contexts_per_step=contexts / max(1, steps), input_tokens=input_tokens,
         thought_tokens=sum(row["thought_tokens"] for row in history),

@@ -52,10 +52,10 @@ class Plan:
         curve_sets = [suite_training_set(s, self.budget.selection_questions) for s in self.suites] + self.eval_sets
         return build_folder(self.models(seed) / "base", lambda tmp: warm_start(tmp, self.suites, curve_sets, self.budget, seed))
 
-    def rl_config(self, base: Path, seed: int, reward: str, **rlp):
+    def rl_config(self, base: Path, seed: int, reward: str, train: dict | None = None, **rlp):
         # a thought before each suite document's answer (after its marker); a user corpus: every position
         positions = {"positions": f"first:{self.suites[0].marker}" if self.suites else "all"}
-        return rl_config(base, self.corpus, self.budget, seed, reward, self.overrides, **{**positions, **rlp})
+        return rl_config(base, self.corpus, self.budget, seed, reward, self.overrides, train=train, **{**positions, **rlp})
 
     def post_train(self, seed: int, folders: dict[str, Path]) -> dict[str, Path]:
         """SFT then RLVR (`post.py`) of each method's model in `folders`: {METHOD-post: its post-trained model}."""
@@ -87,6 +87,9 @@ def run_seed(plan: Plan, seed: int) -> dict:
     base = timed("base", lambda: plan.base(seed))
     configs = {"rlp": plan.rl_config(base, seed, "information_gain"),
                "rlp-answer": plan.rl_config(base, seed, "information_gain", reward_tokens=ANSWER_TOKENS),
+               # with next-token training on the same plain corpus beside it: its tokens count in CPT's budgets
+               "rlp-ntp": plan.rl_config(base, seed, "information_gain", reward_tokens=ANSWER_TOKENS,
+                                         train={"next_token_data": plan.corpus}),
                "rpt": plan.rl_config(base, seed, "rpt")}
     configs = {m: cfg for m, cfg in configs.items() if m in plan.methods}
     histories = {}
@@ -94,7 +97,7 @@ def run_seed(plan: Plan, seed: int) -> dict:
         print(f"rlpt experiment: seed {seed}: {LABELS[method]}", flush=True)
         histories[method] = timed(method, lambda: rl_run(runs / method, cfg))
         export_checkpoint(runs / method, models / method)
-    rlp_runs = [m for m in ("rlp", "rlp-answer") if m in configs]
+    rlp_runs = [m for m in ("rlp", "rlp-answer", "rlp-ntp") if m in configs]
     reference = configs[rlp_runs[0]]
     counters = max((cpt.budgets_from_run(histories[m], reference.rlp.group_size, reference.rlp.max_thought_tokens)
                     for m in rlp_runs), key=lambda c: c["flop_matched"])  # CPT matches the larger

@@ -11,14 +11,14 @@ from rlpt.baselines import cpt
 from rlpt.cache import build_folder
 from rlpt.errors import UserError
 from rlpt.experiment.budgets import Budget
-from rlpt.experiment.report import METHODS
+from rlpt.experiment.report import DEFAULT_METHODS, METHODS
 from rlpt.models import load_model_and_tokenizer
 
 
 def rl_config(base: Path, corpus: str, budget: Budget, seed: int, reward: str, overrides: list[str],
-              steps: int | None = None, lr: float | None = None, **rlp) -> config_lib.Config:
+              steps: int | None = None, lr: float | None = None, train: dict | None = None, **rlp) -> config_lib.Config:
     """An RL run's config from Base: the budget's settings (`steps` and `lr` if given instead of its RL runs'), the
-    `rlp` keys, then the user's `overrides`."""
+    `rlp` keys and the `train` ones, then the user's `overrides`."""
     steps = budget.rl_steps if steps is None else steps
     cfg = config_lib.Config()
     config_lib.apply(cfg, {
@@ -27,7 +27,7 @@ def rl_config(base: Path, corpus: str, budget: Budget, seed: int, reward: str, o
         "rlp": {"group_size": budget.group_size, "max_thought_tokens": budget.thought_tokens,
                 "temperature": budget.temperature, "reward": reward, **rlp},
         "train": {"lr": budget.lr if lr is None else lr, "batch_documents": budget.batch_documents, "max_steps": steps,
-                  "seed": seed, "checkpoint_every": max(1, steps // budget.curve_points)},
+                  "seed": seed, "checkpoint_every": max(1, steps // budget.curve_points), **(train or {})},
         "eval": {"tasks": ""},
     }, "rlpt experiment")
     for text in overrides:
@@ -72,15 +72,15 @@ def continued_pretraining(base: Path, folder: Path, cfg, tokens: int, budget: Bu
 
 
 def chosen_methods(names: list[str] | None, ablate: bool) -> list[str]:
-    """The methods to run, in METHODS' order: all by default; Base always; CPT needs an RLP run to match."""
+    """The methods to run, in METHODS' order: DEFAULT_METHODS by default; Base always; CPT needs an RLP run to match."""
     if not names:
-        return list(METHODS)
+        return list(DEFAULT_METHODS)
     unknown = [n for n in names if n not in METHODS]
     if unknown:
         raise UserError(f"--methods: unknown {', '.join(unknown)} (known: {', '.join(METHODS)})")
     chosen = [m for m in METHODS if m in names or m == "base"]
     if any(m.startswith("cpt") for m in chosen) and not any(m.startswith("rlp") for m in chosen):
-        raise UserError("--methods: CPT is matched to an RLP run's budget: add rlp or rlp-answer")
+        raise UserError("--methods: CPT is matched to an RLP run's budget: add rlp, rlp-answer or rlp-ntp")
     if ablate and "rlp" not in chosen:
         raise UserError("--ablate varies RLP (K = 1): add rlp to --methods")
     return chosen

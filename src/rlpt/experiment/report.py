@@ -5,9 +5,11 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-METHODS = ["base", "cpt-token", "cpt-flop", "rpt", "rlp", "rlp-answer"]
+METHODS = ["base", "cpt-token", "cpt-flop", "rpt", "rlp", "rlp-answer", "rlp-ntp"]
+DEFAULT_METHODS = METHODS[:-1]  # rlp-ntp on request (`--methods`)
 LABELS = {"base": "Base", "cpt-token": "CPT (token-matched)", "cpt-flop": "CPT (FLOP-matched)", "rpt": "RPT",
-          "rlp": "RLP (K = 1, the paper)", "rlp-answer": "RLP (K = answer)"}
+          "rlp": "RLP (K = 1, the paper)", "rlp-answer": "RLP (K = answer)",
+          "rlp-ntp": "RLP (K = answer) + next-token term"}
 LABELS.update({f"{m}-post": f"{LABELS[m]} +Post" for m in METHODS})  # after the same SFT + RLVR (`--post`)
 ABLATION_G, ABLATION_L = (2, 4, 8, 16), (8, 16, 32, 64)
 
@@ -105,8 +107,9 @@ def plots(results: dict, folder: Path) -> list[Path]:
         fig.savefig(written[-1], dpi=100)
         plt.close(fig)
 
-    rl_methods = [m for m in ("rlp", "rlp-answer", "rpt") if m in results["methods"]]
-    units = {"rlp": "information gain (nats)", "rlp-answer": "information gain (nats)", "rpt": "RPT reward (0/1)"}
+    rl_methods = [m for m in ("rlp", "rlp-answer", "rlp-ntp", "rpt") if m in results["methods"]]
+    units = {"rlp": "information gain (nats)", "rlp-answer": "information gain (nats)",
+             "rlp-ntp": "information gain (nats)", "rpt": "RPT reward (0/1)"}
     fig, axes = plt.subplots(1, len(rl_methods), figsize=(5 * len(rl_methods), 3.5), squeeze=False)
     for ax, method in zip(axes[0], rl_methods):
         unit = units[method]
@@ -120,7 +123,7 @@ def plots(results: dict, folder: Path) -> list[Path]:
     names = results["eval_sets"]
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.5), squeeze=False)
     for ax, name in zip(axes[0], names):
-        for method, style in (("rlp", "-o"), ("rlp-answer", "-^"), ("rpt", "-s")):
+        for method, style in (("rlp", "-o"), ("rlp-answer", "-^"), ("rlp-ntp", "-v"), ("rpt", "-s")):
             if method not in rl_methods:
                 continue
             steps = [p["step"] for p in seeds[0]["curves"][method]]
