@@ -229,8 +229,9 @@ def report(results: dict, plot_files: list[Path], output: Path) -> str:
     parts += [
         "",
         f"CPT budgets (seed 0): token-matched {counters['token_matched']} tokens; FLOP-matched {counters['flop_matched']} "
-        f"tokens = G * L * contexts/step * steps + T_inp, from the larger of the two RLP runs ({counters['rlp_steps']} steps, "
-        f"{counters['contexts_per_step']:.1f} contexts/step, T_inp = {counters['input_tokens']}).",
+        f"tokens = G * L * contexts/step * steps + T_inp, from the largest RLP run ({counters['rlp_steps']} steps, "
+        f"{counters['contexts_per_step']:.1f} contexts/step, T_inp = {counters['input_tokens']}: its documents and "
+        "its next-token term's, if any).",
     ]
     parts += ["", *prose_section(results)]
     if results.get("post_methods"):
