@@ -269,3 +269,4 @@ def available_memory(device) -> float:
     with open("/proc/self/status") as handle:
         resident = next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmRSS:"))
     return float(fields.get("MemAvailable", fields["MemTotal"]) + resident)
+

@@ -304,3 +304,42 @@ def model_shape(args) -> Shape | None:
     return Shape(layers=args.layers, hidden=args.hidden, vocab=args.vocab, heads=heads,
                  kv_heads=args.kv_heads or heads, head_dim=args.head_dim or args.hidden // heads,
                  intermediate=args.intermediate or 4 * args.hidden)
+
+
+def chunks_for_run(cfg, policy, device, next_token_term: bool, main: bool) -> "Chunks":
+    """A training run's rows decoded at once and thoughts of an update micro-batch: `train.rollout_rows` and
+    `train.micro_batch_thoughts`, each sized to `train.memory_gb` (or the device's memory) where 0, by `rlpt plan`'s
+    arithmetic; the smallest over the ranks, which must run as many micro-batches. `main` warns when even the chunks
+    chosen exceed the budget."""
+    import warnings
+
+    from rlpt import distributed
+    from rlpt.memory import Chunks, StepSettings, available_memory, chunks_that_fit, positions_per_document
+
+    given = (cfg.train.rollout_rows, cfg.train.micro_batch_thoughts)
+    if all(given):
+        return Chunks(*given, fits=True)
+    model = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+    model = getattr(model, "module", model)  # DDP's wrapped model
+    try:
+        shape = config_shape(model.config.get_text_config().to_dict())
+    except UserError as exc:
+        warnings.warn(f"train.memory_gb: rlpt cannot read this model's layout ({exc}); the chunks left at 0 "
+                      f"are 256 thoughts (set train.rollout_rows and train.micro_batch_thoughts)", stacklevel=3)
+        return Chunks(given[0] or 256, given[1] or 256, fits=True)
+    shape.counted_params = sum(p.numel() for p in model.parameters())
+    settings = StepSettings(
+        group_size=cfg.rlp.group_size, thought_tokens=cfg.rlp.max_thought_tokens, doc_tokens=cfg.data.max_length,
+        documents=cfg.train.batch_documents, positions=positions_per_document(cfg.rlp.positions, cfg.data.max_length),
+        reward_tokens=cfg.rlp.reward_tokens, compute_bytes=2 if cfg.model.dtype == "bfloat16" else 4,
+        checkpointing=cfg.train.gradient_checkpointing,
+        next_token_documents=cfg.train.next_token_documents if next_token_term else 0)
+    budget = cfg.train.memory_gb * 2**30 if cfg.train.memory_gb else available_memory(device)
+    chunks = chunks_that_fit(shape, settings, budget, *given)
+    sizes = distributed.all_gather([chunks.rollout_rows, chunks.micro_batch_thoughts])
+    chunks = Chunks(min(s[0] for s in sizes), min(s[1] for s in sizes), chunks.fits)
+    if not chunks.fits and main:
+        warnings.warn(f"train.memory_gb: {chunks.rollout_rows} rows decoded at once and {chunks.micro_batch_thoughts} "
+                      f"thoughts a micro-batch exceed {budget / 2**30:.1f} GiB by rlpt plan's count; the run may run "
+                      "out of memory", stacklevel=3)
+    return chunks

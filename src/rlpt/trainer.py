@@ -17,7 +17,6 @@ import json
 import math
 import random
 import time
-import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -30,9 +29,9 @@ from rlpt.baselines.rpt import rpt_rewards
 from rlpt.data import Document, make_contexts
 from rlpt.distributed import World, gathered
 from rlpt.ema import EmaTeacher
-from rlpt.errors import UserError
 from rlpt.generation import hash_key, right_pad, temperature_sampler
 from rlpt.logprobs import CHUNK_ELEMENTS, output_head
+from rlpt.plan import chunks_for_run
 from rlpt.pretrain import next_token_loss
 from rlpt.rollout import Context, Rollouts, RolloutSpec
 from rlpt.batch import SIGNAL_TOLERANCE, Batch, group_has_signal, sample_batch
@@ -116,43 +115,7 @@ class RlpTrainer:
             fused=device.type in ("cpu", "cuda"),
         )
         self.state = {"step": 0, "nonfinite_skipped": 0}
-        self.chunks = self.chunk_sizes()
-
-    def chunk_sizes(self):
-        """The rows decoded at once and the thoughts of an update micro-batch: `train.rollout_rows` and
-        `train.micro_batch_thoughts`, each sized to `train.memory_gb` (or the device's memory) where 0, by `rlpt plan`'s
-        arithmetic (`rlpt.memory`); the smallest over the ranks, which must run as many micro-batches."""
-        from rlpt.memory import Chunks, StepSettings, available_memory, chunks_that_fit, positions_per_document
-        from rlpt.plan import config_shape
-
-        cfg = self.cfg
-        given = (cfg.train.rollout_rows, cfg.train.micro_batch_thoughts)
-        if all(given):
-            return Chunks(*given, fits=True)
-        model = self.policy.get_base_model() if hasattr(self.policy, "get_base_model") else self.policy
-        model = getattr(model, "module", model)  # DDP's wrapped model
-        try:
-            shape = config_shape(model.config.get_text_config().to_dict())
-        except UserError as exc:
-            warnings.warn(f"train.memory_gb: rlpt cannot read this model's layout ({exc}); the chunks left at 0 "
-                          f"are 256 thoughts (set train.rollout_rows and train.micro_batch_thoughts)", stacklevel=2)
-            return Chunks(given[0] or 256, given[1] or 256, fits=True)
-        shape.counted_params = sum(p.numel() for p in model.parameters())
-        dtype_bytes = 2 if cfg.model.dtype == "bfloat16" else 4
-        settings = StepSettings(
-            group_size=cfg.rlp.group_size, thought_tokens=cfg.rlp.max_thought_tokens, doc_tokens=cfg.data.max_length,
-            documents=cfg.train.batch_documents, positions=positions_per_document(cfg.rlp.positions, cfg.data.max_length),
-            reward_tokens=cfg.rlp.reward_tokens, compute_bytes=dtype_bytes, checkpointing=cfg.train.gradient_checkpointing,
-            next_token_documents=cfg.train.next_token_documents if self.next_token_documents else 0)
-        budget = cfg.train.memory_gb * 2**30 if cfg.train.memory_gb else available_memory(self.device)
-        chunks = chunks_that_fit(shape, settings, budget, *given)
-        sizes = distributed.all_gather([chunks.rollout_rows, chunks.micro_batch_thoughts])
-        chunks = Chunks(min(s[0] for s in sizes), min(s[1] for s in sizes), chunks.fits)
-        if not chunks.fits and self.world.main:
-            warnings.warn(f"train.memory_gb: {chunks.rollout_rows} rows decoded at once and {chunks.micro_batch_thoughts} "
-                          f"thoughts a micro-batch exceed {budget / 2**30:.1f} GiB by rlpt plan's count; the run may run "
-                          "out of memory", stacklevel=2)
-        return chunks
+        self.chunks = chunks_for_run(cfg, policy, device, bool(self.next_token_documents), self.world.main)
 
     # ------------------------------------------------------------------------------------------------ one step
     def step_documents(self, step: int) -> tuple[list[Document], int]:
