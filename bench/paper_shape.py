@@ -83,9 +83,8 @@ def settings(model: str, corpus: Path, documents: int, args) -> list[str]:
     return [item for key, value in pairs.items() for item in ("--set", f"{key}={value}")]
 
 
-def train_never_closing(argv: list[str]) -> int:
-    """`rlpt train` with every thought run to the length limit: the decoding loop's sampler never draws `</think>`."""
-    from rlpt.cli import main as cli
+def close_never() -> None:
+    """From now on in this process, every thought runs to the length limit: the sampler never draws `</think>`."""
     from rlpt.rollout import decoding, packed, recurrent
 
     def never_closing(next_logits, row_answer, row_answer_length, spec, choose):
@@ -96,6 +95,13 @@ def train_never_closing(argv: list[str]) -> int:
         return decoding.decode_thoughts(next_logits, row_answer, row_answer_length, spec, choose_open)
 
     packed.decode_thoughts = recurrent.decode_thoughts = never_closing
+
+
+def train_never_closing(argv: list[str]) -> int:
+    """`rlpt train` with every thought run to the length limit."""
+    from rlpt.cli import main as cli
+
+    close_never()
     return cli(argv)
 
 

@@ -300,3 +300,96 @@ def test_prose_windows_are_spread_over_the_held_out_plays():
     plays = heldout_texts()
     assert len(plays) == HELDOUT_PLAYS and all(source.startswith("builtin:shakespeare/") for _, source in plays)
 
+
+
+def test_the_mixed_corpus_dilutes_the_stories_in_three_parts_prose():
+    from rlpt.errors import UserError
+    from rlpt.experiment.mixed import PROSE_PARTS, mixed_documents, position_kind, prose_passages
+
+    stories = ["Ann has 3 apples. She gets 4 more. The answer is 7.", "Bo has 5 pens. He gets 1 more. The answer is 6."]
+    play = "\n\n".join(f"SPEAKER{i:02d}.\nline {i:02d} of the play, long enough to read" for i in range(60))
+    texts = [(play, "play"), ("ANN.\nThe answer is no, and that is all I will say of it.\n\nBO.\nWhy?", "other")]
+    documents = mixed_documents(stories, texts, "The answer is ")
+    prose = [d for d in documents if d not in stories]
+    assert sorted(d for d in documents if d in stories) == sorted(stories)  # every story, once
+    story_chars = sum(map(len, stories))
+    assert PROSE_PARTS * story_chars <= sum(map(len, prose)) < PROSE_PARTS * story_chars + 100  # 3:1, to a passage
+    assert all(len(p) >= 49 and "The answer is " not in p for p in prose)  # a story's length, never a story's marker
+    assert mixed_documents(stories, texts, "The answer is ") == documents  # seeded
+    # at 48 characters a passage is a speech of the play (lines of 10 and 40); ANN's holds the marker, BO's is short
+    speeches = [f"SPEAKER{i:02d}.\nline {i:02d} of the play, long enough to read" for i in range(60)]
+    every = prose_passages(texts, 48, sum(map(len, speeches)), "The answer is ", 0)
+    assert sorted(every) == speeches
+    with pytest.raises(UserError, match="1000000 asked for the mixed corpus"):
+        prose_passages(texts, 10, 10**6, "The answer is ", 0)
+    assert position_kind("THE KING. Speak", False, "The answer is ") == "prose"
+    assert position_kind("Ann has 3 apples. She", True, "The answer is ") == "story"
+    assert position_kind("Ann has 3 apples. She gets 4 more. The answer is ", True, "The answer is ") == "answer"
+
+
+def test_signal_is_sorted_by_where_the_thought_was_placed(tmp_path):
+    """signal_by_kind on a hand-written rollouts.jsonl: a prose group without signal, a story group and an answer
+    group with it; the counts, shares, means and the prose example are those computed by hand."""
+    from rlpt import config as config_lib
+    from rlpt.data import load_documents
+    from rlpt.experiment.mixed import signal_by_kind
+    from rlpt.tiny import char_tokenizer
+
+    tokenizer = char_tokenizer()
+    folder = tmp_path / "tok"
+    tokenizer.save_pretrained(folder)
+    corpus = tmp_path / "mixed.jsonl"
+    corpus.write_text(json.dumps({"text": "KING. Speak, man."}) + "\n" + json.dumps({"text": "Ann has 3. = 7."}) + "\n")
+    cfg = config_lib.paper_defaults([f"model.name_or_path={folder}", f"data.path={corpus}"])
+    documents = load_documents(cfg.data, tokenizer)
+    prose, story = (d.source for d in documents)
+    ids = documents[1].ids
+    answer_at = next(t for t in range(len(ids)) if tokenizer.decode(ids[:t]).endswith("= "))  # x_t = "7"
+
+    def rows(step, doc, position, rewards, advantages):
+        return [dict(step=step, doc=doc, position=position, context="KING. Spe", scored="a", thought_text=f"t{g}",
+                     reward=r, advantage=a) for g, (r, a) in enumerate(zip(rewards, advantages))]
+
+    dump = rows(1, prose, 3, [0.5, 0.5], [0.0, 0.0]) + rows(2, story, 2, [0.0, 1.0], [-1.0, 1.0]) \
+        + rows(2, story, answer_at, [1.0, 3.0], [-2.0, 2.0]) + rows(2, prose, 4, [0.2, 0.6], [-0.4, 0.4])
+    (tmp_path / "rollouts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in dump))
+    out = signal_by_kind(tmp_path, cfg, "= ")
+    kinds = out["kinds"]
+    assert kinds["prose"] == dict(contexts=2, with_signal=1, advantage_abs=pytest.approx(0.2), reward=pytest.approx(0.45))
+    assert kinds["story"] == dict(contexts=1, with_signal=1, advantage_abs=1.0, reward=0.5)
+    assert kinds["answer"] == dict(contexts=1, with_signal=1, advantage_abs=2.0, reward=2.0)
+    assert out["last_step"] == 2
+    assert out["examples"] == [dict(context="KING. Spe", scored="a", thought="t1", advantage=0.4, reward=0.6)]
+
+
+def test_rlp_on_mixed_text_against_cpt_on_the_same_corpus(llama_dir, tmp_path):
+    """--methods rlp-mixed,cpt-mixed: RLP at random positions of the stories diluted in prose, CPT FLOP-matched to it
+    on the same corpus, the paired difference between them, and where the thoughts were placed."""
+    import yaml
+
+    from rlpt.baselines.cpt import budgets_from_run
+
+    out = tmp_path / "mixed"
+    results = experiment.run(["wordsum"], 1, "test", out, model=llama_dir, methods=["rlp-mixed", "cpt-mixed"])
+    assert results["methods"] == ["base", "cpt-mixed", "rlp-mixed"]
+    run = out / "runs" / "seed-0" / "rlp-mixed"
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["rlp"]["positions"] == "random:1" and cfg["rlp"]["reward_tokens"] == 1
+    assert cfg["data"]["path"] == str(out / "data" / "mixed.jsonl")
+    mixed = [json.loads(line)["text"] for line in (out / "data" / "mixed.jsonl").open()]
+    assert sum("The answer is " in d for d in mixed) == 100 and len(mixed) > 200  # the test budget's 100 stories
+    history = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+    seed = results["seeds"][0]
+    assert seed["mixed"]["flop_matched"] == budgets_from_run(history, 2, 24)["flop_matched"]
+    assert set(seed["cpt"]) == {"cpt-mixed"} and seed["cpt_budget"] is None  # no RLP run on the stories alone
+    assert sum(k["contexts"] for k in seed["mixed"]["kinds"].values()) == sum(row["contexts"] for row in history)
+    assert set(results["paired"]["cpt-mixed"]["pass_at_1"]) == {"rlp-mixed"}
+    table = (out / "table.md").read_text()
+    assert "## RLP at random positions of mixed text" in table and "| prose |" in table
+    from rlpt.errors import UserError
+
+    with pytest.raises(UserError, match="cpt-mixed is matched to the budget of rlp-mixed"):
+        experiment.chosen_methods(["cpt-mixed"], False)
+    with pytest.raises(UserError, match="dilutes a suite's stories"):
+        experiment.run([], 1, "test", tmp_path / "x", model=llama_dir, data=str(out / "data" / "mixed.jsonl"),
+                       tasks=None, methods=["rlp-mixed"])

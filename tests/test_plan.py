@@ -34,7 +34,8 @@ def test_cli(capsys):
 
 
 def test_memory_by_hand_and_the_chunks_that_fit():
-    from rlpt.memory import StepSettings, chunks_that_fit, fixed_parts, rollout_parts, step_parts, update_parts
+    from rlpt.memory import (ALLOCATOR_SHARE, StepSettings, chunks_that_fit, fixed_parts, rollout_parts, step_parts,
+                             update_parts)
     from rlpt.plan import Shape
 
     shape = Shape(layers=2, hidden=4, vocab=10, heads=2, kv_heads=1, head_dim=2, intermediate=8)
@@ -53,12 +54,12 @@ def test_memory_by_hand_and_the_chunks_that_fit():
     assert rollout["rollout: the rows' own keys and values"] == 32 * 6 * 8
     assert rollout["rollout: a decoding step's logits"] == 24 * 6 * 10
     assert rollout["rollout: recurrent states of the rows and their positions"] == 0
-    # the update of 2 thoughts (10 tokens, of contexts in both documents, so the grid of each document's rows may
-    # take twice their slots for the document's keys): a thought token scores 2 heads x (7 + 5 + 7) = 38 keys; it
-    # keeps, in each of the 2 layers, 10 x 4 values and 2 copies of its scores, in one layer at a time 1.5 more
-    # (the backward), and 4 x 8 of each MLP: (40 + 76) x 2 + 57 + 64 = 353 values, 1,412 bytes
+    # the update of 2 thoughts (10 tokens; the trainer's micro-batches cost no more than as many rows of one
+    # document): a thought token scores 2 heads x (7 + 5) = 24 keys; it keeps, in each of the 2 layers, 10 x 4 values
+    # and 2 copies of its scores, in one layer at a time 1.5 more (the backward), and 4 x 8 of each MLP:
+    # (40 + 48) x 2 + 36 + 64 = 276 values, 1,104 bytes
     update = update_parts(shape, settings, 2)
-    assert update["update: the thought rows' activations"] == 10 * 1412
+    assert update["update: the thought rows' activations"] == 10 * 1104
     # a document token: 2 heads x 7 keys = 14, (40 + 28) x 2 + 21 + 64 = 221 values, 884 bytes
     assert update["update: the documents' activations"] == 2 * 7 * 884
     assert update["update: log-prob chunk"] == 4 * 4 * 10 * 10  # fewer logits than a chunk holds: all, 4 copies
@@ -66,27 +67,31 @@ def test_memory_by_hand_and_the_chunks_that_fit():
     half = StepSettings(group_size=3, thought_tokens=5, doc_tokens=7, documents=2, positions=2, compute_bytes=2)
     assert update_parts(shape, half, 2)["update: the output head's gradient of one chunk"] == 2 * 2 * 10 * 4
     checkpointed = StepSettings(group_size=3, thought_tokens=5, doc_tokens=7, documents=2, positions=2, checkpointing=True)
-    # one layer's 706 bytes at a time, and every layer's input (2 x 4 values)
-    assert update_parts(shape, checkpointed, 2)["update: the thought rows' activations"] == 10 * (706 + 2 * 4 * 4)
-    # the next-token term: 8 documents of 7 tokens of 884 bytes = 49,504, beyond the update's 14,120 + 12,376; its
+    # one layer's 552 bytes at a time, and every layer's input (2 x 4 values)
+    assert update_parts(shape, checkpointed, 2)["update: the thought rows' activations"] == 10 * (552 + 2 * 4 * 4)
+    # the next-token term: 8 documents of 7 tokens of 884 bytes = 49,504, beyond the update's 11,040 + 12,376; its
     # 56 tokens' logits (560) make the chunk
     term = StepSettings(group_size=3, thought_tokens=5, doc_tokens=7, documents=2, positions=2, next_token_documents=8)
     with_term = update_parts(shape, term, 2)
-    assert with_term["update: the next-token term's activations beyond the update's"] == 49_504 - 14_120 - 12_376
+    assert with_term["update: the next-token term's activations beyond the update's"] == 49_504 - 11_040 - 12_376
     assert with_term["update: log-prob chunk"] == 4 * 4 * 56 * 10
     assert update["update: the next-token term's activations beyond the update's"] == 0
     # the peak: the fixed parts and the larger phase's
     assert step_parts(shape, settings, 6, 2) == {**fixed_parts(shape), **update}
     fixed = sum(fixed_parts(shape).values())
-    budget = fixed + sum(update_parts(shape, settings, 3).values()) - 1
-    chunks = chunks_that_fit(shape, settings, budget)
+    usable = fixed + sum(update_parts(shape, settings, 3).values()) - 1  # the chunks leave the allocator its share
+    chunks = chunks_that_fit(shape, settings, usable / (1 - ALLOCATOR_SHARE))
     assert chunks.micro_batch_thoughts == 2 and chunks.fits
-    assert chunks.rollout_rows == max(r for r in range(3, 13, 3) if fixed + sum(rollout_parts(shape, settings, r).values()) <= budget)
+    assert chunks.rollout_rows == max(r for r in range(3, 13, 3) if fixed + sum(rollout_parts(shape, settings, r).values()) <= usable)
+    exactly_two = fixed + sum(update_parts(shape, settings, 2).values())
+    assert chunks_that_fit(shape, settings, exactly_two).micro_batch_thoughts == 1  # 2 fit the budget, not its 90%
     assert not chunks_that_fit(shape, settings, 1.0).fits
     given = chunks_that_fit(shape, settings, 1.0, rollout_rows=9, micro_batch_thoughts=5)
     assert (given.rollout_rows, given.micro_batch_thoughts) == (9, 5)
-    # a size given above the step's 12 rows is priced as the 12 that run: 256 fits where 12 does
-    budget = fixed + max(sum(rollout_parts(shape, settings, 12).values()), sum(update_parts(shape, settings, 12).values()))
+    # a size given above the step's 12 rows is priced as the 12 that run (24 for the micro-batch, which may take
+    # the 12 over both documents at GRID_COPY = 2): 256 fits where 12 and 24 do
+    budget = fixed + max(sum(rollout_parts(shape, settings, 12).values()), sum(update_parts(shape, settings, 24).values()))
+    budget /= 1 - ALLOCATOR_SHARE
     assert chunks_that_fit(shape, settings, budget, rollout_rows=256, micro_batch_thoughts=256).fits
 
 

@@ -458,15 +458,16 @@ def test_chunks_are_sized_to_the_memory_budget(llama_dir, tmp_path):
     """train.memory_gb sizes both chunks by rlpt.memory's count: a large budget takes the whole step at once; one
     just short of two groups' rollout gives one group a chunk, and the largest micro-batch whose update fits (counted
     one by one here); given sizes are kept."""
-    from rlpt.memory import fixed_parts, rollout_parts, update_parts
+    from rlpt.memory import ALLOCATOR_SHARE, fixed_parts, rollout_parts, update_parts
 
     trainer = make_trainer(llama_dir, tmp_path, "train.memory_gb=64")
-    assert (trainer.chunks.rollout_rows, trainer.chunks.micro_batch_thoughts) == (24, 24)  # 3 documents x 2 x G = 4
+    # 3 documents x 2 x G = 4 rows; the micro-batch 2 x 24: all of them over several documents (GRID_COPY)
+    assert (trainer.chunks.rollout_rows, trainer.chunks.micro_batch_thoughts) == (24, 48)
     shape, settings = trainer_shape(trainer)
     fixed = sum(fixed_parts(shape).values())
-    budget = fixed + sum(rollout_parts(shape, settings, 8).values()) - 1
-    tight = make_trainer(llama_dir, tmp_path, f"train.memory_gb={budget / 2**30}")
-    fitting = [m for m in range(1, 25) if fixed + sum(update_parts(shape, settings, m).values()) <= budget]
+    budget = fixed + sum(rollout_parts(shape, settings, 8).values()) - 1  # of the setting, what the chunks may fill
+    tight = make_trainer(llama_dir, tmp_path, f"train.memory_gb={budget / (1 - ALLOCATOR_SHARE) / 2**30}")
+    fitting = [m for m in range(1, 49) if fixed + sum(update_parts(shape, settings, m).values()) <= budget]
     assert tight.chunks.rollout_rows == 4 and tight.chunks.micro_batch_thoughts == max(fitting, default=1)
     given = make_trainer(llama_dir, tmp_path, "train.memory_gb=64", "train.rollout_rows=8", "train.micro_batch_thoughts=3")
     assert (given.chunks.rollout_rows, given.chunks.micro_batch_thoughts) == (8, 3)
@@ -497,3 +498,25 @@ def test_the_probe_baseline_is_each_contexts_own_forward(llama_dir):
     alone = last_token_logprobs(model, [list(c.prefix) for c in probe], tok.pad_token_id)
     expected = [alone[i, c.target].item() for i, c in enumerate(probe)]
     assert probe_baseline(model, probe, spec) == pytest.approx(expected, abs=1e-5)
+
+
+def test_micro_batches_never_cost_more_than_their_size_of_one_document():
+    """The update's attention scores a grid of a micro-batch's documents x the rows of its largest, in a copy over
+    several documents (a slot there costs GRID_COPY): micro-batches cut by hand."""
+    from rlpt.trainer import GRID_COPY, micro_batches
+
+    assert GRID_COPY == 2  # the cases below are computed with it
+    document = {r: r // 10 for r in range(40)}.get  # documents of 10 rows
+    assert micro_batches(list(range(30)), 10, document) == [list(range(10)), list(range(10, 20)), list(range(20, 30))]
+    # 8 rows of document 0, then document 1: 2 x 8 x 2 slots would pass 10, so the cut is at the document
+    assert micro_batches(list(range(2, 14)), 10, document) == [list(range(2, 10)), list(range(10, 14))]
+    assert micro_batches([8, 9, 10, 11, 12], 8, document) == [[8, 9, 10, 11], [12]]  # 2 x 2 x 2 = 8; 2 x 3 x 2 > 8
+    assert micro_batches([1, 15, 25, 35], 6, document) == [[1, 15, 25], [35]]  # a row of each of 4 documents: 3 x 1 x 2
+    assert micro_batches([], 4, document) == []
+    for rows in ([0, 1, 10, 11], [0, 10, 11, 12, 13, 20], list(range(0, 40, 3))):
+        for size in (1, 2, 3, 5, 8):
+            batches = micro_batches(rows, size, document)
+            assert [r for b in batches for r in b] == rows
+            for b in batches:
+                per = [sum(document(r) == d for r in b) for d in {document(r) for r in b}]
+                assert len(per) * max(per) * (GRID_COPY if len(per) > 1 else 1) <= size or len(b) == 1

@@ -111,8 +111,9 @@ class TrainConfig:
     """Documents per optimizer step per process (every chosen position of each gets G thoughts); N processes take
     N times as many."""
     micro_batch_thoughts: int = 0
-    """Thoughts per forward/backward chunk of the update (gradient accumulation); lowers memory, not the result.
-    0: as many as fit `train.memory_gb`, by `rlpt plan`'s arithmetic."""
+    """Thoughts per forward/backward chunk of the update (gradient accumulation); lowers memory, not the result. Of
+    one document's rows: over several documents, half as many at most (`trainer.micro_batches`). 0: as many as fit
+    `train.memory_gb`, by `rlpt plan`'s arithmetic."""
     rollout_rows: int = 0
     """Thought rows decoded at once (rounded down to whole groups of G, one group at least); the step's rollout runs
     in chunks of them, with the same thoughts and rewards as one pass. 0: as many as fit `train.memory_gb`."""

@@ -148,11 +148,12 @@ def scan_bytes(shape: Shape, length: int) -> int:
     return 4 * (chunks * chunk * per_token + SCAN_STATE_COPIES * (chunks + 1) * per_layer_state)
 
 
-def token_activations(shape: Shape, context: int, compute_bytes: int, own: int = 0) -> int:
-    """Bytes one token keeps for the backward over all layers, attending to `context` tokens (`own` of them its row's
-    own: the packed engine scores a row's document keys in a grid of each document's rows, whose empty slots are
-    scored too; a micro-batch's rows in two documents, split unevenly, can take twice their slots)."""
-    scores = shape.heads * (context + (context - own if own else 0))
+def token_activations(shape: Shape, context: int, compute_bytes: int) -> int:
+    """Bytes one token keeps for the backward over all layers, attending to `context` tokens. (The packed engine
+    scores a micro-batch's document keys in a grid of its documents x the rows of its largest one, a copy when there
+    are two documents or more: the trainer's micro-batches keep such a grid to half the slots, `trainer.micro_batches`,
+    so that none costs more than a micro-batch of one document's rows, counted here.)"""
+    scores = shape.heads * context
     attention = ((ACTIVATIONS_PER_HIDDEN * shape.hidden + ATTENTION_COPIES * scores) * shape.kv_layers
                  + (ATTENTION_BACKWARD_COPIES * scores if shape.kv_layers else 0))
     mlp = ACTIVATIONS_PER_INTERMEDIATE * shape.intermediate * shape.layers_with_mlp
@@ -195,7 +196,7 @@ def update_parts(shape: Shape, settings: StepSettings, thoughts: int) -> dict[st
     contexts = math.ceil(thoughts / s.group_size) + 1
     docs = documents_spanned(s, contexts)
     tokens = thoughts * s.thought_tokens
-    per_token = token_activations(shape, s.doc_tokens + s.thought_tokens, cb, own=s.thought_tokens if docs > 1 else 0)
+    per_token = token_activations(shape, s.doc_tokens + s.thought_tokens, cb)
     if s.checkpointing:  # one layer's at a time, plus every layer's input
         per_token = per_token // shape.layers + shape.layers * shape.hidden * cb
     rows = tokens * per_token
@@ -232,10 +233,22 @@ class Chunks:
     fits: bool  # whether even these fit the budget
 
 
+# a grid slot's cost when a micro-batch's rows are in several documents, against one document's rows (measured 1.6 at
+# the paper's lengths: 0.43 GiB a slot against 0.27): the trainer's micro-batches keep such a grid to 1 / GRID_COPY of
+# their size (`trainer.micro_batches`), so a micro-batch of size m never costs more than m rows of one document
+GRID_COPY = 2
+# of a memory budget, what the chunks leave to the allocator: memory it holds freed and has not given back, beyond the
+# live tensors counted here (at the paper's lengths on CPU 1.6 GiB of 16 by the update's third micro-batch)
+ALLOCATOR_SHARE = 0.1
+
+
 def chunks_that_fit(shape: Shape, settings: StepSettings, budget: float, rollout_rows: int = 0,
                     micro_batch_thoughts: int = 0) -> Chunks:
-    """The largest rollout chunk (whole groups, up to the step's rows) and update micro-batch (up to its thoughts)
-    whose step fits `budget` bytes; a size given (> 0) is kept. At least one group and one thought."""
+    """The largest rollout chunk (whole groups, up to the step's rows) and update micro-batch whose step fits `budget`
+    bytes less the allocator's share; a size given (> 0) is kept. At least one group and one thought. The micro-batch
+    goes up to GRID_COPY times the step's rows: what it takes for the step's rows to run in one micro-batch over
+    several documents."""
+    budget = budget * (1 - ALLOCATOR_SHARE)
     fixed = sum(fixed_parts(shape).values())
     G, rows = settings.group_size, settings.rows
 
@@ -247,10 +260,10 @@ def chunks_that_fit(shape: Shape, settings: StepSettings, budget: float, rollout
         return low * unit
 
     rollout = rollout_rows or largest(lambda r: rollout_parts(shape, settings, r), rows, G)
-    micro = micro_batch_thoughts or largest(lambda m: update_parts(shape, settings, m), rows, 1)
-    # a size given above the step's rows runs as the step's rows
+    micro = micro_batch_thoughts or largest(lambda m: update_parts(shape, settings, m), GRID_COPY * rows, 1)
+    # a size given above that runs as that
     fits = fixed + max(sum(rollout_parts(shape, settings, min(rollout, rows)).values()),
-                       sum(update_parts(shape, settings, min(micro, rows)).values())) <= budget
+                       sum(update_parts(shape, settings, min(micro, GRID_COPY * rows)).values())) <= budget
     return Chunks(rollout, micro, fits)
 
 
@@ -269,4 +282,5 @@ def available_memory(device) -> float:
     with open("/proc/self/status") as handle:
         resident = next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmRSS:"))
     return float(fields.get("MemAvailable", fields["MemTotal"]) + resident)
+
 

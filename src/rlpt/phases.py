@@ -18,9 +18,10 @@ PHASES = ["teacher forward (S_ema)", "policy forward over the documents", "decod
           "update forward + backward", "next-token term", "optimizer + EMA", "the rest"]
 
 
-def phase_times(trainer, steps: int, step: int = 0) -> dict[str, list[float]]:
-    """Seconds per phase (and "total", "thought tokens") for each of `steps` runs of `trainer.rlp_step(step)`. The
-    trainer's engine, optimizer and EMA are wrapped for good: use a trainer made for this."""
+def phase_times(trainer, steps: int, step: int = 0, warmup: bool = True) -> dict[str, list[float]]:
+    """Seconds per phase (and "total", "thought tokens") for each of `steps` runs of `trainer.rlp_step(step)`, after
+    an untimed one if `warmup`. The trainer's engine, optimizer and EMA are wrapped for good: use a trainer made for
+    this."""
     from rlpt.rollout import packed, recurrent
 
     engine = trainer.engine
@@ -71,7 +72,8 @@ def phase_times(trainer, steps: int, step: int = 0) -> dict[str, list[float]]:
     wrap(trainer, "next_token_gradients", "next-token term")
     wrap(trainer.optimizer, "step", "optimizer + EMA")
     wrap(trainer.ema, "update", "optimizer + EMA")
-    trainer.rlp_step(step)  # warm-up
+    if warmup:
+        trainer.rlp_step(step)
     rows = defaultdict(list)
     for _ in range(steps):
         times.clear()

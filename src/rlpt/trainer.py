@@ -31,6 +31,7 @@ from rlpt.distributed import World, gathered
 from rlpt.ema import EmaTeacher
 from rlpt.generation import hash_key, right_pad, temperature_sampler
 from rlpt.logprobs import CHUNK_ELEMENTS, output_head
+from rlpt.memory import GRID_COPY
 from rlpt.plan import chunks_for_run
 from rlpt.pretrain import next_token_loss
 from rlpt.rollout import Context, Rollouts, RolloutSpec
@@ -69,6 +70,25 @@ def rows_to_update(advantages: torch.Tensor, kl_coef: float) -> list[int]:
     if kl_coef > 0:
         return list(range(advantages.numel()))
     return advantages.flatten().ne(0).nonzero().flatten().tolist()
+
+
+def micro_batches(rows: list[int], size: int, document_of) -> list[list[int]]:
+    """`rows` in order, cut into micro-batches that cost no more than `size` rows of one document. The update's
+    attention scores a micro-batch's document keys in a grid of its documents x the rows of its largest one
+    (`shared_prefix.SharedPrefix`), every slot, and over two documents or more in a copy of the rows: 29 rows split
+    28 + 1 over two documents would score 56 slots, copied. A micro-batch ends where its next row would take it past
+    `size` slots, or past `size` / GRID_COPY over several documents (what `rlpt plan` prices: `size` rows of one)."""
+    batches, current, per_document = [], [], {}
+    for row in rows:
+        document = document_of(row)
+        counts = {**per_document, document: per_document.get(document, 0) + 1}
+        grid = len(counts) * max(counts.values()) * (GRID_COPY if len(counts) > 1 else 1)
+        if current and grid > size:
+            batches.append(current)
+            current, counts = [], {document: 1}
+        current.append(row)
+        per_document = counts
+    return batches + [current] if current else batches
 
 
 def distinct_thoughts(thoughts: list[list[int]], group_size: int) -> list[int]:
@@ -258,22 +278,22 @@ class RlpTrainer:
         rlp, size = self.cfg.rlp, self.chunks.micro_batch_thoughts
         thoughts = 0 if idle else len(rollouts.thoughts)
         rows = [] if idle else rows_to_update(advantages, rlp.kl_coef)
-        counts = distributed.all_gather([thoughts, len(rows)])
-        chunks = [rows[i : i + size] for i in range(0, len(rows), size)]
+        chunks = micro_batches(rows, size, lambda row: rollouts.contexts[row // self.spec.group_size].doc)
+        counts = distributed.all_gather([thoughts, len(chunks)])
         # every rank runs as many micro-batches, the missing ones as zero-weighted repeats, so that all ranks
         # reduce gradients in the same backward with the same collectives; at least one, so that a batch of no signal
         # leaves zero gradients for the optimizer's step, as running its thoughts would
         padding = chunks[-1] if chunks else [0]
-        micro_batches = chunks + [padding] * (max(1, *(-(-n // size) for _, n in counts)) - len(chunks))
+        batches = chunks + [padding] * (max(1, *(n for _, n in counts)) - len(chunks))
         # ranks average gradients: make the average the mean over every thought of every rank, skipped ones included
         scale = self.world.size / max(sum(n for n, _ in counts), 1)
         advantages = advantages.to(self.device)
         # a skipped thought's surrogate is 0 and its clipped tokens none: only its tokens count
         loss_sum = kl_sum = clipped = 0.0
         tokens = float(sum(len(rollouts.thoughts[r]) for r in set(range(thoughts)) - set(rows)))
-        for k, chunk in enumerate(micro_batches):
+        for k, chunk in enumerate(batches):
             real = k < len(chunks)
-            self.sync_gradients(k == len(micro_batches) - 1)  # reduce once, in the last micro-batch's backward
+            self.sync_gradients(k == len(batches) - 1)  # reduce once, in the last micro-batch's backward
             logp, mask = self.engine.thought_logprobs(self.policy, rollouts, chunk, self.spec)
             if first_update:  # theta_old = theta: the batch was sampled by the current weights
                 logp_old.append(logp.detach())

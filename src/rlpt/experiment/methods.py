@@ -79,8 +79,10 @@ def chosen_methods(names: list[str] | None, ablate: bool) -> list[str]:
     if unknown:
         raise UserError(f"--methods: unknown {', '.join(unknown)} (known: {', '.join(METHODS)})")
     chosen = [m for m in METHODS if m in names or m == "base"]
-    if any(m.startswith("cpt") for m in chosen) and not any(m.startswith("rlp") for m in chosen):
+    if {"cpt-token", "cpt-flop"} & set(chosen) and not {"rlp", "rlp-answer", "rlp-ntp"} & set(chosen):
         raise UserError("--methods: CPT is matched to an RLP run's budget: add rlp, rlp-answer or rlp-ntp")
+    if "cpt-mixed" in chosen and "rlp-mixed" not in chosen:
+        raise UserError("--methods: cpt-mixed is matched to the budget of rlp-mixed: add rlp-mixed")
     if ablate and "rlp" not in chosen:
         raise UserError("--ablate varies RLP (K = 1): add rlp to --methods")
     return chosen

@@ -5,11 +5,12 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-METHODS = ["base", "cpt-token", "cpt-flop", "rpt", "rlp", "rlp-answer", "rlp-ntp"]
-DEFAULT_METHODS = METHODS[:-1]  # rlp-ntp on request (`--methods`)
+METHODS = ["base", "cpt-token", "cpt-flop", "rpt", "rlp", "rlp-answer", "rlp-ntp", "cpt-mixed", "rlp-mixed"]
+DEFAULT_METHODS = METHODS[:6]  # rlp-ntp and the mixed-text arm on request (`--methods`)
 LABELS = {"base": "Base", "cpt-token": "CPT (token-matched)", "cpt-flop": "CPT (FLOP-matched)", "rpt": "RPT",
           "rlp": "RLP (K = 1, the paper)", "rlp-answer": "RLP (K = answer)",
-          "rlp-ntp": "RLP (K = answer) + next-token term"}
+          "rlp-ntp": "RLP (K = answer) + next-token term", "cpt-mixed": "CPT on mixed text (FLOP-matched)",
+          "rlp-mixed": "RLP on mixed text (random positions)"}
 LABELS.update({f"{m}-post": f"{LABELS[m]} +Post" for m in METHODS})  # after the same SFT + RLVR (`--post`)
 ABLATION_G, ABLATION_L = (2, 4, 8, 16), (8, 16, 32, 64)
 
@@ -107,9 +108,9 @@ def plots(results: dict, folder: Path) -> list[Path]:
         fig.savefig(written[-1], dpi=100)
         plt.close(fig)
 
-    rl_methods = [m for m in ("rlp", "rlp-answer", "rlp-ntp", "rpt") if m in results["methods"]]
+    rl_methods = [m for m in ("rlp", "rlp-answer", "rlp-ntp", "rlp-mixed", "rpt") if m in results["methods"]]
     units = {"rlp": "information gain (nats)", "rlp-answer": "information gain (nats)",
-             "rlp-ntp": "information gain (nats)", "rpt": "RPT reward (0/1)"}
+             "rlp-ntp": "information gain (nats)", "rlp-mixed": "information gain (nats)", "rpt": "RPT reward (0/1)"}
     fig, axes = plt.subplots(1, len(rl_methods), figsize=(5 * len(rl_methods), 3.5), squeeze=False)
     for ax, method in zip(axes[0], rl_methods):
         unit = units[method]
@@ -123,14 +124,14 @@ def plots(results: dict, folder: Path) -> list[Path]:
     names = results["eval_sets"]
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.5), squeeze=False)
     for ax, name in zip(axes[0], names):
-        for method, style in (("rlp", "-o"), ("rlp-answer", "-^"), ("rlp-ntp", "-v"), ("rpt", "-s")):
+        for method, style in (("rlp", "-o"), ("rlp-answer", "-^"), ("rlp-ntp", "-v"), ("rlp-mixed", "-D"), ("rpt", "-s")):
             if method not in rl_methods:
                 continue
             steps = [p["step"] for p in seeds[0]["curves"][method]]
             mean = [statistics.mean(seed["curves"][method][i][name] for seed in seeds) for i in range(len(steps))]
             ax.plot(steps, [100 * v for v in mean], style, label=LABELS[method])
         last = seeds[0]["curves"][rl_methods[0]][-1]["step"]
-        for method, style in (("cpt-token", ":"), ("cpt-flop", "--")):
+        for method, style in (("cpt-token", ":"), ("cpt-flop", "--"), ("cpt-mixed", "-.")):
             if method not in results["methods"]:
                 continue
             value = statistics.mean(seed["scores"][method][name]["accuracy_think"] for seed in seeds)
@@ -226,14 +227,16 @@ def report(results: dict, plot_files: list[Path], output: Path) -> str:
         ]
         parts.append(f"| {name} | " + " | ".join(cells) + " |")
     counters = per_seed[0]["cpt_budget"]
-    parts += [
-        "",
-        f"CPT budgets (seed 0): token-matched {counters['token_matched']} tokens; FLOP-matched {counters['flop_matched']} "
-        f"tokens = G * L * contexts/step * steps + T_inp, from the largest RLP run ({counters['rlp_steps']} steps, "
-        f"{counters['contexts_per_step']:.1f} contexts/step, T_inp = {counters['input_tokens']}: its documents and "
-        "its next-token term's, if any).",
-    ]
+    if counters:
+        parts += [
+            "",
+            f"CPT budgets (seed 0): token-matched {counters['token_matched']} tokens; FLOP-matched "
+            f"{counters['flop_matched']} tokens = G * L * contexts/step * steps + T_inp, from the largest RLP run "
+            f"({counters['rlp_steps']} steps, {counters['contexts_per_step']:.1f} contexts/step, T_inp = "
+            f"{counters['input_tokens']}: its documents and its next-token term's, if any).",
+        ]
     parts += ["", *prose_section(results)]
+    parts += mixed_section(results)
     if results.get("post_methods"):
         parts += ["", *post_section(results, resampled)]
     if results.get("ablation"):
@@ -312,3 +315,40 @@ def prose_section(results: dict) -> list[str]:
         parts.append(f"| against {LABELS[reference]} | " + " | ".join(row) + " |")
     return parts
 
+
+
+def table_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ⏎ ")
+
+
+def mixed_section(results: dict) -> list[str]:
+    """The mixed-text arm: where its thoughts were placed and what they earned there, and thoughts at prose positions."""
+    from rlpt.experiment.mixed import KINDS, PROSE_PARTS
+
+    runs = [s["mixed"] for s in results["seeds"] if s.get("mixed")]
+    if not runs:
+        return []
+    first = runs[0]
+    parts = ["", "## RLP at random positions of mixed text", "",
+             f"The suites' training stories diluted in {PROSE_PARTS} times their characters of prose (passages of "
+             "Shakespeare's plays before the held-out ones), shuffled. RLP (K = 1, the paper's reward) at "
+             f"`random:{results['settings']['mixed_positions']}` positions of each document; CPT on the same corpus "
+             f"with the same FLOPs ({first['flop_matched']} tokens, seed 0). Its held-out scores are the columns "
+             f"{LABELS['rlp-mixed']} and {LABELS['cpt-mixed']} above. Where its thoughts were placed (every step of "
+             f"{len(runs)} seed(s)): in prose, in a story before its answer, or at the answer's tokens (after the "
+             "marker), and what they earned there:", "",
+             "| position | contexts | groups with signal | mean abs advantage | mean reward (nats) |",
+             "|---|---|---|---|---|"]
+    for kind in KINDS:
+        cells = [run["kinds"][kind] for run in runs]
+        contexts = sum(c["contexts"] for c in cells)
+        weighted = lambda key: sum(c[key] * c["contexts"] for c in cells) / max(contexts, 1)  # noqa: E731
+        signal = sum(c["with_signal"] for c in cells) / max(contexts, 1)
+        parts.append(f"| {kind} | {contexts} | {100 * signal:.0f}% | {weighted('advantage_abs'):.3f} | "
+                     f"{weighted('reward'):+.3f} |")
+    parts += ["", f"Thoughts at prose positions (seed 0, step {first['last_step']}: the highest-advantage thought of "
+              "each of the first contexts):", "", "| text before x_t (its end) | x_t | thought | advantage |",
+              "|---|---|---|---|"]
+    parts += [f"| {table_cell(e['context'][-80:])} | {table_cell(e['scored'])} | {table_cell(e['thought'])} | "
+              f"{e['advantage']:+.2f} |" for e in first["examples"]]
+    return parts
