@@ -60,8 +60,10 @@ def test_memory_by_hand_and_the_chunks_that_fit():
     # (40 + 48) x 2 + 36 + 64 = 276 values, 1,104 bytes
     update = update_parts(shape, settings, 2)
     assert update["update: the thought rows' activations"] == 10 * 1104
-    # a document token: 2 heads x 7 keys = 14, (40 + 28) x 2 + 21 + 64 = 221 values, 884 bytes
-    assert update["update: the documents' activations"] == 2 * 7 * 884
+    # a document token: 2 heads x 7 keys = 14, (40 + 28) x 2 + 21 + 64 = 221 values, 884 bytes; of one document: 2
+    # thoughts over two would cost 2 x 1 x GRID_COPY = 4 rows, so the trainer never puts them together
+    assert update["update: the documents' activations"] == 1 * 7 * 884
+    assert update_parts(shape, settings, 4)["update: the documents' activations"] == 2 * 7 * 884
     assert update["update: log-prob chunk"] == 4 * 4 * 10 * 10  # fewer logits than a chunk holds: all, 4 copies
     assert update["update: the output head's gradient of one chunk"] == 0  # float32: added in place
     half = StepSettings(group_size=3, thought_tokens=5, doc_tokens=7, documents=2, positions=2, compute_bytes=2)
@@ -69,11 +71,11 @@ def test_memory_by_hand_and_the_chunks_that_fit():
     checkpointed = StepSettings(group_size=3, thought_tokens=5, doc_tokens=7, documents=2, positions=2, checkpointing=True)
     # one layer's 552 bytes at a time, and every layer's input (2 x 4 values)
     assert update_parts(shape, checkpointed, 2)["update: the thought rows' activations"] == 10 * (552 + 2 * 4 * 4)
-    # the next-token term: 8 documents of 7 tokens of 884 bytes = 49,504, beyond the update's 11,040 + 12,376; its
+    # the next-token term: 8 documents of 7 tokens of 884 bytes = 49,504, beyond the update's 11,040 + 6,188; its
     # 56 tokens' logits (560) make the chunk
     term = StepSettings(group_size=3, thought_tokens=5, doc_tokens=7, documents=2, positions=2, next_token_documents=8)
     with_term = update_parts(shape, term, 2)
-    assert with_term["update: the next-token term's activations beyond the update's"] == 49_504 - 11_040 - 12_376
+    assert with_term["update: the next-token term's activations beyond the update's"] == 49_504 - 11_040 - 6_188
     assert with_term["update: log-prob chunk"] == 4 * 4 * 56 * 10
     assert update["update: the next-token term's activations beyond the update's"] == 0
     # the peak: the fixed parts and the larger phase's

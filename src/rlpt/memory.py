@@ -194,7 +194,8 @@ def update_parts(shape: Shape, settings: StepSettings, thoughts: int) -> dict[st
 
     s, cb = settings, settings.compute_bytes
     contexts = math.ceil(thoughts / s.group_size) + 1
-    docs = documents_spanned(s, contexts)
+    # over d documents a micro-batch costs d x its largest document's rows x GRID_COPY: at most thoughts / GRID_COPY
+    docs = min(documents_spanned(s, contexts), max(1, thoughts // GRID_COPY))
     tokens = thoughts * s.thought_tokens
     per_token = token_activations(shape, s.doc_tokens + s.thought_tokens, cb)
     if s.checkpointing:  # one layer's at a time, plus every layer's input
