@@ -503,7 +503,7 @@ def test_the_probe_baseline_is_each_contexts_own_forward(llama_dir):
 def test_micro_batches_never_cost_more_than_their_size_of_one_document():
     """The update's attention scores a grid of a micro-batch's documents x the rows of its largest, in a copy over
     several documents (a slot there costs GRID_COPY): micro-batches cut by hand."""
-    from rlpt.trainer import GRID_COPY, micro_batches
+    from rlpt.memory import GRID_COPY, micro_batches
 
     assert GRID_COPY == 2  # the cases below are computed with it
     document = {r: r // 10 for r in range(40)}.get  # documents of 10 rows

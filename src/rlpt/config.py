@@ -112,7 +112,7 @@ class TrainConfig:
     N times as many."""
     micro_batch_thoughts: int = 0
     """Thoughts per forward/backward chunk of the update (gradient accumulation); lowers memory, not the result. Of
-    one document's rows: over several documents, half as many at most (`trainer.micro_batches`). 0: as many as fit
+    one document's rows: over several documents, half as many at most (`memory.micro_batches`). 0: as many as fit
     `train.memory_gb`, by `rlpt plan`'s arithmetic."""
     rollout_rows: int = 0
     """Thought rows decoded at once (rounded down to whole groups of G, one group at least); the step's rollout runs

@@ -151,7 +151,7 @@ def scan_bytes(shape: Shape, length: int) -> int:
 def token_activations(shape: Shape, context: int, compute_bytes: int) -> int:
     """Bytes one token keeps for the backward over all layers, attending to `context` tokens. (The packed engine
     scores a micro-batch's document keys in a grid of its documents x the rows of its largest one, a copy when there
-    are two documents or more: the trainer's micro-batches keep such a grid to half the slots, `trainer.micro_batches`,
+    are two documents or more: the trainer's micro-batches keep such a grid to half the slots, `micro_batches`,
     so that none costs more than a micro-batch of one document's rows, counted here.)"""
     scores = shape.heads * context
     attention = ((ACTIVATIONS_PER_HIDDEN * shape.hidden + ATTENTION_COPIES * scores) * shape.kv_layers
@@ -236,8 +236,29 @@ class Chunks:
 
 # a grid slot's cost when a micro-batch's rows are in several documents, against one document's rows (measured 1.6 at
 # the paper's lengths: 0.43 GiB a slot against 0.27): the trainer's micro-batches keep such a grid to 1 / GRID_COPY of
-# their size (`trainer.micro_batches`), so a micro-batch of size m never costs more than m rows of one document
+# their size (`micro_batches`), so a micro-batch of size m never costs more than m rows of one document
 GRID_COPY = 2
+
+
+def micro_batches(rows: list[int], size: int, document_of) -> list[list[int]]:
+    """`rows` in order, cut into micro-batches that cost no more than `size` rows of one document. The update's
+    attention scores a micro-batch's document keys in a grid of its documents x the rows of its largest one
+    (`shared_prefix.SharedPrefix`), every slot, and over two documents or more in a copy of the rows: 29 rows split
+    28 + 1 over two documents would score 56 slots, copied. A micro-batch ends where its next row would take it past
+    `size` slots, or past `size` / GRID_COPY over several documents (what `update_parts` prices: `size` rows of one)."""
+    batches, current, per_document = [], [], {}
+    for row in rows:
+        document = document_of(row)
+        counts = {**per_document, document: per_document.get(document, 0) + 1}
+        grid = len(counts) * max(counts.values()) * (GRID_COPY if len(counts) > 1 else 1)
+        if current and grid > size:
+            batches.append(current)
+            current, counts = [], {document: 1}
+        current.append(row)
+        per_document = counts
+    return batches + [current] if current else batches
+
+
 # of a memory budget, what the chunks leave to the allocator: memory it holds freed and has not given back, beyond the
 # live tensors counted here (at the paper's lengths on CPU 1.6 GiB of 16 by the update's third micro-batch)
 ALLOCATOR_SHARE = 0.1
@@ -283,5 +304,3 @@ def available_memory(device) -> float:
     with open("/proc/self/status") as handle:
         resident = next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmRSS:"))
     return float(fields.get("MemAvailable", fields["MemTotal"]) + resident)
-
-

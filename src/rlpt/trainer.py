@@ -31,7 +31,7 @@ from rlpt.distributed import World, gathered
 from rlpt.ema import EmaTeacher
 from rlpt.generation import hash_key, right_pad, temperature_sampler
 from rlpt.logprobs import CHUNK_ELEMENTS, output_head
-from rlpt.memory import GRID_COPY
+from rlpt.memory import micro_batches
 from rlpt.plan import chunks_for_run
 from rlpt.pretrain import next_token_loss
 from rlpt.rollout import Context, Rollouts, RolloutSpec
@@ -70,25 +70,6 @@ def rows_to_update(advantages: torch.Tensor, kl_coef: float) -> list[int]:
     if kl_coef > 0:
         return list(range(advantages.numel()))
     return advantages.flatten().ne(0).nonzero().flatten().tolist()
-
-
-def micro_batches(rows: list[int], size: int, document_of) -> list[list[int]]:
-    """`rows` in order, cut into micro-batches that cost no more than `size` rows of one document. The update's
-    attention scores a micro-batch's document keys in a grid of its documents x the rows of its largest one
-    (`shared_prefix.SharedPrefix`), every slot, and over two documents or more in a copy of the rows: 29 rows split
-    28 + 1 over two documents would score 56 slots, copied. A micro-batch ends where its next row would take it past
-    `size` slots, or past `size` / GRID_COPY over several documents (what `rlpt plan` prices: `size` rows of one)."""
-    batches, current, per_document = [], [], {}
-    for row in rows:
-        document = document_of(row)
-        counts = {**per_document, document: per_document.get(document, 0) + 1}
-        grid = len(counts) * max(counts.values()) * (GRID_COPY if len(counts) > 1 else 1)
-        if current and grid > size:
-            batches.append(current)
-            current, counts = [], {document: 1}
-        current.append(row)
-        per_document = counts
-    return batches + [current] if current else batches
 
 
 def distinct_thoughts(thoughts: list[list[int]], group_size: int) -> list[int]:

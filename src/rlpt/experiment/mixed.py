@@ -79,7 +79,8 @@ def signal_by_kind(run_dir: Path, cfg, marker: str) -> dict:
     from rlpt.models import load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model.name_or_path)
-    texts = {d.source: d.ids for d in load_documents(cfg.data, tokenizer)}
+    documents = {d.source: d.ids for d in load_documents(cfg.data, tokenizer)}
+    stories = {source for source, ids in documents.items() if marker in tokenizer.decode(ids)}
     groups = defaultdict(list)  # (step, doc, position) -> its rows
     with open(run_dir / "rollouts.jsonl") as handle:
         for line in handle:
@@ -88,8 +89,7 @@ def signal_by_kind(run_dir: Path, cfg, marker: str) -> dict:
     table = {kind: dict(contexts=0, signal=0, advantage=[], reward=[]) for kind in KINDS}
     last, examples = max(step for step, _, _ in groups), []
     for (step, doc, position), rows in groups.items():
-        ids = texts[doc]
-        kind = position_kind(tokenizer.decode(ids[:position]), marker in tokenizer.decode(ids), marker)
+        kind = position_kind(tokenizer.decode(documents[doc][:position]), doc in stories, marker)
         cell = table[kind]
         rewards = [r["reward"] for r in rows]
         cell["contexts"] += 1
