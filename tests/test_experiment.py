@@ -386,6 +386,7 @@ def test_rlp_on_mixed_text_against_cpt_on_the_same_corpus(llama_dir, tmp_path):
     assert set(results["paired"]["cpt-mixed"]["pass_at_1"]) == {"rlp-mixed"}
     table = (out / "table.md").read_text()
     assert "## RLP at random positions of mixed text" in table and "| prose |" in table
+    assert "| against Base |" in table and "| against CPT (FLOP-matched) |" not in table  # CPT (FLOP) was not run
     from rlpt.errors import UserError
 
     with pytest.raises(UserError, match="cpt-mixed is matched to the budget of rlp-mixed"):

@@ -310,6 +310,8 @@ def prose_section(results: dict) -> list[str]:
     spread = lambda values: f"{mean_std(values)[0]:.3f}" + (f" ± {mean_std(values)[1]:.3f}" if len(values) > 1 else "")  # noqa: E731
     parts.append("| loss | " + " | ".join(spread(prose["loss"][m]) for m in methods) + " |")
     for reference, cells in prose["paired"].items():
+        if not cells:  # the reference was not run
+            continue
         row = [f"{cells[m]['mean']:+.3f} [{cells[m]['low']:+.3f}, {cells[m]['high']:+.3f}]" if m in cells else ""
                for m in methods]
         parts.append(f"| against {LABELS[reference]} | " + " | ".join(row) + " |")
