@@ -151,6 +151,52 @@ def test_rlp_with_the_next_token_term_counts_its_tokens_in_cpts_budget(llama_dir
     assert "RLP (K = answer) + next-token term" in (out / "table.md").read_text()
 
 
+def test_a_suite_of_longer_thoughts_and_cpt_at_four_times_its_budget(llama_dir, tmp_path, monkeypatch):
+    """A suite whose worked thoughts need more tokens than the budget's gets them in every RL run (wordsum3 asks for
+    24; made 30 here, past the test budget's 24); CPT (4x FLOP) trains on 4 times CPT (FLOP)'s tokens, from the
+    same Base; every model's training-side mode records what the right thought, given, scores."""
+    import dataclasses
+
+    import yaml
+
+    from rlpt import suites
+
+    monkeypatch.setitem(suites.SUITES, "wordsum3", dataclasses.replace(suites.SUITES["wordsum3"], thought_tokens=30))
+    out = tmp_path / "three"
+    results = experiment.run(["wordsum3"], 1, "test", out, model=llama_dir,
+                             methods=["rlp-answer", "cpt-flop", "cpt-flop4"])
+    cfg = yaml.safe_load((out / "runs" / "seed-0" / "rlp-answer" / "config.yaml").read_text())
+    assert cfg["rlp"]["max_thought_tokens"] == 30
+    seed = results["seeds"][0]
+    matched, flop4 = seed["cpt_budget"]["flop_matched"], seed["cpt"]["cpt-flop4"]
+    per_step = flop4["tokens"] / flop4["steps"]  # the same documents, so the same tokens a step as CPT (FLOP)'s
+    assert per_step == pytest.approx(seed["cpt"]["cpt-flop"]["tokens"] / seed["cpt"]["cpt-flop"]["steps"], rel=0.01)
+    assert (flop4["steps"] - 1) * per_step < 4 * matched <= flop4["steps"] * per_step + 1  # the fewest steps to 4x
+    assert all(0 <= seed["answer_modes"][m]["given"] <= 1 for m in results["methods"])
+    assert "CPT (4x FLOP)" in (out / "table.md").read_text()
+
+
+def test_the_right_thought_is_given_before_the_answer(monkeypatch, tmp_path):
+    """`given` asks for the answer (no thought of the model's) after the question and its worked thought."""
+    from rlpt.experiment import scoring
+    from rlpt.experiment.budgets import BUDGETS
+    from rlpt.suites import get_suite
+
+    asked = []
+
+    def fake_accuracy(model, tokenizer, think, tasks, *, use_thought, max_thought_tokens):
+        asked.append((use_thought, [t["question"] for t in tasks]))
+        return dict(accuracy=0.5 if use_thought else 0.25)
+
+    monkeypatch.setattr(scoring, "load_model_and_tokenizer", lambda folder: (None, None, None))
+    monkeypatch.setattr(scoring, "exact_match_accuracy", fake_accuracy)
+    suite = get_suite("wordsum3")
+    mode = scoring.answer_mode(tmp_path, [suite], BUDGETS["test"])
+    problems = scoring.suite_training_set(suite, BUDGETS["test"].selection_questions).problems
+    assert asked[-1] == (False, [f"{p.question}<think>{p.thought}</think>" for p in problems])
+    assert mode == dict(mode="think", think=0.5, direct=0.25, given=0.25)
+
+
 def test_methods_are_checked():
     import pytest
 

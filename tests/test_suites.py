@@ -172,3 +172,34 @@ def test_wordsum_holds_out_operand_pairs_and_has_its_corpora():
     assert 0.75 < sum(THINK_OPEN in d for d in warm) / len(warm) < 0.85
     questions, documents = load_eval_set("builtin:wordsum", 5)
     assert documents == [f"{q['question']}{q['answer']}." for q in questions]
+
+
+def test_wordsum3_by_hand():
+    """Three two-digit numbers in a story; the thought is the running sums, a slip forgets a carried ten in either sum
+    and carries the error on; the held-out split keeps every order of a triple on one side."""
+    from rlpt.suites import slipped_sum, triple_key, wordsum3_problem
+
+    assert slipped_sum(47, 38, lambda: True) == 75 and slipped_sum(47, 38, lambda: False) == 85
+    assert slipped_sum(41, 38, lambda: True) == 79  # no carry: nothing to forget
+    for seed in range(50):
+        right = wordsum3_problem(random.Random(seed))
+        slipped = wordsum3_problem(random.Random(seed), forgets=lambda: True)
+        a, b, c = (int(x) for x in re.findall(r"\d+", right.question))
+        assert right.thought == f"{a}+{b}={a + b},{a + b}+{c}={a + b + c}" and right.answer == str(a + b + c)
+        first = a + b - (10 if a % 10 + b % 10 >= 10 else 0)
+        total = first + c - (10 if first % 10 + c % 10 >= 10 else 0)
+        assert slipped.question == right.question and slipped.thought == f"{a}+{b}={first},{first}+{c}={total}"
+        assert slipped.answer == str(total) and right.question.endswith("The answer is ")
+    assert triple_key("Tom has 85 pens. He gets 10 more, then 47 more.") == "10+47+85"
+    suite = get_suite("wordsum3")
+    held = {triple_key(p.question) for p in suite.heldout_problems(300)}
+    trained = {triple_key(p.question) for p in suite.training_problems(3000)}
+    assert len(held) > 250 and not held & trained
+
+
+def test_wordsum3_thoughts_fit_the_tokens_it_asks_for():
+    """Its longest worked thought, with the close tag, fits the thought tokens the suite asks the experiment for (in
+    SmolLM2's tokenizer every digit is a token: at most 20 + 1)."""
+    suite = get_suite("wordsum3")
+    longest = max(len(re.findall(r"\d|[+=,]", p.thought)) for p in suite.training_problems(3000))
+    assert longest == 20 and longest + 1 <= suite.thought_tokens

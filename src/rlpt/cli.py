@@ -138,19 +138,21 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--json", action="store_true", help="print one JSON object")
     sample.set_defaults(func=cmd_sample)
     exp = sub.add_parser("experiment", help="the paper's comparison: Base vs CPT (token/FLOP-matched) vs RPT vs RLP")
-    exp.add_argument("--suite", default="math,science", help="comma-separated built-in suites (math, science; wordsum apart: its answers follow another marker)")
+    exp.add_argument("--suite", default="math,science", help="comma-separated built-in suites (math, science; wordsum and wordsum3 apart: their "
+                     "answers follow another marker)")
     exp.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1; the table gives mean +- std")
     exp.add_argument("--budget", default="small", help="small (the README's run), smollm2 (a real 135M model on "
-                     "--suite wordsum: docs/smollm2.md) or test (seconds; for checks)")
+                     "--suite wordsum or wordsum3: docs/smollm2.md) or test (seconds; for checks)")
     exp.add_argument("--output", default="runs/experiment", help="folder for table.md, results.json, plots/, models/")
     exp.add_argument("--ablate", action="store_true", help="also RLP over G in {2,4,8,16} and L in {8,16,32,64}")
     exp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of the RL runs, e.g. train.lr=3e-5")
     exp.add_argument("--model", help="your Base model (HF folder); default: warm-start the tiny model on the suites")
     exp.add_argument("--data", help="your training corpus (any data.path); default: the suites' corpora")
     exp.add_argument("--tasks", help="your held-out question/answer JSONL, evaluated beside the suites")
-    exp.add_argument("--methods", help="run only these, comma-separated, of base, cpt-token, cpt-flop, rpt, rlp, "
-                     "rlp-answer, rlp-ntp (RLP with next-token training on the same corpus) (default all but rlp-ntp; "
-                     "Base always; CPT needs an RLP run)")
+    exp.add_argument("--methods", help="run only these, comma-separated, of base, cpt-token, cpt-flop, cpt-flop4 (4x "
+                     "its budget), rpt, rlp, rlp-answer, rlp-ntp (RLP with next-token training on the same corpus), "
+                     "rlp-mixed, cpt-mixed (default: base, cpt-token, cpt-flop, rpt, rlp, rlp-answer; CPT needs an "
+                     "RLP run)")
     exp.add_argument("--post", action="store_true", help="then the same post-training (SFT on worked examples, then "
                      "RLVR) after every method: the +Post tables, models/METHOD-post/")
     exp.set_defaults(func=cmd_experiment)

@@ -26,7 +26,13 @@ two-letter name (676 items x 36 places: 24,336 questions in all).
 tokenizer reads words): the thought is the sum, a slip forgets the carried ten, and the answer follows the
 question's closing "The answer is " (144 of the 720 operand pairs held out, every story of a pair on one side):
     Tom has 47 pens. He gets 8 more. How many pens does Tom have now? The answer is <think>47+8=55</think>55.
-Every answer follows the first `=` of its document (`wordsum`: "The answer is ", the suite's `marker`):
+`wordsum3`: three two-digit numbers added in a story, where thinking must win: a 135M model cannot add three
+two-digit numbers in one step, but can write the running sums and copy the last. A slip forgets a carried ten in
+either sum and carries the error on (the split is by the unordered triple; 10% held out; thoughts of up to 20
+tokens with SmolLM2's tokenizer, so the suite asks for 24):
+    Tom has 47 pens. He gets 38 more, then 26 more. How many pens does Tom have now? The answer is
+    <think>47+38=85,85+26=111</think>111.
+Every answer follows the first `=` of its document (`wordsum`, `wordsum3`: "The answer is ", the suite's `marker`):
 `rlp.positions: first:=` puts a thought before the answer, `after:=` before every answer token.
 """
 
@@ -170,6 +176,43 @@ def wordsum_problem(rng: random.Random, forgets=never) -> Problem:
     return Problem(story + WORDSUM_MARKER, f"{a}+{b}={total}", str(total))
 
 
+THREE_STORIES = [  # {name} {pron} {things} {a} {b} {c}; each ends where the answer follows
+    "{name} has {a} {things}. {pron} gets {b} more, then {c} more. How many {things} does {name} have now? ",
+    "There are {a} {things} in a box. {name} puts in {b} more and then {c} more. How many {things} are in the box now? ",
+    "{name} read {a} pages on Monday, {b} on Tuesday and {c} on Wednesday. How many pages did {name} read in all? ",
+    "A school has {a} students in one class, {b} in another and {c} in a third. How many students does it have in "
+    "all? ",
+    "{name} walked for {a} minutes in the morning, {b} at noon and {c} in the evening. How many minutes did {name} "
+    "walk in all? ",
+]
+
+
+def triple_key(question: str) -> str:
+    """The problem a three-number question poses, whatever the order of its numbers: `10+47+85`."""
+    return "+".join(str(n) for n in sorted(int(x) for x in re.findall(r"\d+", question)))
+
+
+def wordsum3_heldout(question: str) -> bool:
+    """The split by the unordered triple (every order and story of three numbers on one side)."""
+    return hashed_heldout(triple_key(question))
+
+
+def slipped_sum(a: int, b: int, forgets) -> int:
+    """a + b as written by someone who, asked `forgets()` where the units carry, may drop the carried ten."""
+    return a + b - (10 if a % 10 + b % 10 >= 10 and forgets() else 0)
+
+
+def wordsum3_problem(rng: random.Random, forgets=never) -> Problem:
+    """Three two-digit numbers added in a story: the thought is the running sums (`47+38=85,85+26=111`), the answer
+    the last. A slip in the first sum is carried into the second."""
+    a, b, c = (rng.randint(10, 99) for _ in range(3))
+    name = rng.choice(list(NAMES))
+    story = rng.choice(THREE_STORIES).format(name=name, pron=NAMES[name], things=rng.choice(THINGS), a=a, b=b, c=c)
+    first = slipped_sum(a, b, forgets)
+    total = slipped_sum(first, c, forgets)
+    return Problem(story + WORDSUM_MARKER, f"{a}+{b}={first},{first}+{c}={total}", str(total))
+
+
 # ----------------------------------------------------------------------------------------------------------- suites
 @dataclass(frozen=True)
 class Suite:
@@ -178,6 +221,7 @@ class Suite:
     heldout: callable  # question -> bool: the side of the split
     marker: str = "="  # every answer follows the first occurrence of this text: `rlp.positions: first:MARKER`
     key: callable = lambda question: question  # question -> the problem it poses (twins written apart share one)
+    thought_tokens: int = 0  # the thoughts this suite needs at least (its worked ones, the close tag, and room)
 
     def problems(self, n: int, seed: int, heldout: bool, forgets=never, exclude: set[str] = frozenset()) -> list[Problem]:
         """n distinct problems from one side of the split, none of whose keys (`key`) is in `exclude`, in a seeded
@@ -227,6 +271,8 @@ SUITES = {
     "math": Suite("math", math_problem, math_heldout, key=math_key),
     "science": Suite("science", science_problem, hashed_heldout),
     "wordsum": Suite("wordsum", wordsum_problem, wordsum_heldout, marker=WORDSUM_MARKER),
+    "wordsum3": Suite("wordsum3", wordsum3_problem, wordsum3_heldout, marker=WORDSUM_MARKER, key=triple_key,
+                      thought_tokens=24),
 }
 
 

@@ -113,6 +113,7 @@ def run_seed(plan: Plan, seed: int) -> dict:
     cpt_runs = {}  # CPT on the RLP runs' corpus matches the larger of them; on mixed text, the mixed-text RLP run
     for method, tokens, matched in (("cpt-token", counters and counters["token_matched"], rlp_runs[:1]),
                                     ("cpt-flop", counters and counters["flop_matched"], rlp_runs[:1]),
+                                    ("cpt-flop4", counters and 4 * counters["flop_matched"], rlp_runs[:1]),
                                     ("cpt-mixed", mixed and mixed["flop_matched"], ["rlp-mixed"])):
         if method in plan.methods:
             print(f"rlpt experiment: seed {seed}: {LABELS[method]} ({tokens} tokens)", flush=True)
@@ -186,7 +187,9 @@ def run(suite_names: list[str], seeds: int, budget_name: str, output: Path, abla
     if len({s.marker for s in suites}) > 1:  # one position rule serves the whole corpus
         raise UserError("--suite: " + ", ".join(f"{s.name} puts its answers after {s.marker!r}" for s in suites)
                         + "; run suites with different markers apart")
-    budget = BUDGETS[budget_name]
+    # a suite whose worked thoughts are longer than the budget's asks for longer ones (wordsum3)
+    budget = dataclasses.replace(BUDGETS[budget_name], thought_tokens=max(
+        [BUDGETS[budget_name].thought_tokens] + [s.thought_tokens for s in suites]))
     mixed = {"rlp-mixed", "cpt-mixed"} & set(methods)
     if mixed and not suites:
         raise UserError(f"--methods {','.join(sorted(mixed))} dilutes a suite's stories in prose: name a --suite")

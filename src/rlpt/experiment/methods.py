@@ -79,7 +79,7 @@ def chosen_methods(names: list[str] | None, ablate: bool) -> list[str]:
     if unknown:
         raise UserError(f"--methods: unknown {', '.join(unknown)} (known: {', '.join(METHODS)})")
     chosen = [m for m in METHODS if m in names or m == "base"]
-    if {"cpt-token", "cpt-flop"} & set(chosen) and not {"rlp", "rlp-answer", "rlp-ntp"} & set(chosen):
+    if {"cpt-token", "cpt-flop", "cpt-flop4"} & set(chosen) and not {"rlp", "rlp-answer", "rlp-ntp"} & set(chosen):
         raise UserError("--methods: CPT is matched to an RLP run's budget: add rlp, rlp-answer or rlp-ntp")
     if "cpt-mixed" in chosen and "rlp-mixed" not in chosen:
         raise UserError("--methods: cpt-mixed is matched to the budget of rlp-mixed: add rlp-mixed")

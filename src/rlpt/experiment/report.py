@@ -5,9 +5,10 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-METHODS = ["base", "cpt-token", "cpt-flop", "rpt", "rlp", "rlp-answer", "rlp-ntp", "cpt-mixed", "rlp-mixed"]
-DEFAULT_METHODS = METHODS[:6]  # rlp-ntp and the mixed-text arm on request (`--methods`)
-LABELS = {"base": "Base", "cpt-token": "CPT (token-matched)", "cpt-flop": "CPT (FLOP-matched)", "rpt": "RPT",
+METHODS = ["base", "cpt-token", "cpt-flop", "cpt-flop4", "rpt", "rlp", "rlp-answer", "rlp-ntp", "cpt-mixed", "rlp-mixed"]
+DEFAULT_METHODS = ["base", "cpt-token", "cpt-flop", "rpt", "rlp", "rlp-answer"]  # the rest on request (`--methods`)
+LABELS = {"base": "Base", "cpt-token": "CPT (token-matched)", "cpt-flop": "CPT (FLOP-matched)",
+          "cpt-flop4": "CPT (4x FLOP)", "rpt": "RPT",
           "rlp": "RLP (K = 1, the paper)", "rlp-answer": "RLP (K = answer)",
           "rlp-ntp": "RLP (K = answer) + next-token term", "cpt-mixed": "CPT on mixed text (FLOP-matched)",
           "rlp-mixed": "RLP on mixed text (random positions)"}
@@ -75,7 +76,8 @@ def modes_line(per_seed: list[dict], methods: list[str]) -> str:
     def mode(m: dict) -> str:
         if m["think"] is None:
             return "think (no training side)"
-        return f"{m['mode']} ({100 * m['think']:.0f}% with a thought, {100 * m['direct']:.0f}% without)"
+        given = f", {100 * m['given']:.0f}% after the right thought" if m.get("given") is not None else ""
+        return f"{m['mode']} ({100 * m['think']:.0f}% with a thought, {100 * m['direct']:.0f}% without{given})"
 
     cells = [f"{LABELS[method]}: " + "; ".join(mode(s["answer_modes"][method]) for s in per_seed)
              for method in methods if all(method in s.get("answer_modes", {}) for s in per_seed)]
@@ -131,7 +133,8 @@ def plots(results: dict, folder: Path) -> list[Path]:
             mean = [statistics.mean(seed["curves"][method][i][name] for seed in seeds) for i in range(len(steps))]
             ax.plot(steps, [100 * v for v in mean], style, label=LABELS[method])
         last = seeds[0]["curves"][rl_methods[0]][-1]["step"]
-        for method, style in (("cpt-token", ":"), ("cpt-flop", "--"), ("cpt-mixed", "-.")):
+        for method, style in (("cpt-token", ":"), ("cpt-flop", "--"), ("cpt-flop4", (0, (5, 1))),
+                              ("cpt-mixed", "-.")):
             if method not in results["methods"]:
                 continue
             value = statistics.mean(seed["scores"][method][name]["accuracy_think"] for seed in seeds)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlpt import checkpoint
+from rlpt import THINK_CLOSE, THINK_OPEN, checkpoint
 from rlpt.data import Context
 from rlpt.errors import UserError
 from rlpt.evaluate import exact_match_accuracy, intrinsic, load_eval_set
@@ -94,15 +94,18 @@ def evaluate_model(folder: Path, eval_sets: list[EvalSet], budget: Budget, seed:
 def answer_mode(folder: Path, suites, budget: Budget) -> dict:
     """How a model answers best, chosen on training-side questions (never held-out ones): greedy accuracy with a
     thought and without one on each suite's `selection_questions` training-side problems, and the better mode
-    ("think" on a tie: RLP's). Without a suite (a user's --tasks alone) there is no training side: "think"."""
+    ("think" on a tie: RLP's). Beside them, `given`: the accuracy after the worked thought, written for the model
+    (what a right thought gives). Without a suite (a user's --tasks alone) there is no training side: "think"."""
     if not suites:
-        return dict(mode="think", think=None, direct=None)
+        return dict(mode="think", think=None, direct=None, given=None)
     model, tokenizer, think = load_model_and_tokenizer(str(folder))
     tasks = [t for s in suites for t in suite_training_set(s, budget.selection_questions).tasks()]
     scored = {mode: exact_match_accuracy(model, tokenizer, think, tasks, use_thought=mode == "think",
                                          max_thought_tokens=budget.thought_tokens)["accuracy"]
               for mode in ("think", "direct")}
-    return dict(mode="think" if scored["think"] >= scored["direct"] else "direct", **scored)
+    after_thought = [{**t, "question": f"{t['question']}{THINK_OPEN}{t['thought']}{THINK_CLOSE}"} for t in tasks]
+    given = exact_match_accuracy(model, tokenizer, think, after_thought, use_thought=False, max_thought_tokens=1)
+    return dict(mode="think" if scored["think"] >= scored["direct"] else "direct", given=given["accuracy"], **scored)
 
 
 def with_best_answer(scores: dict, mode: str) -> dict:
