@@ -35,7 +35,7 @@ def test_cli(capsys):
 
 def test_memory_by_hand_and_the_chunks_that_fit():
     from rlpt.memory import (ALLOCATOR_SHARE, StepSettings, chunks_that_fit, fixed_parts, rollout_parts, step_parts,
-                             update_parts)
+                             token_activations, update_parts)
     from rlpt.plan import Shape
 
     shape = Shape(layers=2, hidden=4, vocab=10, heads=2, kv_heads=1, head_dim=2, intermediate=8)
@@ -78,6 +78,13 @@ def test_memory_by_hand_and_the_chunks_that_fit():
     assert with_term["update: the next-token term's activations beyond the update's"] == 49_504 - 11_040 - 6_188
     assert with_term["update: log-prob chunk"] == 4 * 4 * 56 * 10
     assert update["update: the next-token term's activations beyond the update's"] == 0
+    # priced at its longest document when a run knows it: 3 tokens of 708 bytes, 8 x 3 x 708 = 16,992, under the
+    # update's 11,040 + 6,188; its 24 tokens' logits make the chunk
+    short = StepSettings(group_size=3, thought_tokens=5, doc_tokens=7, documents=2, positions=2, next_token_documents=8,
+                         next_token_doc_tokens=3)
+    assert token_activations(shape, 3, 4) == 708
+    assert update_parts(shape, short, 2)["update: the next-token term's activations beyond the update's"] == 0
+    assert update_parts(shape, short, 2)["update: log-prob chunk"] == 4 * 4 * 24 * 10
     # the peak: the fixed parts and the larger phase's
     assert step_parts(shape, settings, 6, 2) == {**fixed_parts(shape), **update}
     fixed = sum(fixed_parts(shape).values())

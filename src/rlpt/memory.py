@@ -98,6 +98,7 @@ class StepSettings:
     compute_bytes: int = 4
     checkpointing: bool = False
     next_token_documents: int = 0
+    next_token_doc_tokens: int = 0  # the next-token term's longest document (a run knows it); 0: doc_tokens
 
     @property
     def contexts(self) -> int:
@@ -202,8 +203,9 @@ def update_parts(shape: Shape, settings: StepSettings, thoughts: int) -> dict[st
         per_token = per_token // shape.layers + shape.layers * shape.hidden * cb
     rows = tokens * per_token
     documents = docs * s.doc_tokens * token_activations(shape, s.doc_tokens, cb)
-    next_token = s.next_token_documents * s.doc_tokens * token_activations(shape, s.doc_tokens, cb)
-    logits = LOGIT_COPIES * 4 * min(CHUNK_ELEMENTS, max(tokens, s.next_token_documents * s.doc_tokens) * shape.vocab)
+    term_tokens = s.next_token_doc_tokens or s.doc_tokens
+    next_token = s.next_token_documents * term_tokens * token_activations(shape, term_tokens, cb)
+    logits = LOGIT_COPIES * 4 * min(CHUNK_ELEMENTS, max(tokens, s.next_token_documents * term_tokens) * shape.vocab)
     layers = shape.recurrent_layers
     return {
         "update: the thought rows' activations": rows,

@@ -306,10 +306,11 @@ def model_shape(args) -> Shape | None:
                  intermediate=args.intermediate or 4 * args.hidden)
 
 
-def chunks_for_run(cfg, policy, device, next_token_term: bool, main: bool) -> "Chunks":
+def chunks_for_run(cfg, policy, device, next_token_longest: int, main: bool) -> "Chunks":
     """A training run's rows decoded at once and thoughts of an update micro-batch: `train.rollout_rows` and
     `train.micro_batch_thoughts`, each sized to `train.memory_gb` (or the device's memory) where 0, by `rlpt plan`'s
-    arithmetic; the smallest over the ranks, which must run as many micro-batches. `main` warns when even the chunks
+    arithmetic; the smallest over the ranks, which must run as many micro-batches. `next_token_longest`: the tokens
+    of the next-token term's longest document (0: no term), which it runs whole. `main` warns when even the chunks
     chosen exceed the budget."""
     import warnings
 
@@ -333,7 +334,8 @@ def chunks_for_run(cfg, policy, device, next_token_term: bool, main: bool) -> "C
         documents=cfg.train.batch_documents, positions=positions_per_document(cfg.rlp.positions, cfg.data.max_length),
         reward_tokens=cfg.rlp.reward_tokens, compute_bytes=2 if cfg.model.dtype == "bfloat16" else 4,
         checkpointing=cfg.train.gradient_checkpointing,
-        next_token_documents=cfg.train.next_token_documents if next_token_term else 0)
+        next_token_documents=cfg.train.next_token_documents if next_token_longest else 0,
+        next_token_doc_tokens=next_token_longest)
     budget = cfg.train.memory_gb * 2**30 if cfg.train.memory_gb else available_memory(device)
     chunks = chunks_that_fit(shape, settings, budget, *given)
     sizes = distributed.all_gather([chunks.rollout_rows, chunks.micro_batch_thoughts])
