@@ -138,8 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--json", action="store_true", help="print one JSON object")
     sample.set_defaults(func=cmd_sample)
     exp = sub.add_parser("experiment", help="the paper's comparison: Base vs CPT (token/FLOP-matched) vs RPT vs RLP")
-    exp.add_argument("--suite", default="math,science", help="comma-separated built-in suites (math, science; wordsum and wordsum3 apart: their "
-                     "answers follow another marker)")
+    exp.add_argument("--suite", default="math,science", help="comma-separated built-in suites (math, "
+                     "science; wordsum and wordsum3 apart: their answers follow another marker)")
     exp.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1; the table gives mean +- std")
     exp.add_argument("--budget", default="small", help="small (the README's run), smollm2 (a real 135M model on "
                      "--suite wordsum or wordsum3: docs/smollm2.md) or test (seconds; for checks)")

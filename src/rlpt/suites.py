@@ -166,13 +166,18 @@ def wordsum_heldout(question: str) -> bool:
     return arith.pair_hash(a, b) % 1000 < WORDSUM_HELDOUT_PER_MILLE
 
 
+def slipped_sum(a: int, b: int, forgets) -> int:
+    """a + b as written by someone who, asked `forgets()` where the units carry, may drop the carried ten."""
+    return a + b - (10 if a % 10 + b % 10 >= 10 and forgets() else 0)
+
+
 def wordsum_problem(rng: random.Random, forgets=never) -> Problem:
     """A two-digit and a one-digit number added in a short story, in English: the thought is the sum (`47+8=55`), the
     answer its result. `forgets()`, asked when the units carry: True forgets the carried ten (`47+8=45`)."""
     a, b = rng.randint(10, 99), rng.randint(2, 9)
     name = rng.choice(list(NAMES))
     story = rng.choice(STORIES).format(name=name, pron=NAMES[name], things=rng.choice(THINGS), a=a, b=b)
-    total = a + b - (10 if a % 10 + b >= 10 and forgets() else 0)
+    total = slipped_sum(a, b, forgets)
     return Problem(story + WORDSUM_MARKER, f"{a}+{b}={total}", str(total))
 
 
@@ -195,11 +200,6 @@ def triple_key(question: str) -> str:
 def wordsum3_heldout(question: str) -> bool:
     """The split by the unordered triple (every order and story of three numbers on one side)."""
     return hashed_heldout(triple_key(question))
-
-
-def slipped_sum(a: int, b: int, forgets) -> int:
-    """a + b as written by someone who, asked `forgets()` where the units carry, may drop the carried ten."""
-    return a + b - (10 if a % 10 + b % 10 >= 10 and forgets() else 0)
 
 
 def wordsum3_problem(rng: random.Random, forgets=never) -> Problem:

@@ -116,8 +116,8 @@ class RlpTrainer:
             fused=device.type in ("cpu", "cuda"),
         )
         self.state = {"step": 0, "nonfinite_skipped": 0}
-        self.chunks = chunks_for_run(cfg, policy, device, max((len(d.ids) for d in self.next_token_documents), default=0),
-                                     self.world.main)
+        longest_next_token = max((len(d.ids) for d in self.next_token_documents), default=0)
+        self.chunks = chunks_for_run(cfg, policy, device, longest_next_token, self.world.main)
 
     # ------------------------------------------------------------------------------------------------ one step
     def step_documents(self, step: int) -> tuple[list[Document], int]:

@@ -188,8 +188,8 @@ def run(suite_names: list[str], seeds: int, budget_name: str, output: Path, abla
         raise UserError("--suite: " + ", ".join(f"{s.name} puts its answers after {s.marker!r}" for s in suites)
                         + "; run suites with different markers apart")
     # a suite whose worked thoughts are longer than the budget's asks for longer ones (wordsum3)
-    budget = dataclasses.replace(BUDGETS[budget_name], thought_tokens=max(
-        [BUDGETS[budget_name].thought_tokens] + [s.thought_tokens for s in suites]))
+    budget = BUDGETS[budget_name]
+    budget = dataclasses.replace(budget, thought_tokens=max([budget.thought_tokens, *(s.thought_tokens for s in suites)]))
     mixed = {"rlp-mixed", "cpt-mixed"} & set(methods)
     if mixed and not suites:
         raise UserError(f"--methods {','.join(sorted(mixed))} dilutes a suite's stories in prose: name a --suite")
